@@ -1,0 +1,322 @@
+"""The relay: carries every MCP message between one client session and one upstream session.
+
+Messages are parsed once by the SDK's transports and forwarded as they are. Exactly two methods are
+intercepted, both through the `Gate`:
+
+- `tools/call`: the gate gets the call and a `forward` function; it may answer itself (a denial)
+  or call `forward()` to send the call upstream and get the upstream's result back.
+- `tools/list`: the upstream's answer passes through `Gate.list_tools` on its way back.
+
+Everything else (initialize/discover, resources, prompts, completions, logging, ping, progress,
+cancellation, list_changed, server-to-client requests) passes through unchanged, in both protocol eras.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+import anyio
+import mcp_types as types
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from mcp.shared.message import ClientMessageMetadata, ServerMessageMetadata, SessionMessage
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
+
+from guard._upstream import UpstreamLink
+
+logger = logging.getLogger("guard.relay")
+
+JSON = dict[str, Any]
+# The SDK's server transports hand out context-carrying streams; anything with send/receive will do.
+ClientRead = MemoryObjectReceiveStream[SessionMessage | Exception] | Any
+ClientWrite = MemoryObjectSendStream[SessionMessage] | Any
+
+# A JSON-RPC error code of our own for "the upstream is gone" (in the implementation-defined range).
+UPSTREAM_UNAVAILABLE = -32003
+# How long calls still in the gate may take to answer once the upstream is gone.
+CALL_DRAIN_S = 5.0
+
+
+@dataclass(frozen=True)
+class Session:
+    """One client session: the budget "session" of later layers."""
+
+    id: str
+    identity: str | None = None
+    transport: Literal["stdio", "http"] = "stdio"
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """A `tools/call` as the gate sees it."""
+
+    session: Session
+    request_id: types.RequestId
+    name: str
+    arguments: JSON
+    meta: JSON | None
+
+
+class UpstreamError(Exception):
+    """The upstream answered a forwarded call with a JSON-RPC error, or went away before answering."""
+
+    def __init__(self, error: types.ErrorData) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+Forward = Callable[[], Awaitable[JSON]]
+"""Send the call upstream; return the upstream's `CallToolResult` as JSON. Raises `UpstreamError`."""
+
+
+class Gate(Protocol):
+    """The one interception point. Later layers (policy, ledger, adapters) live behind it."""
+
+    async def call_tool(self, call: ToolCall, forward: Forward) -> JSON:
+        """Return the result for the client: a denial without calling `forward`, or the upstream's."""
+        ...
+
+    async def list_tools(self, session: Session, result: JSON) -> JSON:
+        """Return the `tools/list` result the client sees."""
+        ...
+
+
+class OpenGate:
+    """Forwards everything unchanged: the relay with no policy."""
+
+    async def call_tool(self, call: ToolCall, forward: Forward) -> JSON:
+        return await forward()
+
+    async def list_tools(self, session: Session, result: JSON) -> JSON:
+        return result
+
+
+@dataclass
+class _Waiter:
+    """A forwarded call waiting for the upstream's response."""
+
+    done: anyio.Event = field(default_factory=anyio.Event)
+    reply: types.JSONRPCResponse | types.JSONRPCError | None = None
+
+
+class Relay:
+    """Pumps messages between one client and one upstream until either side closes."""
+
+    def __init__(
+        self, session: Session, gate: Gate, client_read: ClientRead, client_write: ClientWrite, upstream: UpstreamLink
+    ) -> None:
+        self.session = session
+        self._gate = gate
+        self._client_read = client_read
+        self._client_write = client_write
+        self._upstream = upstream
+        # Client requests sent upstream and not yet answered, with their transport metadata.
+        self._inflight: dict[types.RequestId, ServerMessageMetadata | None] = {}
+        # Upstream responses the relay consumes itself (forwarded tools/call) instead of passing on.
+        self._waiters: dict[types.RequestId, _Waiter] = {}
+        self._tool_lists: set[types.RequestId] = set()
+        self._calls: dict[types.RequestId, anyio.CancelScope] = {}
+        # Progress tokens of requests in flight, both ways round, to route progress on an HTTP front.
+        self._progress: dict[types.ProgressToken, types.RequestId] = {}
+        self._progress_of: dict[types.RequestId, types.ProgressToken] = {}
+        self._gone: str | None = None
+
+    async def run(self) -> str | None:
+        """Relay until the client closes (returns None) or the upstream goes away (returns why)."""
+        async with anyio.create_task_group() as calls:
+            self._call_tasks = calls
+            async with anyio.create_task_group() as pumps:
+                self._pumps = pumps
+                pumps.start_soon(self._from_upstream)
+                await self._from_client()
+                pumps.cancel_scope.cancel()
+            if self._gone is None:
+                calls.cancel_scope.cancel()  # the client left: nobody is waiting for answers
+            else:
+                # Calls still in the gate get a moment to deliver the upstream's failure to the client.
+                calls.cancel_scope.deadline = anyio.current_time() + CALL_DRAIN_S
+        return self._gone
+
+    # client -> upstream
+
+    async def _from_client(self) -> None:
+        async for item in self._client_read:
+            if isinstance(item, Exception):
+                logger.warning("client sent an unreadable message: %s", item)
+                await self._reply_error(None, types.PARSE_ERROR, f"Parse error: {item}")
+                continue
+            message = item.message
+            metadata = item.metadata if isinstance(item.metadata, ServerMessageMetadata) else None
+            if isinstance(message, types.JSONRPCRequest):
+                await self._client_request(message, metadata)
+            elif isinstance(message, types.JSONRPCNotification) and message.method == "notifications/cancelled":
+                await self._client_cancelled(message)
+            else:
+                await self._to_upstream(message)
+
+    async def _client_request(self, request: types.JSONRPCRequest, metadata: ServerMessageMetadata | None) -> None:
+        if self._gone is not None:
+            await self._reply_error(request.id, UPSTREAM_UNAVAILABLE, self._gone)
+            return
+        meta = (request.params or {}).get("_meta")
+        if isinstance(meta, dict) and (token := meta.get("progressToken")) is not None:
+            self._progress[token] = request.id
+            self._progress_of[request.id] = token
+        if request.method == "tools/call":
+            self._call_tasks.start_soon(self._tool_call, request, metadata)
+            return
+        if request.method == "tools/list":
+            self._tool_lists.add(request.id)
+        self._inflight[request.id] = metadata
+        await self._to_upstream(request)
+
+    async def _client_cancelled(self, note: types.JSONRPCNotification) -> None:
+        request_id = (note.params or {}).get("requestId")
+        forwarded = request_id in self._inflight or request_id in self._waiters
+        if (scope := self._calls.get(request_id)) is not None:  # type: ignore[arg-type]
+            scope.cancel()
+        if forwarded:
+            await self._to_upstream(note)
+        # Cancelled requests get no response; an HTTP front must still close that request's stream.
+        metadata = self._inflight.pop(request_id, None)  # type: ignore[arg-type]
+        if metadata is not None and metadata.on_request_unanswered is not None:
+            await metadata.on_request_unanswered()
+
+    async def _tool_call(self, request: types.JSONRPCRequest, metadata: ServerMessageMetadata | None) -> None:
+        params = request.params or {}
+        name, arguments, meta = params.get("name"), params.get("arguments", {}), params.get("_meta")
+        if not isinstance(name, str) or not isinstance(arguments, dict) or not isinstance(meta, dict | None):
+            # Unparseable: a JSON-RPC error, and never forwarded.
+            await self._reply_error(
+                request.id,
+                types.INVALID_PARAMS,
+                "Invalid tools/call params: 'name' must be a string and 'arguments' an object",
+            )
+            return
+        call = ToolCall(self.session, request.id, name, arguments, meta)
+
+        async def forward() -> JSON:
+            if self._gone is not None:
+                raise UpstreamError(types.ErrorData(code=UPSTREAM_UNAVAILABLE, message=self._gone))
+            waiter = self._waiters[request.id] = _Waiter()
+            try:
+                await self._to_upstream(request)
+                await waiter.done.wait()
+            finally:
+                self._waiters.pop(request.id, None)
+            if isinstance(waiter.reply, types.JSONRPCResponse):
+                return waiter.reply.result
+            error = waiter.reply.error if waiter.reply else types.ErrorData(code=UPSTREAM_UNAVAILABLE, message=self._gone or "")
+            raise UpstreamError(error)
+
+        with anyio.CancelScope() as scope:
+            self._calls[request.id] = scope
+            try:
+                result = await self._gate.call_tool(call, forward)
+            except UpstreamError as exc:
+                await self._send_client(types.JSONRPCError(jsonrpc="2.0", id=request.id, error=exc.error))
+            except Exception:
+                # Fail closed: the gate could not evaluate the call, so the client learns it was not handled.
+                logger.exception("gate failed on tools/call %s", name)
+                await self._reply_error(request.id, types.INTERNAL_ERROR, f"guard could not evaluate the call to {name}")
+            else:
+                await self._send_client(types.JSONRPCResponse(jsonrpc="2.0", id=request.id, result=result))
+            finally:
+                self._calls.pop(request.id, None)
+        if scope.cancelled_caught and metadata is not None and metadata.on_request_unanswered is not None:
+            await metadata.on_request_unanswered()
+
+    async def _to_upstream(self, message: types.JSONRPCMessage) -> None:
+        try:
+            await self._upstream.write.send(SessionMessage(message, metadata=_routing(message)))
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            if isinstance(message, types.JSONRPCRequest):
+                self._inflight.pop(message.id, None)
+                waiter = self._waiters.get(message.id)
+                if waiter is not None:
+                    waiter.done.set()
+                else:
+                    await self._reply_error(message.id, UPSTREAM_UNAVAILABLE, self._gone or self._upstream.failure())
+
+    # upstream -> client
+
+    async def _from_upstream(self) -> None:
+        async for item in self._upstream.read:
+            if isinstance(item, Exception):
+                logger.warning("%s", item)
+                continue
+            message = item.message
+            if isinstance(message, types.JSONRPCResponse | types.JSONRPCError) and message.id is not None:
+                if (token := self._progress_of.pop(message.id, None)) is not None:
+                    self._progress.pop(token, None)
+                if (waiter := self._waiters.get(message.id)) is not None:
+                    waiter.reply = message
+                    waiter.done.set()
+                    continue
+                self._inflight.pop(message.id, None)
+                if message.id in self._tool_lists:
+                    self._tool_lists.discard(message.id)
+                    if isinstance(message, types.JSONRPCResponse):
+                        message = await self._filtered_tools(message)
+            await self._send_client(message, _related_request(message, self._progress))
+        await self._upstream_gone()
+
+    async def _filtered_tools(self, response: types.JSONRPCResponse) -> types.JSONRPCResponse | types.JSONRPCError:
+        try:
+            result = await self._gate.list_tools(self.session, response.result)
+        except Exception:
+            logger.exception("gate failed on tools/list")
+            return types.JSONRPCError(
+                jsonrpc="2.0",
+                id=response.id,
+                error=types.ErrorData(code=types.INTERNAL_ERROR, message="guard could not evaluate tools/list"),
+            )
+        return types.JSONRPCResponse(jsonrpc="2.0", id=response.id, result=result)
+
+    async def _upstream_gone(self) -> None:
+        """Answer everything still pending with why the upstream went away, then end the relay."""
+        self._gone = self._upstream.failure()
+        logger.error("%s", self._gone)
+        for waiter in list(self._waiters.values()):
+            waiter.done.set()
+        for request_id in list(self._inflight):
+            self._inflight.pop(request_id, None)
+            await self._reply_error(request_id, UPSTREAM_UNAVAILABLE, self._gone)
+        self._pumps.cancel_scope.cancel()
+
+    async def _send_client(self, message: types.JSONRPCMessage, metadata: ServerMessageMetadata | None = None) -> None:
+        try:
+            await self._client_write.send(SessionMessage(message, metadata=metadata))
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            logger.debug("client went away before %s could be delivered", type(message).__name__)
+
+    async def _reply_error(self, request_id: types.RequestId | None, code: int, message: str) -> None:
+        error = types.JSONRPCError(jsonrpc="2.0", id=request_id, error=types.ErrorData(code=code, message=message))
+        await self._send_client(error)
+
+
+def _related_request(message: types.JSONRPCMessage, progress: Mapping[Any, types.RequestId]) -> ServerMessageMetadata | None:
+    """Tell an HTTP front which request's stream a progress notification belongs on."""
+    if isinstance(message, types.JSONRPCNotification) and message.method == "notifications/progress":
+        request_id = progress.get((message.params or {}).get("progressToken"))
+        if request_id is not None:
+            return ServerMessageMetadata(related_request_id=request_id)
+    return None
+
+
+def _routing(message: types.JSONRPCMessage) -> ClientMessageMetadata | None:
+    """The per-request HTTP headers a 2026-07-28 request needs when the upstream speaks streamable HTTP."""
+    if not isinstance(message, types.JSONRPCRequest | types.JSONRPCNotification):
+        return None
+    params = message.params or {}
+    meta = params.get("_meta")
+    version = meta.get(types.PROTOCOL_VERSION_META_KEY) if isinstance(meta, dict) else None
+    if version not in MODERN_PROTOCOL_VERSIONS:
+        return None
+    headers = {"mcp-protocol-version": version, "mcp-method": message.method}
+    name_key = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}.get(message.method)
+    if name_key is not None and isinstance(name := params.get(name_key), str) and name.isascii():
+        headers["mcp-name"] = name
+    return ClientMessageMetadata(headers=headers)

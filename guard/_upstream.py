@@ -1,0 +1,259 @@
+"""Connections to the wrapped (upstream) MCP server: a stdio subprocess or a streamable-HTTP URL.
+
+Both yield an `UpstreamLink`: the SDK's message streams plus a `failure()` that says, in words a
+person can act on, why the upstream went away (exit status and stderr tail, or the HTTP error).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import shutil
+import signal
+from collections import deque
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass, field
+from subprocess import PIPE
+
+import anyio
+import httpx
+import mcp_types as types
+from anyio.abc import Process
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.message import SessionMessage
+
+from guard._errors import UpstreamStartError
+
+logger = logging.getLogger("guard.upstream")
+
+STDERR_TAIL_LINES = 20
+# Grace periods when stopping a stdio upstream: after stdin closes, then after SIGTERM.
+EXIT_GRACE_S = 2.0
+TERM_GRACE_S = 2.0
+
+
+@dataclass(frozen=True)
+class StdioUpstream:
+    """An upstream started as a subprocess; it inherits the guard's environment."""
+
+    command: tuple[str, ...]
+
+    @property
+    def label(self) -> str:
+        return shlex.join(self.command)
+
+    def check(self) -> None:
+        """Raise `UpstreamStartError` if the command cannot be found, before any client waits on it."""
+        if shutil.which(self.command[0]) is None:
+            raise UpstreamStartError(f"cannot start upstream `{self.label}`: command not found: {self.command[0]}")
+
+
+@dataclass(frozen=True)
+class HttpUpstream:
+    """An upstream reached over streamable HTTP."""
+
+    url: str
+
+    @property
+    def label(self) -> str:
+        return self.url
+
+    def check(self) -> None:
+        """Raise `UpstreamStartError` if nothing answers HTTP at the URL (any HTTP status means reachable)."""
+        try:
+            with httpx.Client(timeout=5.0) as client:
+                client.request("GET", self.url, headers={"Accept": "text/event-stream"}, timeout=5.0).close()
+        except httpx.HTTPError as exc:
+            raise UpstreamStartError(f"upstream {self.url} is unreachable: {describe(exc)}") from exc
+
+
+UpstreamSpec = StdioUpstream | HttpUpstream
+
+
+@dataclass
+class UpstreamLink:
+    """An open connection to the upstream: messages in both directions and, once it is gone, why."""
+
+    label: str
+    read: MemoryObjectReceiveStream[SessionMessage | Exception]
+    write: MemoryObjectSendStream[SessionMessage]
+    _failure: str | None = field(default=None)
+
+    def failure(self) -> str:
+        return self._failure or f"upstream {self.label} closed the connection"
+
+
+@asynccontextmanager
+async def connect(spec: UpstreamSpec) -> AsyncIterator[UpstreamLink]:
+    """Open the upstream. Raises `UpstreamStartError` when it cannot be started at all."""
+    if isinstance(spec, StdioUpstream):
+        async with _stdio(spec) as link:
+            yield link
+    else:
+        async with _http(spec) as link:
+            yield link
+
+
+@asynccontextmanager
+async def _stdio(spec: StdioUpstream) -> AsyncIterator[UpstreamLink]:
+    try:
+        # Inherit the guard's whole environment: users put P402_API_KEY etc. in the client config.
+        process = await anyio.open_process(
+            list(spec.command), stdin=PIPE, stdout=PIPE, stderr=PIPE, env=dict(os.environ), start_new_session=True
+        )
+    except OSError as exc:
+        raise UpstreamStartError(f"cannot start upstream `{spec.label}`: {exc.strerror or exc}") from exc
+
+    to_relay, read = anyio.create_memory_object_stream[SessionMessage | Exception](0)
+    write, from_relay = anyio.create_memory_object_stream[SessionMessage](0)
+    link = UpstreamLink(spec.label, read, write)
+    stderr_tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
+    stderr_done = anyio.Event()
+
+    async def read_stdout() -> None:
+        assert process.stdout is not None
+        buffer = b""
+        async with to_relay:
+            with suppress(anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError, OSError):
+                async for chunk in process.stdout:
+                    lines = (buffer + chunk).split(b"\n")
+                    buffer = lines.pop()
+                    for line in lines:
+                        if line.strip():
+                            await to_relay.send(_parse(line, spec.label))
+            # stdout closed: the upstream is exiting. Wait (bounded) for its status and last words.
+            with anyio.move_on_after(EXIT_GRACE_S):
+                await process.wait()
+                await stderr_done.wait()
+            link._failure = _exit_story(spec.label, process.returncode, stderr_tail)
+
+    async def read_stderr() -> None:
+        assert process.stderr is not None
+        buffer = b""
+        try:
+            with suppress(anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError, OSError):
+                async for chunk in process.stderr:
+                    lines = (buffer + chunk).split(b"\n")
+                    buffer = lines.pop()
+                    for raw in lines:
+                        text = raw.decode("utf-8", "replace").rstrip()
+                        stderr_tail.append(text)
+                        logger.debug("upstream stderr: %s", text)
+            if buffer:
+                stderr_tail.append(buffer.decode("utf-8", "replace").rstrip())
+        finally:
+            stderr_done.set()
+
+    async def write_stdin() -> None:
+        assert process.stdin is not None
+        async with from_relay:
+            with suppress(anyio.ClosedResourceError, anyio.BrokenResourceError, OSError):
+                async for message in from_relay:
+                    data = message.message.model_dump_json(by_alias=True, exclude_unset=True)
+                    await process.stdin.send(data.encode() + b"\n")
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(read_stdout)
+        tg.start_soon(read_stderr)
+        tg.start_soon(write_stdin)
+        try:
+            yield link
+        finally:
+            with anyio.CancelScope(shield=True):
+                await _stop(process)
+            tg.cancel_scope.cancel()
+
+
+async def _stop(process: Process) -> None:
+    """Close stdin, give the upstream a moment to exit, then SIGTERM and SIGKILL its process group."""
+    assert process.stdin is not None
+    with suppress(OSError, anyio.BrokenResourceError, anyio.ClosedResourceError):
+        await process.stdin.aclose()
+    for sig, grace in ((None, EXIT_GRACE_S), (signal.SIGTERM, TERM_GRACE_S), (signal.SIGKILL, EXIT_GRACE_S)):
+        if sig is not None:
+            with suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, sig)
+        with anyio.move_on_after(grace):
+            await process.wait()
+        if process.returncode is not None:
+            return
+    logger.warning("upstream process %d survived SIGKILL; abandoning it", process.pid)
+
+
+def _parse(line: bytes, label: str) -> SessionMessage | Exception:
+    try:
+        return SessionMessage(types.jsonrpc_message_adapter.validate_json(line, by_name=False))
+    except ValueError:
+        preview = line[:200].decode("utf-8", "replace")
+        return ValueError(f"upstream {label} wrote a line that is not a JSON-RPC message: {preview!r}")
+
+
+def _exit_story(label: str, status: int | None, stderr_tail: deque[str]) -> str:
+    if status is None:
+        how = "closed its stdout"
+    elif status < 0:
+        how = f"was killed by signal {signal.Signals(-status).name}"
+    else:
+        how = f"exited with status {status}"
+    tail = " | ".join(line for line in stderr_tail if line)
+    return f"upstream `{label}` {how}" + (f"; stderr tail: {tail}" if tail else "; no stderr output")
+
+
+@asynccontextmanager
+async def _http(spec: HttpUpstream) -> AsyncIterator[UpstreamLink]:
+    # The SDK transport lets transport errors escape its task group; catch them here and turn them into
+    # a closed link with a readable failure, so pending calls get an answer instead of a crashed guard.
+    to_relay, read = anyio.create_memory_object_stream[SessionMessage | Exception](0)
+    write, from_relay = anyio.create_memory_object_stream[SessionMessage](0)
+    link = UpstreamLink(spec.label, read, write)
+
+    async def run(task_status: anyio.abc.TaskStatus[None]) -> None:
+        try:
+            async with streamable_http_client(spec.url) as (up_read, up_write):
+                task_status.started()
+
+                async def downstream() -> None:
+                    async with to_relay:
+                        async for item in up_read:
+                            if isinstance(item, Exception):
+                                item = _describe_transport_error(spec.url, item)
+                            await to_relay.send(item)
+
+                async def upstream() -> None:
+                    async with from_relay:
+                        async for message in from_relay:
+                            await up_write.send(message)
+
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(downstream)
+                    await upstream()
+                    tg.cancel_scope.cancel()
+        except Exception as exc:  # noqa: BLE001 - any transport failure ends the link with its story
+            link._failure = f"upstream {spec.url} failed: {describe(exc)}"
+            logger.warning("%s", link._failure)
+        finally:
+            await to_relay.aclose()
+            await from_relay.aclose()
+
+    async with anyio.create_task_group() as tg:
+        await tg.start(run)
+        try:
+            yield link
+        finally:
+            await write.aclose()
+            tg.cancel_scope.cancel()
+
+
+def _describe_transport_error(url: str, exc: Exception) -> Exception:
+    return ValueError(f"upstream {url} sent an unreadable message: {describe(exc)}")
+
+
+def describe(exc: BaseException) -> str:
+    """One line for an exception, looking inside exception groups (the SDK's task groups raise them)."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    text = str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {text}" if type(exc).__name__ not in text else text
