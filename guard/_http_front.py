@@ -164,6 +164,9 @@ class HttpFront:
                     task_status.started()
                     with transport.idle_scope or anyio.CancelScope():
                         await self._relay_session(session, client_read, client_write)
+            except Exception:
+                # One session's failure must never take the others down.
+                logger.exception("session %s crashed", session_id)
             finally:
                 self._sessions.pop(session_id, None)
                 with anyio.CancelScope(shield=True):

@@ -14,6 +14,7 @@ cancellation, list_changed, server-to-client requests) passes through unchanged,
 from __future__ import annotations
 
 import logging
+from contextlib import suppress
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -142,6 +143,11 @@ class Relay:
     # client -> upstream
 
     async def _from_client(self) -> None:
+        # A front may close its side under us (an HTTP DELETE): that is the client leaving.
+        with suppress(anyio.ClosedResourceError, anyio.EndOfStream):
+            await self._pump_client()
+
+    async def _pump_client(self) -> None:
         async for item in self._client_read:
             if isinstance(item, Exception):
                 logger.warning("client sent an unreadable message: %s", item)
@@ -243,6 +249,11 @@ class Relay:
     # upstream -> client
 
     async def _from_upstream(self) -> None:
+        with suppress(anyio.ClosedResourceError, anyio.EndOfStream):
+            await self._pump_upstream()
+        await self._upstream_gone()
+
+    async def _pump_upstream(self) -> None:
         async for item in self._upstream.read:
             if isinstance(item, Exception):
                 logger.warning("%s", item)
@@ -261,7 +272,6 @@ class Relay:
                     if isinstance(message, types.JSONRPCResponse):
                         message = await self._filtered_tools(message)
             await self._send_client(message, _related_request(message, self._progress))
-        await self._upstream_gone()
 
     async def _filtered_tools(self, response: types.JSONRPCResponse) -> types.JSONRPCResponse | types.JSONRPCError:
         try:
