@@ -36,7 +36,7 @@ ClientWrite = MemoryObjectSendStream[SessionMessage] | Any
 
 # A JSON-RPC error code of our own for "the upstream is gone" (in the implementation-defined range).
 UPSTREAM_UNAVAILABLE = -32003
-# How long calls still in the gate may take to answer once the upstream is gone.
+# How long requests in flight may take to answer once the client or the upstream has gone.
 CALL_DRAIN_S = 5.0
 
 
@@ -123,15 +123,24 @@ class Relay:
         self._progress: dict[types.ProgressToken, types.RequestId] = {}
         self._progress_of: dict[types.RequestId, types.ProgressToken] = {}
         self._gone: str | None = None
+        self._answered = anyio.Event()  # set whenever a client request gets its answer
 
     async def run(self) -> str | None:
-        """Relay until the client closes (returns None) or the upstream goes away (returns why)."""
-        async with anyio.create_task_group() as calls:
+        """Relay until the client closes (returns None) or the upstream goes away (returns why).
+
+        Like an SDK server loop, the relay owns the client's write stream and closes it when done.
+        """
+        async with self._client_write, anyio.create_task_group() as calls:
             self._call_tasks = calls
             async with anyio.create_task_group() as pumps:
                 self._pumps = pumps
                 pumps.start_soon(self._from_upstream)
                 await self._from_client()
+                # The client closed its side: answers already on their way still reach it (bounded).
+                with anyio.move_on_after(CALL_DRAIN_S):
+                    while (self._inflight or self._calls) and self._gone is None:
+                        await self._answered.wait()
+                        self._answered = anyio.Event()
                 pumps.cancel_scope.cancel()
             if self._gone is None:
                 calls.cancel_scope.cancel()  # the client left: nobody is waiting for answers
@@ -301,6 +310,8 @@ class Relay:
             await self._client_write.send(SessionMessage(message, metadata=metadata))
         except (anyio.ClosedResourceError, anyio.BrokenResourceError):
             logger.debug("client went away before %s could be delivered", type(message).__name__)
+        if isinstance(message, types.JSONRPCResponse | types.JSONRPCError):
+            self._answered.set()
 
     async def _reply_error(self, request_id: types.RequestId | None, code: int, message: str) -> None:
         error = types.JSONRPCError(jsonrpc="2.0", id=request_id, error=types.ErrorData(code=code, message=message))

@@ -40,54 +40,84 @@ def free_port() -> int:
 
 
 @dataclass
-class GuardProcess:
-    """`guard run --listen` as a subprocess; `url` is ready once the fixture returns."""
+class Spawned:
+    """A subprocess whose stderr is collected; `url` is set for listening ones."""
 
     process: subprocess.Popen[str]
-    url: str
+    url: str = ""
     stderr_lines: list[str] = field(default_factory=list)
+    reader: threading.Thread | None = None
 
     @property
     def stderr(self) -> str:
         return "\n".join(self.stderr_lines)
 
 
-def start_http_guard(args: list[str], port: int | None = None, env: dict[str, str] | None = None) -> GuardProcess:
-    """Start `guard run --listen 127.0.0.1:PORT ARGS` and wait (bounded) until it accepts connections."""
-    port = port or free_port()
+GuardProcess = Spawned
+
+
+def spawn_until(command: list[str], marker: str, env: dict[str, str] | None = None) -> Spawned:
+    """Start `command` and wait (bounded) until its stderr shows `marker`."""
     process = subprocess.Popen(
-        [*GUARD, "run", "--listen", f"127.0.0.1:{port}", *args],
+        command,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, **(env or {})},
     )
-    guard = GuardProcess(process, f"http://127.0.0.1:{port}/mcp")
+    spawned = Spawned(process)
     ready = threading.Event()
 
     def read_stderr() -> None:
         assert process.stderr is not None
         for line in process.stderr:
-            guard.stderr_lines.append(line.rstrip())
-            if "Uvicorn running on" in line:
+            spawned.stderr_lines.append(line.rstrip())
+            if marker in line:
                 ready.set()
-        ready.set()  # exited: let the waiter see it
+        ready.set()  # it exited: let the waiter see that
 
-    threading.Thread(target=read_stderr, daemon=True).start()
+    spawned.reader = threading.Thread(target=read_stderr, daemon=True)
+    spawned.reader.start()
     if not ready.wait(WAIT_S) or process.poll() is not None:
-        process.kill()
-        raise AssertionError(f"guard did not start listening:\n{guard.stderr}")
+        stop(spawned)
+        raise AssertionError(f"{command[:4]} did not get ready:\n{spawned.stderr}")
+    return spawned
+
+
+def start_http_guard(args: list[str], port: int | None = None, env: dict[str, str] | None = None) -> Spawned:
+    """Start `guard run --listen 127.0.0.1:PORT ARGS` and wait until it accepts connections."""
+    port = port or free_port()
+    guard = spawn_until([*GUARD, "run", "--listen", f"127.0.0.1:{port}", *args], "Uvicorn running on", env)
+    guard.url = f"http://127.0.0.1:{port}/mcp"
     return guard
 
 
-def stop(guard: GuardProcess) -> None:
-    guard.process.terminate()
+def stop(spawned: Spawned) -> None:
+    """Terminate (then kill) the process and collect the rest of its stderr."""
+    spawned.process.terminate()
     try:
-        guard.process.wait(WAIT_S)
+        spawned.process.wait(WAIT_S)
     except subprocess.TimeoutExpired:
-        guard.process.kill()
-        guard.process.wait(WAIT_S)
+        spawned.process.kill()
+        spawned.process.wait(WAIT_S)
+    if spawned.reader is not None:
+        spawned.reader.join(WAIT_S)
+    assert spawned.process.stderr is not None
+    spawned.process.stderr.close()
+
+
+DUAL_ERA = [sys.executable, str(ROOT / "tests/upstreams/dual_era.py")]
+
+
+@pytest.fixture
+def dual_era_http() -> Iterator[Spawned]:
+    """The dual-era test upstream served over streamable HTTP on a free port."""
+    port = free_port()
+    server = spawn_until([*DUAL_ERA, "--http", str(port)], "Uvicorn running on")
+    server.url = f"http://127.0.0.1:{port}/mcp"
+    yield server
+    stop(server)
 
 
 @pytest.fixture

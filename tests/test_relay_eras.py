@@ -1,0 +1,109 @@
+"""The relay carries both protocol eras, over both fronts, to both kinds of upstream.
+
+The upstream is `tests/upstreams/dual_era.py` (mcp 2.3 low-level server), which speaks the
+handshake era and 2026-07-28; server-everything (the third-party peer) speaks only the former.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+import pytest
+from mcp import Client, StdioServerParameters
+
+from tests.conftest import DUAL_ERA, WAIT_S, Spawned
+
+pytestmark = pytest.mark.anyio
+
+ERAS = ["legacy", "2026-07-28"]
+
+
+def guard_stdio(*upstream_args: str) -> StdioServerParameters:
+    return StdioServerParameters(command=sys.executable, args=["-m", "guard", "run", *upstream_args])
+
+
+def through_guard(
+    front: str, upstream: str, dual_era_http: Spawned, http_guard: Callable[..., Spawned]
+) -> StdioServerParameters | str:
+    upstream_args = ["--upstream", dual_era_http.url] if upstream == "http" else ["--", *DUAL_ERA]
+    if front == "stdio":
+        return guard_stdio(*upstream_args)
+    return http_guard(upstream_args).url
+
+
+@pytest.fixture(params=["stdio", "http"])
+def front(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture(params=["stdio", "http"])
+def upstream(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture(params=ERAS)
+def era(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+async def _session_facts(client: Client) -> dict[str, Any]:
+    steps: list[tuple[float, float | None]] = []
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        steps.append((progress, total))
+
+    tools = await client.list_tools()
+    echo = await client.call_tool("echo", {"text": "über ✓"})
+    counted = await client.call_tool("count", {"n": 3}, progress_callback=on_progress)
+    return {
+        "tools": tools.model_dump(exclude={"meta"}),
+        "echo": echo.model_dump(exclude={"meta"}),
+        "count": counted.model_dump(exclude={"meta"}),
+        "progress": steps,
+    }
+
+
+async def test_a_session_through_the_guard_matches_a_direct_one(
+    front: str, upstream: str, era: str, dual_era_http: Spawned, http_guard: Callable[..., Spawned]
+) -> None:
+    direct_target = dual_era_http.url if upstream == "http" else StdioServerParameters(
+        command=DUAL_ERA[0], args=DUAL_ERA[1:]
+    )
+    with anyio.fail_after(WAIT_S):
+        async with Client(direct_target, mode=era) as client:  # type: ignore[arg-type]
+            direct = await _session_facts(client)
+        async with Client(through_guard(front, upstream, dual_era_http, http_guard), mode=era) as client:  # type: ignore[arg-type]
+            guarded = await _session_facts(client)
+    assert guarded == direct
+    assert guarded["progress"] == [(1, 3), (2, 3), (3, 3)]
+    assert guarded["echo"]["content"][0]["text"] == "über ✓"
+
+
+async def test_a_cancelled_call_is_cancelled_upstream_and_the_session_goes_on(
+    front: str, era: str, dual_era_http: Spawned, http_guard: Callable[..., Spawned]
+) -> None:
+    started = anyio.Event()
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        started.set()
+
+    with anyio.fail_after(WAIT_S):
+        async with Client(through_guard(front, "stdio", dual_era_http, http_guard), mode=era) as client:  # type: ignore[arg-type]
+            async with anyio.create_task_group() as tg:
+
+                cancel_scope = anyio.CancelScope()
+
+                async def waiter() -> None:
+                    with cancel_scope:
+                        await client.call_tool("wait", {}, progress_callback=on_progress)
+                        pytest.fail("the wait tool answered although it should have been cancelled")
+
+                tg.start_soon(waiter)
+                await started.wait()
+                cancel_scope.cancel()
+            # The upstream is still there and answers after the cancellation.
+            after = await client.call_tool("echo", {"text": "still here"})
+    assert after.content[0].text == "still here"  # type: ignore[union-attr]

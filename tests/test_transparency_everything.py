@@ -1,0 +1,175 @@
+"""Transparency against a real third-party server: `@modelcontextprotocol/server-everything`.
+
+Every scenario runs twice, once with the client talking straight to server-everything over stdio
+(DIRECT) and once THROUGH the guard (a real `guard run` subprocess, its stdio front or its HTTP
+front), and the two outcomes must be equal: an open guard is invisible.
+
+server-everything speaks only the handshake era, so every client here uses `mode="legacy"`
+(the `initialize` handshake). The 2026-07-28 era is covered by another test file, against a
+Python upstream.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any, Literal, Protocol, TypeVar
+
+import anyio
+import mcp_types as types
+import pytest
+from mcp import Client, StdioServerParameters
+
+from tests.conftest import WAIT_S, GuardProcess
+
+pytestmark = [pytest.mark.anyio, pytest.mark.peer]
+
+T = TypeVar("T")
+Front = Literal["stdio", "http"]
+Progress = list[tuple[float, float | None]]
+
+
+class Connect(Protocol):
+    """Build an (unentered) legacy-mode `Client` for one side, with the given callbacks."""
+
+    def __call__(self, **callbacks: Any) -> Client: ...
+
+
+Scenario = Callable[[Connect], Awaitable[T]]
+
+
+@pytest.fixture
+def direct(everything: list[str]) -> Connect:
+    server = StdioServerParameters(command=everything[0], args=everything[1:])
+
+    def connect(**callbacks: Any) -> Client:
+        return Client(server, mode="legacy", **callbacks)
+
+    return connect
+
+
+@pytest.fixture(params=["stdio", "http"])
+def guarded(request: pytest.FixtureRequest, everything: list[str], http_guard: Callable[..., GuardProcess]) -> Connect:
+    front: Front = request.param
+    server: StdioServerParameters | str
+    if front == "stdio":
+        server = StdioServerParameters(command=sys.executable, args=["-m", "guard", "run", "--", *everything])
+    else:
+        server = http_guard(["--", *everything]).url
+
+    def connect(**callbacks: Any) -> Client:
+        return Client(server, mode="legacy", **callbacks)
+
+    return connect
+
+
+@pytest.fixture
+def both(direct: Connect, guarded: Connect) -> Callable[[Scenario[T]], Awaitable[tuple[T, T]]]:
+    """Run one scenario DIRECT and THROUGH GUARD side by side; return (direct, through guard)."""
+
+    async def run(scenario: Scenario[T]) -> tuple[T, T]:
+        outcomes: dict[str, T] = {}
+
+        async def one(side: str, connect: Connect) -> None:
+            outcomes[side] = await scenario(connect)
+
+        with anyio.fail_after(WAIT_S):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(one, "direct", direct)
+                tg.start_soon(one, "guard", guarded)
+        return outcomes["direct"], outcomes["guard"]
+
+    return run
+
+
+Both = Callable[[Scenario[Any]], Awaitable[tuple[Any, Any]]]
+
+
+def dump(result: types.Result) -> dict[str, Any]:
+    return result.model_dump(mode="json")
+
+
+async def test_the_handshake_through_the_guard_reports_the_servers_own_identity_and_capabilities(
+    both: Both,
+) -> None:
+    async def handshake(connect: Connect) -> dict[str, Any]:
+        async with connect() as client:
+            result = client.session.initialize_result
+            assert result is not None
+            return dump(result)
+
+    direct, guarded = await both(handshake)
+    assert guarded == direct
+
+
+async def test_listings_through_the_guard_equal_the_servers_own(both: Both) -> None:
+    async def listings(connect: Connect) -> dict[str, Any]:
+        async with connect() as client:
+            return {
+                "tools": dump(await client.list_tools()),
+                "resources": dump(await client.list_resources()),
+                "resource_templates": dump(await client.list_resource_templates()),
+                "prompts": dump(await client.list_prompts()),
+            }
+
+    direct, guarded = await both(listings)
+    assert direct["tools"]["tools"], "server-everything listed no tools"
+    assert guarded == direct
+
+
+async def test_a_tool_call_through_the_guard_returns_the_servers_own_result(both: Both) -> None:
+    async def echo(connect: Connect) -> dict[str, Any]:
+        async with connect() as client:
+            return dump(await client.call_tool("echo", {"message": "through the guard"}))
+
+    direct, guarded = await both(echo)
+    assert direct["content"] == [
+        {"type": "text", "text": "Echo: through the guard", "annotations": None, "meta": None}
+    ]
+    assert guarded == direct
+
+
+async def test_a_resource_read_through_the_guard_returns_the_servers_own_contents(both: Both) -> None:
+    async def read_first_static(connect: Connect) -> tuple[str, dict[str, Any]]:
+        async with connect() as client:
+            listing = await client.list_resources()
+            uri = next(r.uri for r in listing.resources if r.uri.startswith("demo://resource/static/"))
+            return uri, dump(await client.read_resource(uri))
+
+    (uri, direct), (guarded_uri, guarded) = await both(read_first_static)
+    assert guarded_uri == uri
+    assert direct["contents"] and direct["contents"][0]["uri"] == uri
+    assert guarded == direct
+
+
+async def test_prompts_through_the_guard_render_as_the_servers_own(both: Both) -> None:
+    async def prompts(connect: Connect) -> dict[str, Any]:
+        async with connect() as client:
+            return {
+                "simple": dump(await client.get_prompt("simple-prompt")),
+                "args": dump(await client.get_prompt("args-prompt", {"city": "Lisbon", "state": "Lisboa"})),
+            }
+
+    direct, guarded = await both(prompts)
+    assert "Lisbon" in str(direct["args"]["messages"])
+    assert guarded == direct
+
+
+async def test_argument_completion_through_the_guard_offers_the_servers_own_values(both: Both) -> None:
+    prompt = types.PromptReference(type="ref/prompt", name="completable-prompt")
+
+    async def complete(connect: Connect) -> dict[str, Any]:
+        async with connect() as client:
+            return {
+                "department": dump(await client.complete(prompt, {"name": "department", "value": "S"})),
+                "name": dump(
+                    await client.complete(
+                        prompt, {"name": "name", "value": ""}, context_arguments={"department": "Engineering"}
+                    )
+                ),
+            }
+
+    direct, guarded = await both(complete)
+    assert direct["department"]["completion"]["values"] == ["Sales", "Support"]
+    assert direct["name"]["completion"]["values"] == ["Alice", "Bob", "Charlie"]
+    assert guarded == direct
