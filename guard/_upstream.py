@@ -164,6 +164,8 @@ async def _stdio(spec: StdioUpstream) -> AsyncIterator[UpstreamLink]:
         finally:
             with anyio.CancelScope(shield=True):
                 await _stop(process)
+                await read.aclose()
+                await write.aclose()
             tg.cancel_scope.cancel()
 
 
@@ -244,6 +246,7 @@ async def _http(spec: HttpUpstream) -> AsyncIterator[UpstreamLink]:
             yield link
         finally:
             await write.aclose()
+            await read.aclose()
             tg.cancel_scope.cancel()
 
 
