@@ -1,8 +1,8 @@
 """The guard's exceptions.
 
-    GuardError
-    ├── ConfigError          bad flags or settings (exit status 2)
-    └── UpstreamStartError   the upstream cannot be started or reached at all (exit status 3)
+GuardError
+├── ConfigError          bad flags or settings (exit status 2)
+└── UpstreamStartError   the upstream cannot be started or reached at all (exit status 3)
 """
 
 

@@ -91,7 +91,9 @@ class HttpFront:
         if scope["type"] != "http":
             return
         if scope["path"].rstrip("/") != MCP_PATH:
-            await _json_error(404, types.INVALID_REQUEST, f"Not Found: the MCP endpoint is {MCP_PATH}")(scope, receive, send)
+            await _json_error(404, types.INVALID_REQUEST, f"Not Found: the MCP endpoint is {MCP_PATH}")(
+                scope, receive, send
+            )
             return
         request = Request(scope, receive)
         identity, refusal = self._authenticate(request)
@@ -113,7 +115,7 @@ class HttpFront:
         await send({"type": "lifespan.shutdown.complete"})
 
     def _authenticate(self, request: Request) -> tuple[str | None, Response | None]:
-        """The identity the bearer token names, or a 401. Without configured tokens everyone is `--identity`."""
+        """The identity the bearer token names, or a 401; without tokens everyone is `--identity`."""
         if not self._tokens:
             return self._identity, None
         scheme, _, presented = request.headers.get("authorization", "").partition(" ")
@@ -124,7 +126,9 @@ class HttpFront:
             reason = "the bearer token is not valid"
         else:
             reason = "missing `Authorization: Bearer <token>` header"
-        logger.warning("refused an HTTP request from %s: %s", request.client.host if request.client else "?", reason)
+        logger.warning(
+            "refused an HTTP request from %s: %s", request.client.host if request.client else "?", reason
+        )
         response = _json_error(401, types.INVALID_REQUEST, f"Unauthorized: {reason}")
         response.headers["WWW-Authenticate"] = 'Bearer realm="guard"'
         return None, response
@@ -182,7 +186,9 @@ class HttpFront:
     async def _relay_session(self, session: Session, client_read: Any, client_write: Any) -> None:
         try:
             async with _upstream.connect(self._spec) as link:
-                logger.info("session %s (identity %s) relaying to %s", session.id, session.identity, self._spec.label)
+                logger.info(
+                    "session %s (identity %s) relaying to %s", session.id, session.identity, self._spec.label
+                )
                 failure = await Relay(session, self._gate, client_read, client_write, link).run()
         except UpstreamStartError as exc:
             failure = str(exc)
@@ -195,14 +201,16 @@ class HttpFront:
     async def _modern_request(
         self, request: Request, identity: str | None, scope: Scope, receive: Receive, send: Send
     ) -> None:
-        refusal = await TransportSecurityMiddleware(self._security).validate_request(request, is_post=request.method == "POST")
+        refusal = await TransportSecurityMiddleware(self._security).validate_request(
+            request, is_post=request.method == "POST"
+        )
         if refusal is not None:
             await refusal(scope, receive, send)
             return
         if request.method != "POST":
-            await _json_error(405, types.INVALID_REQUEST, "Method Not Allowed: 2026-07-28 requests are POSTs")(
-                scope, receive, send
-            )
+            await _json_error(
+                405, types.INVALID_REQUEST, "Method Not Allowed: 2026-07-28 requests are POSTs"
+            )(scope, receive, send)
             return
         body = await request.body()
         try:
@@ -246,7 +254,6 @@ class _ModernChannel:
     closed: bool = False
     _into_relay: MemoryObjectSendStream[SessionMessage | Exception] | None = None
     _exchanges: dict[str, _Exchange] = field(default_factory=dict)
-    _tokens: dict[str, str] = field(default_factory=dict)
     _ids: itertools.count[int] = field(default_factory=itertools.count)
     _failure: str | None = None
 
@@ -267,8 +274,12 @@ class _ModernChannel:
             self.closed = True
             for exchange in self._exchanges.values():
                 error = types.ErrorData(code=UPSTREAM_UNAVAILABLE, message=self._failure or "upstream closed")
-                with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError, anyio.WouldBlock):
-                    exchange.queue.send_nowait(types.JSONRPCError(jsonrpc="2.0", id=exchange.original_id, error=error))
+                with contextlib.suppress(
+                    anyio.ClosedResourceError, anyio.BrokenResourceError, anyio.WouldBlock
+                ):
+                    exchange.queue.send_nowait(
+                        types.JSONRPCError(jsonrpc="2.0", id=exchange.original_id, error=error)
+                    )
 
     async def _deliver(self, out_of_relay: MemoryObjectReceiveStream[SessionMessage]) -> None:
         """Route what the relay sends back to the POST it belongs to."""
@@ -277,8 +288,11 @@ class _ModernChannel:
             key: str | None = None
             if isinstance(message, types.JSONRPCResponse | types.JSONRPCError):
                 key = message.id if isinstance(message.id, str) else None
-            elif isinstance(message, types.JSONRPCNotification) and message.method == "notifications/progress":
-                key = self._tokens.get((message.params or {}).get("progressToken"))
+            elif (
+                isinstance(message, types.JSONRPCNotification) and message.method == "notifications/progress"
+            ):
+                token = (message.params or {}).get("progressToken")
+                key = token if isinstance(token, str) else None
             exchange = self._exchanges.get(key) if key is not None else None
             if exchange is None:
                 logger.debug("dropped a 2026-era %s with no request to carry it", type(message).__name__)
@@ -287,11 +301,20 @@ class _ModernChannel:
                 await exchange.queue.send(_restore(message, exchange))
 
     async def exchange(
-        self, request_message: types.JSONRPCRequest, request: Request, scope: Scope, receive: Receive, send: Send
+        self,
+        request_message: types.JSONRPCRequest,
+        request: Request,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
     ) -> None:
         if self._into_relay is None or self.closed:
-            error = types.ErrorData(code=UPSTREAM_UNAVAILABLE, message=self._failure or "upstream unavailable")
-            await _reply(types.JSONRPCError(jsonrpc="2.0", id=request_message.id, error=error), scope, receive, send)
+            error = types.ErrorData(
+                code=UPSTREAM_UNAVAILABLE, message=self._failure or "upstream unavailable"
+            )
+            await _reply(
+                types.JSONRPCError(jsonrpc="2.0", id=request_message.id, error=error), scope, receive, send
+            )
             return
         key = f"guard-{next(self._ids)}"
         params = dict(request_message.params or {})
@@ -300,7 +323,6 @@ class _ModernChannel:
         if original_token is not None:
             meta["progressToken"] = key
             params["_meta"] = meta
-            self._tokens[key] = key
         queue, answers = anyio.create_memory_object_stream[types.JSONRPCMessage](16)
         self._exchanges[key] = _Exchange(request_message.id, original_token, queue)
         inner = types.JSONRPCRequest(jsonrpc="2.0", id=key, method=request_message.method, params=params)
@@ -309,12 +331,13 @@ class _ModernChannel:
             await _stream_answer(answers, request, scope, receive, send, self._cancel(key))
         finally:
             self._exchanges.pop(key, None)
-            self._tokens.pop(key, None)
 
     def _cancel(self, key: str) -> Any:
         async def cancel() -> None:
             note = types.JSONRPCNotification(
-                jsonrpc="2.0", method="notifications/cancelled", params={"requestId": key, "reason": "client disconnected"}
+                jsonrpc="2.0",
+                method="notifications/cancelled",
+                params={"requestId": key, "reason": "client disconnected"},
             )
             if self._into_relay is not None:
                 with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
@@ -390,7 +413,11 @@ def _sse(message: types.JSONRPCMessage) -> bytes:
 
 
 async def _reply(message: types.JSONRPCMessage, scope: Scope, receive: Receive, send: Send) -> None:
-    status = ERROR_CODE_HTTP_STATUS.get(message.error.code, 200) if isinstance(message, types.JSONRPCError) else 200
+    status = (
+        ERROR_CODE_HTTP_STATUS.get(message.error.code, 200)
+        if isinstance(message, types.JSONRPCError)
+        else 200
+    )
     body = message.model_dump_json(by_alias=True, exclude_unset=True)
     await Response(body, status_code=status, media_type="application/json")(scope, receive, send)
 
@@ -419,7 +446,9 @@ async def _refuse_first_request(client_read: Any, client_write: Any, failure: st
     async for item in client_read:
         if isinstance(item, SessionMessage) and isinstance(item.message, types.JSONRPCRequest):
             error = types.ErrorData(code=UPSTREAM_UNAVAILABLE, message=failure)
-            await client_write.send(SessionMessage(types.JSONRPCError(jsonrpc="2.0", id=item.message.id, error=error)))
+            await client_write.send(
+                SessionMessage(types.JSONRPCError(jsonrpc="2.0", id=item.message.id, error=error))
+            )
             return
 
 
@@ -433,10 +462,19 @@ def security_settings(host: str, port: int, tokens: dict[str, str]) -> Transport
 
 
 def serve_http(
-    spec: _upstream.UpstreamSpec, gate: Gate, host: str, port: int, tokens: dict[str, str], identity: str | None
+    spec: _upstream.UpstreamSpec,
+    gate: Gate,
+    host: str,
+    port: int,
+    tokens: dict[str, str],
+    identity: str | None,
 ) -> None:
     """Serve until interrupted."""
     front = HttpFront(spec, gate, tokens, identity, security_settings(host, port, tokens))
-    logger.info("serving MCP over streamable HTTP at http://%s:%d%s, upstream %s", host, port, MCP_PATH, spec.label)
-    config = uvicorn.Config(front, host=host, port=port, log_config=None, lifespan="on", timeout_graceful_shutdown=5)
+    logger.info(
+        "serving MCP over streamable HTTP at http://%s:%d%s, upstream %s", host, port, MCP_PATH, spec.label
+    )
+    config = uvicorn.Config(
+        front, host=host, port=port, log_config=None, lifespan="on", timeout_graceful_shutdown=5
+    )
     uvicorn.Server(config).run()

@@ -14,8 +14,8 @@ cancellation, list_changed, server-to-client requests) passes through unchanged,
 from __future__ import annotations
 
 import logging
-from contextlib import suppress
 from collections.abc import Awaitable, Callable, Mapping
+from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -106,7 +106,12 @@ class Relay:
     """Pumps messages between one client and one upstream until either side closes."""
 
     def __init__(
-        self, session: Session, gate: Gate, client_read: ClientRead, client_write: ClientWrite, upstream: UpstreamLink
+        self,
+        session: Session,
+        gate: Gate,
+        client_read: ClientRead,
+        client_write: ClientWrite,
+        upstream: UpstreamLink,
     ) -> None:
         self.session = session
         self._gate = gate
@@ -166,12 +171,16 @@ class Relay:
             metadata = item.metadata if isinstance(item.metadata, ServerMessageMetadata) else None
             if isinstance(message, types.JSONRPCRequest):
                 await self._client_request(message, metadata)
-            elif isinstance(message, types.JSONRPCNotification) and message.method == "notifications/cancelled":
+            elif (
+                isinstance(message, types.JSONRPCNotification) and message.method == "notifications/cancelled"
+            ):
                 await self._client_cancelled(message)
             else:
                 await self._to_upstream(message)
 
-    async def _client_request(self, request: types.JSONRPCRequest, metadata: ServerMessageMetadata | None) -> None:
+    async def _client_request(
+        self, request: types.JSONRPCRequest, metadata: ServerMessageMetadata | None
+    ) -> None:
         if self._gone is not None:
             await self._reply_error(request.id, UPSTREAM_UNAVAILABLE, self._gone)
             return
@@ -223,7 +232,11 @@ class Relay:
                 self._waiters.pop(request.id, None)
             if isinstance(waiter.reply, types.JSONRPCResponse):
                 return waiter.reply.result
-            error = waiter.reply.error if waiter.reply else types.ErrorData(code=UPSTREAM_UNAVAILABLE, message=self._gone or "")
+            error = (
+                waiter.reply.error
+                if waiter.reply
+                else types.ErrorData(code=UPSTREAM_UNAVAILABLE, message=self._gone or "")
+            )
             raise UpstreamError(error)
 
         with anyio.CancelScope() as scope:
@@ -235,7 +248,9 @@ class Relay:
             except Exception:
                 # Fail closed: the gate could not evaluate the call, so the client learns it was not handled.
                 logger.exception("gate failed on tools/call %s", name)
-                await self._reply_error(request.id, types.INTERNAL_ERROR, f"guard could not evaluate the call to {name}")
+                await self._reply_error(
+                    request.id, types.INTERNAL_ERROR, f"guard could not evaluate the call to {name}"
+                )
             else:
                 await self._send_client(types.JSONRPCResponse(jsonrpc="2.0", id=request.id, result=result))
             finally:
@@ -253,7 +268,9 @@ class Relay:
                 if waiter is not None:
                     waiter.done.set()
                 else:
-                    await self._reply_error(message.id, UPSTREAM_UNAVAILABLE, self._gone or self._upstream.failure())
+                    await self._reply_error(
+                        message.id, UPSTREAM_UNAVAILABLE, self._gone or self._upstream.failure()
+                    )
 
     # upstream -> client
 
@@ -282,7 +299,9 @@ class Relay:
                         message = await self._filtered_tools(message)
             await self._send_client(message, _related_request(message, self._progress))
 
-    async def _filtered_tools(self, response: types.JSONRPCResponse) -> types.JSONRPCResponse | types.JSONRPCError:
+    async def _filtered_tools(
+        self, response: types.JSONRPCResponse
+    ) -> types.JSONRPCResponse | types.JSONRPCError:
         try:
             result = await self._gate.list_tools(self.session, response.result)
         except Exception:
@@ -290,7 +309,9 @@ class Relay:
             return types.JSONRPCError(
                 jsonrpc="2.0",
                 id=response.id,
-                error=types.ErrorData(code=types.INTERNAL_ERROR, message="guard could not evaluate tools/list"),
+                error=types.ErrorData(
+                    code=types.INTERNAL_ERROR, message="guard could not evaluate tools/list"
+                ),
             )
         return types.JSONRPCResponse(jsonrpc="2.0", id=response.id, result=result)
 
@@ -305,7 +326,9 @@ class Relay:
             await self._reply_error(request_id, UPSTREAM_UNAVAILABLE, self._gone)
         self._pumps.cancel_scope.cancel()
 
-    async def _send_client(self, message: types.JSONRPCMessage, metadata: ServerMessageMetadata | None = None) -> None:
+    async def _send_client(
+        self, message: types.JSONRPCMessage, metadata: ServerMessageMetadata | None = None
+    ) -> None:
         try:
             await self._client_write.send(SessionMessage(message, metadata=metadata))
         except (anyio.ClosedResourceError, anyio.BrokenResourceError):
@@ -314,11 +337,15 @@ class Relay:
             self._answered.set()
 
     async def _reply_error(self, request_id: types.RequestId | None, code: int, message: str) -> None:
-        error = types.JSONRPCError(jsonrpc="2.0", id=request_id, error=types.ErrorData(code=code, message=message))
+        error = types.JSONRPCError(
+            jsonrpc="2.0", id=request_id, error=types.ErrorData(code=code, message=message)
+        )
         await self._send_client(error)
 
 
-def _related_request(message: types.JSONRPCMessage, progress: Mapping[Any, types.RequestId]) -> ServerMessageMetadata | None:
+def _related_request(
+    message: types.JSONRPCMessage, progress: Mapping[Any, types.RequestId]
+) -> ServerMessageMetadata | None:
     """Tell an HTTP front which request's stream a progress notification belongs on."""
     if isinstance(message, types.JSONRPCNotification) and message.method == "notifications/progress":
         request_id = progress.get((message.params or {}).get("progressToken"))

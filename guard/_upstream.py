@@ -48,7 +48,9 @@ class StdioUpstream:
     def check(self) -> None:
         """Raise `UpstreamStartError` if the command cannot be found, before any client waits on it."""
         if shutil.which(self.command[0]) is None:
-            raise UpstreamStartError(f"cannot start upstream `{self.label}`: command not found: {self.command[0]}")
+            raise UpstreamStartError(
+                f"cannot start upstream `{self.label}`: command not found: {self.command[0]}"
+            )
 
 
 @dataclass(frozen=True)
@@ -102,7 +104,12 @@ async def _stdio(spec: StdioUpstream) -> AsyncIterator[UpstreamLink]:
     try:
         # Inherit the guard's whole environment: users put P402_API_KEY etc. in the client config.
         process = await anyio.open_process(
-            list(spec.command), stdin=PIPE, stdout=PIPE, stderr=PIPE, env=dict(os.environ), start_new_session=True
+            list(spec.command),
+            stdin=PIPE,
+            stdout=PIPE,
+            stderr=PIPE,
+            env=dict(os.environ),
+            start_new_session=True,
         )
     except OSError as exc:
         raise UpstreamStartError(f"cannot start upstream `{spec.label}`: {exc.strerror or exc}") from exc
@@ -233,7 +240,7 @@ async def _http(spec: HttpUpstream) -> AsyncIterator[UpstreamLink]:
                     tg.start_soon(downstream)
                     await upstream()
                     tg.cancel_scope.cancel()
-        except Exception as exc:  # noqa: BLE001 - any transport failure ends the link with its story
+        except Exception as exc:
             link._failure = f"upstream {spec.url} failed: {describe(exc)}"
             logger.warning("%s", link._failure)
         finally:

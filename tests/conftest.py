@@ -26,8 +26,10 @@ def anyio_backend() -> str:
 
 @pytest.fixture(scope="session")
 def everything() -> list[str]:
-    """The command that starts @modelcontextprotocol/server-everything over stdio (installed by scripts/test)."""
-    binary = Path(os.environ.get("GUARD_TEST_EVERYTHING", ROOT / ".peers/node_modules/.bin/mcp-server-everything"))
+    """The stdio command of @modelcontextprotocol/server-everything (installed by scripts/test)."""
+    binary = Path(
+        os.environ.get("GUARD_TEST_EVERYTHING", ROOT / ".peers/node_modules/.bin/mcp-server-everything")
+    )
     if not binary.exists():
         pytest.fail(f"{binary} is missing: run scripts/install-test-deps (or scripts/test) first")
     return [str(binary), "stdio"]

@@ -49,9 +49,13 @@ class RawClient:
         self._send, self._receive = send, receive
         self._ids = iter(range(1, 1_000_000))
 
-    async def request(self, method: str, params: JSON | None = None) -> types.JSONRPCResponse | types.JSONRPCError:
+    async def request(
+        self, method: str, params: JSON | None = None
+    ) -> types.JSONRPCResponse | types.JSONRPCError:
         request_id = next(self._ids)
-        await self._send.send(SessionMessage(types.JSONRPCRequest(jsonrpc="2.0", id=request_id, method=method, params=params)))
+        await self._send.send(
+            SessionMessage(types.JSONRPCRequest(jsonrpc="2.0", id=request_id, method=method, params=params))
+        )
         while True:
             message = (await self._receive.receive()).message
             if isinstance(message, types.JSONRPCResponse | types.JSONRPCError) and message.id == request_id:
@@ -67,7 +71,11 @@ async def relay_with(gate: RecordingGate) -> AsyncIterator[RawClient]:
         client = RawClient(to_relay, from_relay)
         await client.request(
             "initialize",
-            {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
+            {
+                "protocolVersion": "2025-11-25",
+                "capabilities": {},
+                "clientInfo": {"name": "t", "version": "1"},
+            },
         )
         async with to_relay, client_read, from_relay:
             yield client

@@ -69,8 +69,10 @@ async def _session_facts(client: Client) -> dict[str, Any]:
 async def test_a_session_through_the_guard_matches_a_direct_one(
     front: str, upstream: str, era: str, dual_era_http: Spawned, http_guard: Callable[..., Spawned]
 ) -> None:
-    direct_target = dual_era_http.url if upstream == "http" else StdioServerParameters(
-        command=DUAL_ERA[0], args=DUAL_ERA[1:]
+    direct_target = (
+        dual_era_http.url
+        if upstream == "http"
+        else StdioServerParameters(command=DUAL_ERA[0], args=DUAL_ERA[1:])
     )
     with anyio.fail_after(WAIT_S):
         async with Client(direct_target, mode=era) as client:  # type: ignore[arg-type]
@@ -93,7 +95,6 @@ async def test_a_cancelled_call_is_cancelled_upstream_and_the_session_goes_on(
     with anyio.fail_after(WAIT_S):
         async with Client(through_guard(front, "stdio", dual_era_http, http_guard), mode=era) as client:  # type: ignore[arg-type]
             async with anyio.create_task_group() as tg:
-
                 cancel_scope = anyio.CancelScope()
 
                 async def waiter() -> None:

@@ -43,11 +43,15 @@ def text(value: str, *, error: bool = False) -> types.CallToolResult:
     return types.CallToolResult(content=[types.TextContent(type="text", text=value)], is_error=error)
 
 
-async def list_tools(ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None) -> types.ListToolsResult:
+async def list_tools(
+    ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None
+) -> types.ListToolsResult:
     return types.ListToolsResult(tools=TOOLS)
 
 
-async def call_tool(ctx: ServerRequestContext[Any], params: types.CallToolRequestParams) -> types.CallToolResult:
+async def call_tool(
+    ctx: ServerRequestContext[Any], params: types.CallToolRequestParams
+) -> types.CallToolResult:
     global answered
     arguments = params.arguments or {}
     if params.name == "echo":
@@ -84,7 +88,9 @@ def main() -> None:
         import uvicorn
 
         port = int(sys.argv[2])
-        uvicorn.run(server.streamable_http_app(host="127.0.0.1"), host="127.0.0.1", port=port, log_level="info")
+        uvicorn.run(
+            server.streamable_http_app(host="127.0.0.1"), host="127.0.0.1", port=port, log_level="info"
+        )
     else:
         anyio.run(serve_stdio)
 
