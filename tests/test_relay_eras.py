@@ -7,11 +7,13 @@ handshake era and 2026-07-28; server-everything (the third-party peer) speaks on
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
 import pytest
+import mcp.types as types
 from mcp import Client, StdioServerParameters
 
 from tests.conftest import DUAL_ERA, WAIT_S, Spawned
@@ -108,3 +110,59 @@ async def test_a_cancelled_call_is_cancelled_upstream_and_the_session_goes_on(
             # The upstream is still there and answers after the cancellation.
             after = await client.call_tool("echo", {"text": "still here"})
     assert after.content[0].text == "still here"  # type: ignore[union-attr]
+
+
+async def test_server_to_client_requests_and_notifications_reach_the_right_client(
+    front: str, dual_era_http: Spawned, http_guard: Callable[..., Spawned]
+) -> None:
+    """Elicitation, roots, list_changed and logging cross the guard (handshake era: the 2026 era has no
+    server-to-client requests). Over HTTP a second client session must not see the first one's traffic."""
+    target = through_guard(front, "stdio", dual_era_http, http_guard)
+    tools_changed = anyio.Event()
+    logged: list[str] = []
+    bystander_saw: list[object] = []
+
+    async def on_elicit(context: Any, params: types.ElicitRequestParams) -> types.ElicitResult:
+        assert params.message == "Pay 10 sat?"
+        return types.ElicitResult(action="accept", content={"ok": True})
+
+    async def on_roots(context: Any) -> types.ListRootsResult:
+        return types.ListRootsResult(roots=[types.Root(uri="file:///work/agent")])  # type: ignore[arg-type]
+
+    async def on_message(message: object) -> None:
+        if isinstance(message, types.ToolListChangedNotification):
+            tools_changed.set()
+
+    async def on_log(params: types.LoggingMessageNotificationParams) -> None:
+        logged.append(str(params.data))
+
+    async def bystander_message(message: object) -> None:
+        bystander_saw.append(message)
+
+    with anyio.fail_after(WAIT_S):
+        async with Client(
+            target,  # type: ignore[arg-type]
+            mode="legacy",
+            elicitation_callback=on_elicit,
+            list_roots_callback=on_roots,
+            message_handler=on_message,
+            logging_callback=on_log,
+        ) as client:
+            other = Client(target, mode="legacy", message_handler=bystander_message)  # type: ignore[arg-type]
+            async with other if front == "http" else _nothing():
+                asked = await client.call_tool("ask", {})
+                roots = await client.call_tool("roots", {})
+                sent = await client.call_tool("changed", {})
+                await tools_changed.wait()
+                if front == "http":
+                    await other.call_tool("echo", {"text": "x"})
+    assert asked.content[0].text == "accept {'ok': True}"  # type: ignore[union-attr]
+    assert roots.content[0].text == "file:///work/agent"  # type: ignore[union-attr]
+    assert sent.content[0].text == "sent"  # type: ignore[union-attr]
+    assert logged == ["tools changed"]
+    assert bystander_saw == []
+
+
+@asynccontextmanager
+async def _nothing() -> AsyncIterator[None]:
+    yield

@@ -173,3 +173,56 @@ async def test_argument_completion_through_the_guard_offers_the_servers_own_valu
     assert direct["department"]["completion"]["values"] == ["Sales", "Support"]
     assert direct["name"]["completion"]["values"] == ["Alice", "Bob", "Charlie"]
     assert guarded == direct
+
+
+async def test_progress_notifications_reach_the_caller_through_the_guard_in_the_servers_order(both: Both) -> None:
+    async def long_operation(connect: Connect) -> tuple[Progress, dict[str, Any]]:
+        seen: Progress = []
+
+        async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+            seen.append((progress, total))
+
+        async with connect() as client:
+            result = await client.call_tool(
+                "trigger-long-running-operation", {"duration": 1, "steps": 3}, progress_callback=on_progress
+            )
+        return seen, dump(result)
+
+    direct, guarded = await both(long_operation)
+    assert direct[0] == [(1.0, 3.0), (2.0, 3.0), (3.0, 3.0)]
+    assert guarded == direct
+
+
+async def test_cancelling_a_call_through_the_guard_ends_it_early_and_the_session_keeps_working(
+    both: Both,
+) -> None:
+    async def cancel_then_echo(connect: Connect) -> tuple[bool, dict[str, Any]]:
+        started = anyio.Event()
+        call = anyio.CancelScope()
+        answered: types.CallToolResult | None = None
+
+        async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+            started.set()
+
+        async def long_call(client: Client) -> None:
+            nonlocal answered
+            with call:
+                answered = await client.call_tool(
+                    "trigger-long-running-operation", {"duration": 30, "steps": 60}, progress_callback=on_progress
+                )
+
+        async with connect() as client:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(long_call, client)
+                await started.wait()
+                # The SDK client answers the abandoned request with notifications/cancelled.
+                call.cancel()
+            assert answered is None
+            after = await client.call_tool("echo", {"message": "still here"})
+        return call.cancelled_caught, dump(after)
+
+    # `both` bounds the whole exchange by WAIT_S, well under the 30 s the operation would take.
+    direct, guarded = await both(cancel_then_echo)
+    assert direct[0] is True
+    assert direct[1]["content"][0]["text"] == "Echo: still here"
+    assert guarded == direct

@@ -7,6 +7,9 @@ Tools:
 - `wait {}`: reports one progress step, then waits until cancelled (for cancellation tests).
 - `crash {}`: writes a last word to stderr and exits the process with status 7 mid-call.
 - `calls {}`: how many tools/call this process has answered (shows which upstream session served).
+- `ask {}`: asks the client (elicitation, a server-to-client request) and returns its answer.
+- `roots {}`: asks the client for its roots and returns their URIs.
+- `changed {}`: sends notifications/tools/list_changed and a log message, then returns "sent".
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from typing import Any
 
 import anyio
 import mcp.types as types
-from mcp.server import Server, ServerRequestContext
+from mcp.server import NotificationOptions, Server, ServerRequestContext
 from mcp.server.stdio import stdio_server
 
 TOOLS = [
@@ -34,6 +37,9 @@ TOOLS = [
     types.Tool(name="wait", description="Wait until cancelled.", input_schema={"type": "object"}),
     types.Tool(name="crash", description="Exit mid-call.", input_schema={"type": "object"}),
     types.Tool(name="calls", description="Calls answered so far.", input_schema={"type": "object"}),
+    types.Tool(name="ask", description="Elicit from the client.", input_schema={"type": "object"}),
+    types.Tool(name="roots", description="List the client's roots.", input_schema={"type": "object"}),
+    types.Tool(name="changed", description="Send list_changed and a log.", input_schema={"type": "object"}),
 ]
 
 answered = 0
@@ -72,6 +78,17 @@ async def call_tool(
         os._exit(7)
     if params.name == "calls":
         return text(str(answered))
+    if params.name == "ask":
+        schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]}
+        answer = await ctx.session.elicit_form("Pay 10 sat?", schema)  # type: ignore[arg-type]
+        return text(f"{answer.action} {answer.content}")
+    if params.name == "roots":
+        roots = await ctx.session.list_roots()
+        return text(" ".join(str(root.uri) for root in roots.roots))
+    if params.name == "changed":
+        await ctx.session.send_tool_list_changed()
+        await ctx.session.send_log_message("info", "tools changed", logger="dual_era")
+        return text("sent")
     return text(f"unknown tool {params.name}", error=True)
 
 
@@ -80,7 +97,9 @@ server = Server("dual-era", version="1.0.0", on_list_tools=list_tools, on_call_t
 
 async def serve_stdio() -> None:
     async with stdio_server() as (read, write):
-        await server.run(read, write, server.create_initialization_options())
+        await server.run(
+            read, write, server.create_initialization_options(NotificationOptions(tools_changed=True))
+        )
 
 
 def main() -> None:
