@@ -12,8 +12,8 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
-import pytest
 import mcp.types as types
+import pytest
 from mcp import Client, StdioServerParameters
 
 from tests.conftest import DUAL_ERA, WAIT_S, Spawned
