@@ -26,6 +26,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.message import SessionMessage
 
 from guard._errors import UpstreamStartError
+from guard._redact import redact
 
 logger = logging.getLogger("guard.upstream")
 
@@ -43,7 +44,8 @@ class StdioUpstream:
 
     @property
     def label(self) -> str:
-        return shlex.join(self.command)
+        """The command line as shown in logs and errors; secrets passed as arguments are scrubbed."""
+        return redact(shlex.join(self.command))
 
     def check(self) -> None:
         """Raise `UpstreamStartError` if the command cannot be found, before any client waits on it."""
@@ -61,7 +63,7 @@ class HttpUpstream:
 
     @property
     def label(self) -> str:
-        return self.url
+        return redact(self.url)
 
     def check(self) -> None:
         """Raise `UpstreamStartError` if nothing answers HTTP at the URL (any HTTP status means reachable)."""
@@ -69,7 +71,7 @@ class HttpUpstream:
             with httpx.Client(timeout=5.0) as client:
                 client.request("GET", self.url, headers={"Accept": "text/event-stream"}, timeout=5.0).close()
         except httpx.HTTPError as exc:
-            raise UpstreamStartError(f"upstream {self.url} is unreachable: {describe(exc)}") from exc
+            raise UpstreamStartError(f"upstream {self.label} is unreachable: {describe(exc)}") from exc
 
 
 UpstreamSpec = StdioUpstream | HttpUpstream
@@ -146,11 +148,11 @@ async def _stdio(spec: StdioUpstream) -> AsyncIterator[UpstreamLink]:
                     lines = (buffer + chunk).split(b"\n")
                     buffer = lines.pop()
                     for raw in lines:
-                        text = raw.decode("utf-8", "replace").rstrip()
+                        text = redact(raw.decode("utf-8", "replace").rstrip())
                         stderr_tail.append(text)
                         logger.debug("upstream stderr: %s", text)
             if buffer:
-                stderr_tail.append(buffer.decode("utf-8", "replace").rstrip())
+                stderr_tail.append(redact(buffer.decode("utf-8", "replace").rstrip()))
         finally:
             stderr_done.set()
 
@@ -228,7 +230,7 @@ async def _http(spec: HttpUpstream) -> AsyncIterator[UpstreamLink]:
                     async with to_relay:
                         async for item in up_read:
                             if isinstance(item, Exception):
-                                item = _describe_transport_error(spec.url, item)
+                                item = _describe_transport_error(spec.label, item)
                             await to_relay.send(item)
 
                 async def upstream() -> None:
@@ -241,7 +243,7 @@ async def _http(spec: HttpUpstream) -> AsyncIterator[UpstreamLink]:
                     await upstream()
                     tg.cancel_scope.cancel()
         except Exception as exc:
-            link._failure = f"upstream {spec.url} failed: {describe(exc)}"
+            link._failure = f"upstream {spec.label} failed: {redact(describe(exc))}"
             logger.warning("%s", link._failure)
         finally:
             await to_relay.aclose()

@@ -19,6 +19,7 @@ import anyio
 import mcp_types as types
 import pytest
 from mcp import Client, StdioServerParameters
+from mcp.client.session import ClientRequestContext
 
 from tests.conftest import WAIT_S, GuardProcess
 
@@ -225,4 +226,114 @@ async def test_cancelling_a_call_through_the_guard_ends_it_early_and_the_session
     direct, guarded = await both(cancel_then_echo)
     assert direct[0] is True
     assert direct[1]["content"][0]["text"] == "Echo: still here"
+    assert guarded == direct
+
+
+async def test_a_sampling_request_from_the_server_reaches_the_client_through_the_guard_and_its_answer_flows_back(
+    both: Both,
+) -> None:
+    async def sample(connect: Connect) -> tuple[list[str], list[dict[str, Any]], dict[str, Any]]:
+        requests: list[dict[str, Any]] = []
+
+        async def on_sampling(
+            context: ClientRequestContext, params: types.CreateMessageRequestParams
+        ) -> types.CreateMessageResult:
+            requests.append(params.model_dump(mode="json"))
+            return types.CreateMessageResult(
+                role="assistant",
+                content=types.TextContent(type="text", text="a sampled answer"),
+                model="test-model",
+                stop_reason="endTurn",
+            )
+
+        async with connect(sampling_callback=on_sampling) as client:
+            # Declaring sampling makes server-everything register its sampling tool at `initialized`.
+            names = [tool.name for tool in (await client.list_tools()).tools]
+            result = await client.call_tool("trigger-sampling-request", {"prompt": "hello", "maxTokens": 5})
+        return names, requests, dump(result)
+
+    direct, guarded = await both(sample)
+    names, requests, result = direct
+    assert "trigger-sampling-request" in names
+    assert len(requests) == 1 and requests[0]["max_tokens"] == 5
+    assert "a sampled answer" in result["content"][0]["text"]
+    assert guarded == direct
+
+
+async def test_an_elicitation_request_from_the_server_reaches_the_client_through_the_guard_and_its_answer_flows_back(
+    both: Both,
+) -> None:
+    async def elicit(connect: Connect) -> tuple[list[str], list[dict[str, Any]], dict[str, Any]]:
+        requests: list[dict[str, Any]] = []
+
+        async def on_elicitation(context: ClientRequestContext, params: types.ElicitRequestParams) -> types.ElicitResult:
+            requests.append(params.model_dump(mode="json"))
+            return types.ElicitResult(action="accept", content={"name": "Ada Lovelace", "check": True})
+
+        async with connect(elicitation_callback=on_elicitation) as client:
+            names = [tool.name for tool in (await client.list_tools()).tools]
+            result = await client.call_tool("trigger-elicitation-request", {})
+        return names, requests, dump(result)
+
+    direct, guarded = await both(elicit)
+    names, requests, result = direct
+    assert "trigger-elicitation-request" in names
+    assert len(requests) == 1
+    assert "- Name: Ada Lovelace" in str(result["content"])
+    assert guarded == direct
+
+
+async def test_a_roots_request_and_the_log_message_it_triggers_cross_the_guard_unchanged(both: Both) -> None:
+    async def roots(connect: Connect) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        logged: list[dict[str, Any]] = []
+        roots_logged = anyio.Event()
+
+        async def on_list_roots(context: ClientRequestContext) -> types.ListRootsResult:
+            return types.ListRootsResult(roots=[types.Root(uri="file:///tmp/guard-test", name="guard test")])
+
+        async def on_log(params: types.LoggingMessageNotificationParams) -> None:
+            logged.append(params.model_dump(mode="json"))
+            if params.logger == "everything-server":
+                roots_logged.set()
+
+        async with connect(list_roots_callback=on_list_roots, logging_callback=on_log) as client:
+            # Shortly after `initialized`, server-everything asks the client for its roots (a
+            # server-to-client request of its own) and then logs how many it received.
+            await roots_logged.wait()
+            result = await client.call_tool("get-roots-list", {})
+        return logged, dump(result)
+
+    direct, guarded = await both(roots)
+    logged, result = direct
+    assert logged == [
+        {
+            "meta": None,
+            "level": "info",
+            "logger": "everything-server",
+            "data": "Roots updated: 1 root(s) received from client",
+        }
+    ]
+    assert "file:///tmp/guard-test" in str(result["content"])
+    assert guarded == direct
+
+
+async def test_simulated_log_messages_reach_the_client_through_the_guard(both: Both) -> None:
+    async def first_log(connect: Connect) -> dict[str, Any]:
+        logged: list[types.LoggingMessageNotificationParams] = []
+        arrived = anyio.Event()
+
+        async def on_log(params: types.LoggingMessageNotificationParams) -> None:
+            logged.append(params)
+            arrived.set()
+
+        async with connect(logging_callback=on_log) as client:
+            await client.call_tool("toggle-simulated-logging", {})
+            await arrived.wait()
+            await client.call_tool("toggle-simulated-logging", {})
+        # The level is chosen at random per message, so only the shape can be compared.
+        message = logged[0]
+        return {"logger": message.logger, "data_is_text": isinstance(message.data, str)}
+
+    direct, guarded = await both(first_log)
+    assert direct == {"logger": None, "data_is_text": True}
     assert guarded == direct
