@@ -38,7 +38,7 @@ from starlette.types import Receive, Scope, Send
 
 from guard import _upstream
 from guard._errors import UpstreamStartError
-from guard._relay import UPSTREAM_UNAVAILABLE, Gate, Relay, Session
+from guard._relay import UPSTREAM_UNAVAILABLE, ClientPort, Gate, Relay, Session
 
 logger = logging.getLogger("guard.http")
 
@@ -189,7 +189,9 @@ class HttpFront:
                 logger.info(
                     "session %s (identity %s) relaying to %s", session.id, session.identity, self._spec.label
                 )
-                failure = await Relay(session, self._gate, client_read, client_write, link).run()
+                failure = await Relay(
+                    session, self._gate, ClientPort.of_streams(client_read, client_write), link
+                ).run()
         except UpstreamStartError as exc:
             failure = str(exc)
             await _refuse_first_request(client_read, client_write, failure)
@@ -265,7 +267,9 @@ class _ModernChannel:
             async with _upstream.connect(spec) as link, anyio.create_task_group() as tg:
                 tg.start_soon(self._deliver, out_of_relay)
                 task_status.started()
-                self._failure = await Relay(self.session, gate, client_read, client_write, link).run()
+                self._failure = await Relay(
+                    self.session, gate, ClientPort.of_streams(client_read, client_write), link
+                ).run()
                 tg.cancel_scope.cancel()
         except UpstreamStartError as exc:
             self._failure = str(exc)

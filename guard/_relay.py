@@ -14,14 +14,13 @@ cancellation, list_changed, server-to-client requests) passes through unchanged,
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Mapping
-from contextlib import suppress
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, TypeVar
 
 import anyio
 import mcp_types as types
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from mcp.shared.message import ClientMessageMetadata, ServerMessageMetadata, SessionMessage
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
@@ -30,9 +29,7 @@ from guard._upstream import UpstreamLink
 logger = logging.getLogger("guard.relay")
 
 JSON = dict[str, Any]
-# The SDK's server transports hand out context-carrying streams; anything with send/receive will do.
-ClientRead = MemoryObjectReceiveStream[SessionMessage | Exception] | Any
-ClientWrite = MemoryObjectSendStream[SessionMessage] | Any
+T = TypeVar("T")
 
 # A JSON-RPC error code of our own for "the upstream is gone" (in the implementation-defined range).
 UPSTREAM_UNAVAILABLE = -32003
@@ -94,6 +91,20 @@ class OpenGate:
         return result
 
 
+@dataclass(frozen=True)
+class ClientPort:
+    """The client's side of a relay: its messages, and how to send it messages and hang up."""
+
+    messages: AsyncIterable[SessionMessage | Exception]
+    send: Callable[[SessionMessage], Awaitable[None]]
+    close: Callable[[], Awaitable[None]]
+
+    @classmethod
+    def of_streams(cls, read: Any, write: Any) -> ClientPort:
+        """A port over the SDK transports' (read, write) memory streams."""
+        return cls(read, write.send, write.aclose)
+
+
 @dataclass
 class _Waiter:
     """A forwarded call waiting for the upstream's response."""
@@ -105,18 +116,10 @@ class _Waiter:
 class Relay:
     """Pumps messages between one client and one upstream until either side closes."""
 
-    def __init__(
-        self,
-        session: Session,
-        gate: Gate,
-        client_read: ClientRead,
-        client_write: ClientWrite,
-        upstream: UpstreamLink,
-    ) -> None:
+    def __init__(self, session: Session, gate: Gate, client: ClientPort, upstream: UpstreamLink) -> None:
         self.session = session
         self._gate = gate
-        self._client_read = client_read
-        self._client_write = client_write
+        self._client = client
         self._upstream = upstream
         # Client requests sent upstream and not yet answered, with their transport metadata.
         self._inflight: dict[types.RequestId, ServerMessageMetadata | None] = {}
@@ -133,9 +136,20 @@ class Relay:
     async def run(self) -> str | None:
         """Relay until the client closes (returns None) or the upstream goes away (returns why).
 
-        Like an SDK server loop, the relay owns the client's write stream and closes it when done.
+        Like an SDK server loop, the relay hangs up on the client when it is done.
         """
-        async with self._client_write, anyio.create_task_group() as calls:
+        try:
+            await self._run()
+        finally:
+            with (
+                anyio.CancelScope(shield=True),
+                suppress(anyio.ClosedResourceError, anyio.BrokenResourceError, OSError),
+            ):
+                await self._client.close()
+        return self._gone
+
+    async def _run(self) -> None:
+        async with anyio.create_task_group() as calls:
             self._call_tasks = calls
             async with anyio.create_task_group() as pumps:
                 self._pumps = pumps
@@ -152,7 +166,6 @@ class Relay:
             else:
                 # Calls still in the gate get a moment to deliver the upstream's failure to the client.
                 calls.cancel_scope.deadline = anyio.current_time() + CALL_DRAIN_S
-        return self._gone
 
     # client -> upstream
 
@@ -162,7 +175,11 @@ class Relay:
             await self._pump_client()
 
     async def _pump_client(self) -> None:
-        async for item in self._client_read:
+        async with _closing(self._client.messages) as messages:
+            await self._each_client_message(messages)
+
+    async def _each_client_message(self, messages: AsyncIterable[SessionMessage | Exception]) -> None:
+        async for item in messages:
             if isinstance(item, Exception):
                 logger.warning("client sent an unreadable message: %s", item)
                 await self._reply_error(None, types.PARSE_ERROR, f"Parse error: {item}")
@@ -259,9 +276,10 @@ class Relay:
             await metadata.on_request_unanswered()
 
     async def _to_upstream(self, message: types.JSONRPCMessage) -> None:
+        metadata = _routing(message) if self._upstream.wants_routing_headers else None
         try:
-            await self._upstream.write.send(SessionMessage(message, metadata=_routing(message)))
-        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            await self._upstream.send(SessionMessage(message, metadata=metadata))
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError, OSError):
             if isinstance(message, types.JSONRPCRequest):
                 self._inflight.pop(message.id, None)
                 waiter = self._waiters.get(message.id)
@@ -280,7 +298,11 @@ class Relay:
         await self._upstream_gone()
 
     async def _pump_upstream(self) -> None:
-        async for item in self._upstream.read:
+        async with _closing(self._upstream.messages) as messages:
+            await self._each_upstream_message(messages)
+
+    async def _each_upstream_message(self, messages: AsyncIterable[SessionMessage | Exception]) -> None:
+        async for item in messages:
             if isinstance(item, Exception):
                 logger.warning("%s", item)
                 continue
@@ -330,8 +352,8 @@ class Relay:
         self, message: types.JSONRPCMessage, metadata: ServerMessageMetadata | None = None
     ) -> None:
         try:
-            await self._client_write.send(SessionMessage(message, metadata=metadata))
-        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            await self._client.send(SessionMessage(message, metadata=metadata))
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError, OSError):
             logger.debug("client went away before %s could be delivered", type(message).__name__)
         if isinstance(message, types.JSONRPCResponse | types.JSONRPCError):
             self._answered.set()
@@ -341,6 +363,17 @@ class Relay:
             jsonrpc="2.0", id=request_id, error=types.ErrorData(code=code, message=message)
         )
         await self._send_client(error)
+
+
+@asynccontextmanager
+async def _closing(messages: AsyncIterable[T]) -> AsyncIterator[AsyncIterable[T]]:
+    """Finalize a message generator in the task that iterated it (not later, at garbage collection)."""
+    try:
+        yield messages
+    finally:
+        if isinstance(messages, AsyncGenerator):
+            with anyio.CancelScope(shield=True):
+                await messages.aclose()
 
 
 def _related_request(

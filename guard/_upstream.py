@@ -12,7 +12,7 @@ import shlex
 import shutil
 import signal
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from subprocess import PIPE
@@ -20,8 +20,8 @@ from subprocess import PIPE
 import anyio
 import httpx
 import mcp_types as types
-from anyio.abc import Process
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from anyio.abc import Process, TaskStatus
+from anyio.streams.memory import MemoryObjectReceiveStream
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.message import SessionMessage
 
@@ -79,11 +79,15 @@ UpstreamSpec = StdioUpstream | HttpUpstream
 
 @dataclass
 class UpstreamLink:
-    """An open connection to the upstream: messages in both directions and, once it is gone, why."""
+    """An open connection to the upstream: its messages, a way to send it messages, and, once it is
+    gone, why. `messages` ends when the upstream goes away; `send` raises `anyio.BrokenResourceError`
+    (or `ClosedResourceError`, `OSError`) when it can no longer take messages."""
 
     label: str
-    read: MemoryObjectReceiveStream[SessionMessage | Exception]
-    write: MemoryObjectSendStream[SessionMessage]
+    messages: AsyncIterator[SessionMessage | Exception]
+    send: Callable[[SessionMessage], Awaitable[None]]
+    # Whether 2026-07-28 requests need their routing headers (only a streamable-HTTP upstream reads them).
+    wants_routing_headers: bool = False
     _failure: str | None = field(default=None)
 
     def failure(self) -> str:
@@ -103,6 +107,7 @@ async def connect(spec: UpstreamSpec) -> AsyncIterator[UpstreamLink]:
 
 @asynccontextmanager
 async def _stdio(spec: StdioUpstream) -> AsyncIterator[UpstreamLink]:
+    label = spec.label
     try:
         # Inherit the guard's whole environment: users put P402_API_KEY etc. in the client config.
         process = await anyio.open_process(
@@ -114,37 +119,40 @@ async def _stdio(spec: StdioUpstream) -> AsyncIterator[UpstreamLink]:
             start_new_session=True,
         )
     except OSError as exc:
-        raise UpstreamStartError(f"cannot start upstream `{spec.label}`: {exc.strerror or exc}") from exc
-
-    to_relay, read = anyio.create_memory_object_stream[SessionMessage | Exception](0)
-    write, from_relay = anyio.create_memory_object_stream[SessionMessage](0)
-    link = UpstreamLink(spec.label, read, write)
+        raise UpstreamStartError(f"cannot start upstream `{label}`: {exc.strerror or exc}") from exc
+    assert process.stdin is not None and process.stdout is not None and process.stderr is not None
+    stdin, stdout, stderr = process.stdin, process.stdout, process.stderr
     stderr_tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
     stderr_done = anyio.Event()
 
-    async def read_stdout() -> None:
-        assert process.stdout is not None
+    # The relay reads and writes the pipes itself, with no queue or task in between: each hop costs
+    # event-loop passes, and this is the hot path of every call.
+    async def messages() -> AsyncIterator[SessionMessage | Exception]:
         buffer = b""
-        async with to_relay:
-            with suppress(anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError, OSError):
-                async for chunk in process.stdout:
-                    lines = (buffer + chunk).split(b"\n")
-                    buffer = lines.pop()
-                    for line in lines:
-                        if line.strip():
-                            await to_relay.send(_parse(line, spec.label))
-            # stdout closed: the upstream is exiting. Wait (bounded) for its status and last words.
-            with anyio.move_on_after(EXIT_GRACE_S):
-                await process.wait()
-                await stderr_done.wait()
-            link._failure = _exit_story(spec.label, process.returncode, stderr_tail)
+        with suppress(anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError, OSError):
+            async for chunk in stdout:
+                lines = (buffer + chunk).split(b"\n")
+                buffer = lines.pop()
+                for line in lines:
+                    if line.strip():
+                        yield _parse(line, label)
+        # stdout closed: the upstream is exiting. Wait (bounded) for its status and last words.
+        with anyio.move_on_after(EXIT_GRACE_S):
+            await process.wait()
+            await stderr_done.wait()
+        link._failure = _exit_story(label, process.returncode, stderr_tail)
+
+    async def send(message: SessionMessage) -> None:
+        data = message.message.model_dump_json(by_alias=True, exclude_unset=True)
+        await stdin.send(data.encode() + b"\n")
+
+    link = UpstreamLink(label, messages(), send)
 
     async def read_stderr() -> None:
-        assert process.stderr is not None
         buffer = b""
         try:
             with suppress(anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError, OSError):
-                async for chunk in process.stderr:
+                async for chunk in stderr:
                     lines = (buffer + chunk).split(b"\n")
                     buffer = lines.pop()
                     for raw in lines:
@@ -156,25 +164,13 @@ async def _stdio(spec: StdioUpstream) -> AsyncIterator[UpstreamLink]:
         finally:
             stderr_done.set()
 
-    async def write_stdin() -> None:
-        assert process.stdin is not None
-        async with from_relay:
-            with suppress(anyio.ClosedResourceError, anyio.BrokenResourceError, OSError):
-                async for message in from_relay:
-                    data = message.message.model_dump_json(by_alias=True, exclude_unset=True)
-                    await process.stdin.send(data.encode() + b"\n")
-
     async with anyio.create_task_group() as tg:
-        tg.start_soon(read_stdout)
         tg.start_soon(read_stderr)
-        tg.start_soon(write_stdin)
         try:
             yield link
         finally:
             with anyio.CancelScope(shield=True):
                 await _stop(process)
-                await read.aclose()
-                await write.aclose()
             tg.cancel_scope.cancel()
 
 
@@ -219,9 +215,9 @@ async def _http(spec: HttpUpstream) -> AsyncIterator[UpstreamLink]:
     # a closed link with a readable failure, so pending calls get an answer instead of a crashed guard.
     to_relay, read = anyio.create_memory_object_stream[SessionMessage | Exception](0)
     write, from_relay = anyio.create_memory_object_stream[SessionMessage](0)
-    link = UpstreamLink(spec.label, read, write)
+    link = UpstreamLink(spec.label, _drain(read), write.send, wants_routing_headers=True)
 
-    async def run(task_status: anyio.abc.TaskStatus[None]) -> None:
+    async def run(task_status: TaskStatus[None]) -> None:
         try:
             async with streamable_http_client(spec.url) as (up_read, up_write):
                 task_status.started()
@@ -242,7 +238,7 @@ async def _http(spec: HttpUpstream) -> AsyncIterator[UpstreamLink]:
                     tg.start_soon(downstream)
                     await upstream()
                     tg.cancel_scope.cancel()
-        except Exception as exc:
+        except Exception as exc:  # any transport failure ends the link with its story
             link._failure = f"upstream {spec.label} failed: {redact(describe(exc))}"
             logger.warning("%s", link._failure)
         finally:
@@ -257,6 +253,14 @@ async def _http(spec: HttpUpstream) -> AsyncIterator[UpstreamLink]:
             await write.aclose()
             await read.aclose()
             tg.cancel_scope.cancel()
+
+
+async def _drain(
+    stream: MemoryObjectReceiveStream[SessionMessage | Exception],
+) -> AsyncIterator[SessionMessage | Exception]:
+    with suppress(anyio.ClosedResourceError, anyio.EndOfStream):
+        async for item in stream:
+            yield item
 
 
 def _describe_transport_error(url: str, exc: Exception) -> Exception:

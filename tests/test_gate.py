@@ -11,7 +11,7 @@ import mcp_types as types
 import pytest
 from mcp.shared.message import SessionMessage
 
-from guard import Forward, Relay, Session, StdioUpstream, ToolCall, connect
+from guard import ClientPort, Forward, Relay, Session, StdioUpstream, ToolCall, connect
 from tests.conftest import DUAL_ERA, WAIT_S
 
 pytestmark = pytest.mark.anyio
@@ -67,7 +67,8 @@ async def relay_with(gate: RecordingGate) -> AsyncIterator[RawClient]:
     async with connect(StdioUpstream(tuple(DUAL_ERA))) as link, anyio.create_task_group() as tg:
         to_relay, client_read = anyio.create_memory_object_stream[SessionMessage | Exception](0)
         client_write, from_relay = anyio.create_memory_object_stream[SessionMessage](0)
-        tg.start_soon(Relay(Session("s-1", identity="alice"), gate, client_read, client_write, link).run)
+        port = ClientPort.of_streams(client_read, client_write)
+        tg.start_soon(Relay(Session("s-1", identity="alice"), gate, port, link).run)
         client = RawClient(to_relay, from_relay)
         await client.request(
             "initialize",
@@ -113,7 +114,8 @@ async def test_tools_list_passes_through_the_gate() -> None:
         async with relay_with(gate) as client:
             listing = await client.request("tools/list")
     assert isinstance(listing, types.JSONRPCResponse)
-    assert [t["name"] for t in listing.result["tools"]] == ["echo", "count", "wait", "calls"]
+    names = [t["name"] for t in listing.result["tools"]]
+    assert "crash" not in names and names[:4] == ["echo", "count", "wait", "calls"]
     assert gate.listed == 1
 
 
