@@ -6,6 +6,7 @@ person can act on, why the upstream went away (exit status and stderr tail, or t
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import shlex
@@ -20,7 +21,7 @@ from subprocess import PIPE
 import anyio
 import httpx
 import mcp_types as types
-from anyio.abc import Process, TaskStatus
+from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.message import SessionMessage
@@ -31,6 +32,8 @@ from guard._redact import redact
 logger = logging.getLogger("guard.upstream")
 
 STDERR_TAIL_LINES = 20
+# The longest line (one JSON-RPC message) read from an upstream.
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 # Grace periods when stopping a stdio upstream: after stdin closes, then after SIGTERM.
 EXIT_GRACE_S = 2.0
 TERM_GRACE_S = 2.0
@@ -110,13 +113,15 @@ async def _stdio(spec: StdioUpstream) -> AsyncIterator[UpstreamLink]:
     label = spec.label
     try:
         # Inherit the guard's whole environment: users put P402_API_KEY etc. in the client config.
-        process = await anyio.open_process(
-            list(spec.command),
+        # asyncio's own pipes, not anyio's wrappers: those add an event-loop pass to every write.
+        process = await asyncio.create_subprocess_exec(
+            *spec.command,
             stdin=PIPE,
             stdout=PIPE,
             stderr=PIPE,
             env=dict(os.environ),
             start_new_session=True,
+            limit=MAX_MESSAGE_BYTES,
         )
     except OSError as exc:
         raise UpstreamStartError(f"cannot start upstream `{label}`: {exc.strerror or exc}") from exc
@@ -128,14 +133,10 @@ async def _stdio(spec: StdioUpstream) -> AsyncIterator[UpstreamLink]:
     # The relay reads and writes the pipes itself, with no queue or task in between: each hop costs
     # event-loop passes, and this is the hot path of every call.
     async def messages() -> AsyncIterator[SessionMessage | Exception]:
-        buffer = b""
-        with suppress(anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError, OSError):
-            async for chunk in stdout:
-                lines = (buffer + chunk).split(b"\n")
-                buffer = lines.pop()
-                for line in lines:
-                    if line.strip():
-                        yield _parse(line, label)
+        with suppress(OSError, ValueError):  # ValueError: a line longer than MAX_MESSAGE_BYTES
+            while line := await stdout.readline():
+                if line.strip():
+                    yield _parse(line, label)
         # stdout closed: the upstream is exiting. Wait (bounded) for its status and last words.
         with anyio.move_on_after(EXIT_GRACE_S):
             await process.wait()
@@ -143,24 +144,18 @@ async def _stdio(spec: StdioUpstream) -> AsyncIterator[UpstreamLink]:
         link._failure = _exit_story(label, process.returncode, stderr_tail)
 
     async def send(message: SessionMessage) -> None:
-        data = message.message.model_dump_json(by_alias=True, exclude_unset=True)
-        await stdin.send(data.encode() + b"\n")
+        stdin.write(message.message.model_dump_json(by_alias=True, exclude_unset=True).encode() + b"\n")
+        await stdin.drain()
 
     link = UpstreamLink(label, messages(), send)
 
     async def read_stderr() -> None:
-        buffer = b""
         try:
-            with suppress(anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError, OSError):
-                async for chunk in stderr:
-                    lines = (buffer + chunk).split(b"\n")
-                    buffer = lines.pop()
-                    for raw in lines:
-                        text = redact(raw.decode("utf-8", "replace").rstrip())
-                        stderr_tail.append(text)
-                        logger.debug("upstream stderr: %s", text)
-            if buffer:
-                stderr_tail.append(redact(buffer.decode("utf-8", "replace").rstrip()))
+            with suppress(OSError, ValueError):
+                while raw := await stderr.readline():
+                    text = redact(raw.decode("utf-8", "replace").rstrip())
+                    stderr_tail.append(text)
+                    logger.debug("upstream stderr: %s", text)
         finally:
             stderr_done.set()
 
@@ -174,11 +169,10 @@ async def _stdio(spec: StdioUpstream) -> AsyncIterator[UpstreamLink]:
             tg.cancel_scope.cancel()
 
 
-async def _stop(process: Process) -> None:
+async def _stop(process: asyncio.subprocess.Process) -> None:
     """Close stdin, give the upstream a moment to exit, then SIGTERM and SIGKILL its process group."""
-    assert process.stdin is not None
-    with suppress(OSError, anyio.BrokenResourceError, anyio.ClosedResourceError):
-        await process.stdin.aclose()
+    if process.stdin is not None:
+        process.stdin.close()
     for sig, grace in ((None, EXIT_GRACE_S), (signal.SIGTERM, TERM_GRACE_S), (signal.SIGKILL, EXIT_GRACE_S)):
         if sig is not None:
             with suppress(ProcessLookupError, PermissionError):
