@@ -13,10 +13,12 @@ cancellation, list_changed, server-to-client requests) passes through unchanged,
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager, suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import partial
 from typing import Any, Literal, Protocol, TypeVar
 
 import anyio
@@ -105,12 +107,8 @@ class ClientPort:
         return cls(read, write.send, write.aclose)
 
 
-@dataclass
-class _Waiter:
-    """A forwarded call waiting for the upstream's response."""
-
-    done: anyio.Event = field(default_factory=anyio.Event)
-    reply: types.JSONRPCResponse | types.JSONRPCError | None = None
+Reply = types.JSONRPCResponse | types.JSONRPCError | None
+"""What a forwarded call gets back: the upstream's response, or None when the upstream is gone."""
 
 
 class Relay:
@@ -124,9 +122,12 @@ class Relay:
         # Client requests sent upstream and not yet answered, with their transport metadata.
         self._inflight: dict[types.RequestId, ServerMessageMetadata | None] = {}
         # Upstream responses the relay consumes itself (forwarded tools/call) instead of passing on.
-        self._waiters: dict[types.RequestId, _Waiter] = {}
+        self._waiters: dict[types.RequestId, asyncio.Future[Reply]] = {}
         self._tool_lists: set[types.RequestId] = set()
-        self._calls: dict[types.RequestId, anyio.CancelScope] = {}
+        # tools/call in the gate, each in its own task. Plain asyncio tasks: an anyio task group
+        # spawn costs four times as much, on the hot path of every call.
+        self._calls: dict[types.RequestId, asyncio.Task[None]] = {}
+        self._call_metadata: dict[types.RequestId, ServerMessageMetadata] = {}
         # Progress tokens of requests in flight, both ways round, to route progress on an HTTP front.
         self._progress: dict[types.ProgressToken, types.RequestId] = {}
         self._progress_of: dict[types.RequestId, types.ProgressToken] = {}
@@ -149,8 +150,7 @@ class Relay:
         return self._gone
 
     async def _run(self) -> None:
-        async with anyio.create_task_group() as calls:
-            self._call_tasks = calls
+        try:
             async with anyio.create_task_group() as pumps:
                 self._pumps = pumps
                 pumps.start_soon(self._from_upstream)
@@ -161,11 +161,20 @@ class Relay:
                         await self._answered.wait()
                         self._answered = anyio.Event()
                 pumps.cancel_scope.cancel()
-            if self._gone is None:
-                calls.cancel_scope.cancel()  # the client left: nobody is waiting for answers
-            else:
-                # Calls still in the gate get a moment to deliver the upstream's failure to the client.
-                calls.cancel_scope.deadline = anyio.current_time() + CALL_DRAIN_S
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._end_calls()
+
+    async def _end_calls(self) -> None:
+        """Cancel the calls still in the gate; after an upstream failure, first give them a moment to
+        deliver it to the client. (The client leaving: nobody is waiting for their answers.)"""
+        calls = list(self._calls.values())
+        if calls and self._gone is not None:
+            await asyncio.wait(calls, timeout=CALL_DRAIN_S)
+        for task in calls:
+            task.cancel()
+        if calls:
+            await asyncio.wait(calls)
 
     # client -> upstream
 
@@ -206,22 +215,31 @@ class Relay:
             self._progress[token] = request.id
             self._progress_of[request.id] = token
         if request.method == "tools/call":
-            self._call_tasks.start_soon(self._tool_call, request, metadata)
+            task = asyncio.get_running_loop().create_task(self._tool_call(request, metadata))
+            self._calls[request.id] = task
+            task.add_done_callback(partial(self._call_done, request.id))
             return
         if request.method == "tools/list":
             self._tool_lists.add(request.id)
         self._inflight[request.id] = metadata
         await self._to_upstream(request)
 
+    def _call_done(self, request_id: types.RequestId, task: asyncio.Task[None]) -> None:
+        if self._calls.get(request_id) is task:
+            del self._calls[request_id]
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            logger.error("tools/call %s failed inside the relay", request_id, exc_info=exc)
+
     async def _client_cancelled(self, note: types.JSONRPCNotification) -> None:
         request_id = (note.params or {}).get("requestId")
         forwarded = request_id in self._inflight or request_id in self._waiters
-        if (scope := self._calls.get(request_id)) is not None:  # type: ignore[arg-type]
-            scope.cancel()
+        metadata = self._inflight.pop(request_id, None)  # type: ignore[arg-type]
+        if (task := self._calls.pop(request_id, None)) is not None:  # type: ignore[arg-type]
+            task.cancel()
+            metadata = self._call_metadata.pop(request_id, None)  # type: ignore[arg-type]
         if forwarded:
             await self._to_upstream(note)
         # Cancelled requests get no response; an HTTP front must still close that request's stream.
-        metadata = self._inflight.pop(request_id, None)  # type: ignore[arg-type]
         if metadata is not None and metadata.on_request_unanswered is not None:
             await metadata.on_request_unanswered()
 
@@ -241,39 +259,33 @@ class Relay:
         async def forward() -> JSON:
             if self._gone is not None:
                 raise UpstreamError(types.ErrorData(code=UPSTREAM_UNAVAILABLE, message=self._gone))
-            waiter = self._waiters[request.id] = _Waiter()
+            waiter = self._waiters[request.id] = asyncio.get_running_loop().create_future()
             try:
                 await self._to_upstream(request)
-                await waiter.done.wait()
+                reply = await waiter
             finally:
                 self._waiters.pop(request.id, None)
-            if isinstance(waiter.reply, types.JSONRPCResponse):
-                return waiter.reply.result
-            error = (
-                waiter.reply.error
-                if waiter.reply
-                else types.ErrorData(code=UPSTREAM_UNAVAILABLE, message=self._gone or "")
-            )
-            raise UpstreamError(error)
+            if isinstance(reply, types.JSONRPCResponse):
+                return reply.result
+            gone = types.ErrorData(code=UPSTREAM_UNAVAILABLE, message=self._gone or self._upstream.failure())
+            raise UpstreamError(reply.error if reply else gone)
 
-        with anyio.CancelScope() as scope:
-            self._calls[request.id] = scope
-            try:
-                result = await self._gate.call_tool(call, forward)
-            except UpstreamError as exc:
-                await self._send_client(types.JSONRPCError(jsonrpc="2.0", id=request.id, error=exc.error))
-            except Exception:
-                # Fail closed: the gate could not evaluate the call, so the client learns it was not handled.
-                logger.exception("gate failed on tools/call %s", name)
-                await self._reply_error(
-                    request.id, types.INTERNAL_ERROR, f"guard could not evaluate the call to {name}"
-                )
-            else:
-                await self._send_client(types.JSONRPCResponse(jsonrpc="2.0", id=request.id, result=result))
-            finally:
-                self._calls.pop(request.id, None)
-        if scope.cancelled_caught and metadata is not None and metadata.on_request_unanswered is not None:
-            await metadata.on_request_unanswered()
+        if metadata is not None:
+            self._call_metadata[request.id] = metadata
+        try:
+            result = await self._gate.call_tool(call, forward)
+        except UpstreamError as exc:
+            await self._send_client(types.JSONRPCError(jsonrpc="2.0", id=request.id, error=exc.error))
+        except Exception:
+            # Fail closed: the gate could not evaluate the call, so the client learns it was not handled.
+            logger.exception("gate failed on tools/call %s", name)
+            await self._reply_error(
+                request.id, types.INTERNAL_ERROR, f"guard could not evaluate the call to {name}"
+            )
+        else:
+            await self._send_client(types.JSONRPCResponse(jsonrpc="2.0", id=request.id, result=result))
+        finally:
+            self._call_metadata.pop(request.id, None)
 
     async def _to_upstream(self, message: types.JSONRPCMessage) -> None:
         metadata = _routing(message) if self._upstream.wants_routing_headers else None
@@ -284,7 +296,8 @@ class Relay:
                 self._inflight.pop(message.id, None)
                 waiter = self._waiters.get(message.id)
                 if waiter is not None:
-                    waiter.done.set()
+                    if not waiter.done():
+                        waiter.set_result(None)
                 else:
                     await self._reply_error(
                         message.id, UPSTREAM_UNAVAILABLE, self._gone or self._upstream.failure()
@@ -311,8 +324,8 @@ class Relay:
                 if (token := self._progress_of.pop(message.id, None)) is not None:
                     self._progress.pop(token, None)
                 if (waiter := self._waiters.get(message.id)) is not None:
-                    waiter.reply = message
-                    waiter.done.set()
+                    if not waiter.done():
+                        waiter.set_result(message)
                     continue
                 self._inflight.pop(message.id, None)
                 if message.id in self._tool_lists:
@@ -342,7 +355,8 @@ class Relay:
         self._gone = self._upstream.failure()
         logger.error("%s", self._gone)
         for waiter in list(self._waiters.values()):
-            waiter.done.set()
+            if not waiter.done():
+                waiter.set_result(None)
         for request_id in list(self._inflight):
             self._inflight.pop(request_id, None)
             await self._reply_error(request_id, UPSTREAM_UNAVAILABLE, self._gone)
