@@ -166,3 +166,20 @@ async def test_server_to_client_requests_and_notifications_reach_the_right_clien
 @asynccontextmanager
 async def _nothing() -> AsyncIterator[None]:
     yield
+
+
+async def test_every_http_client_session_gets_its_own_upstream_session(
+    dual_era_http: Spawned, http_guard: Callable[..., Spawned]
+) -> None:
+    """`calls` counts the calls its upstream process answered: a second session starts from zero."""
+    guard = http_guard(["--", *DUAL_ERA])
+    with anyio.fail_after(WAIT_S):
+        async with Client(guard.url, mode="legacy") as first, Client(guard.url, mode="legacy") as second:
+            await first.call_tool("echo", {"text": "one"})
+            await first.call_tool("echo", {"text": "two"})
+            first_count = await first.call_tool("calls", {})
+            second_count = await second.call_tool("calls", {})
+    assert first_count.content[0].text == "2"  # type: ignore[union-attr]
+    assert second_count.content[0].text == "0"  # type: ignore[union-attr]
+    sessions = [line for line in guard.stderr_lines if "relaying to" in line]
+    assert len(sessions) == 2 and len({line.split()[4] for line in sessions}) == 2
