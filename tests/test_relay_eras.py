@@ -6,6 +6,7 @@ handshake era and 2026-07-28; server-everything (the third-party peer) speaks on
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -16,7 +17,7 @@ import mcp.types as types
 import pytest
 from mcp import Client, StdioServerParameters
 
-from tests.conftest import DUAL_ERA, WAIT_S, Spawned
+from tests.conftest import DUAL_ERA, WAIT_S, Spawned, stop
 
 pytestmark = pytest.mark.anyio
 
@@ -169,7 +170,7 @@ async def _nothing() -> AsyncIterator[None]:
 
 
 async def test_every_http_client_session_gets_its_own_upstream_session(
-    dual_era_http: Spawned, http_guard: Callable[..., Spawned]
+    http_guard: Callable[..., Spawned],
 ) -> None:
     """`calls` counts the calls its upstream process answered: a second session starts from zero."""
     guard = http_guard(["--", *DUAL_ERA])
@@ -183,3 +184,17 @@ async def test_every_http_client_session_gets_its_own_upstream_session(
     assert second_count.content[0].text == "0"  # type: ignore[union-attr]
     sessions = [line for line in guard.stderr_lines if "relaying to" in line]
     assert len(sessions) == 2 and len({line.split()[4] for line in sessions}) == 2
+
+
+async def test_a_stopped_guard_leaves_no_upstream_process_behind(http_guard: Callable[..., Spawned]) -> None:
+    guard = http_guard(["--", *DUAL_ERA])
+    with anyio.fail_after(WAIT_S):
+        async with Client(guard_stdio("--", *DUAL_ERA), mode="legacy") as client:
+            stdio_pid = int((await client.call_tool("pid", {})).content[0].text)  # type: ignore[union-attr]
+        async with Client(guard.url, mode="legacy") as client:
+            http_pid = int((await client.call_tool("pid", {})).content[0].text)  # type: ignore[union-attr]
+            # The guard stops while the session is still open.
+            await anyio.to_thread.run_sync(stop, guard)
+    for pid in (stdio_pid, http_pid):
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)

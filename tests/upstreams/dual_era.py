@@ -9,6 +9,7 @@ Tools:
 - `calls {}`: how many tools/call this process has answered (shows which upstream session served).
 - `ask {}`: asks the client (elicitation, a server-to-client request) and returns its answer.
 - `roots {}`: asks the client for its roots and returns their URIs.
+- `pid {}`: this process's id.
 - `changed {}`: sends notifications/tools/list_changed and a log message, then returns "sent".
 """
 
@@ -37,6 +38,7 @@ TOOLS = [
     types.Tool(name="wait", description="Wait until cancelled.", input_schema={"type": "object"}),
     types.Tool(name="crash", description="Exit mid-call.", input_schema={"type": "object"}),
     types.Tool(name="calls", description="Calls answered so far.", input_schema={"type": "object"}),
+    types.Tool(name="pid", description="This process's id.", input_schema={"type": "object"}),
     types.Tool(name="ask", description="Elicit from the client.", input_schema={"type": "object"}),
     types.Tool(name="roots", description="List the client's roots.", input_schema={"type": "object"}),
     types.Tool(name="changed", description="Send list_changed and a log.", input_schema={"type": "object"}),
@@ -78,6 +80,8 @@ async def call_tool(
         os._exit(7)
     if params.name == "calls":
         return text(str(answered))
+    if params.name == "pid":
+        return text(str(os.getpid()))
     if params.name == "ask":
         schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]}
         answer = await ctx.session.elicit_form("Pay 10 sat?", schema)  # type: ignore[arg-type]
