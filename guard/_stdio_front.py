@@ -12,10 +12,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 import stat
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 
+import anyio
 import mcp_types as types
 from mcp.server.stdio import stdio_server
 from mcp.shared.message import SessionMessage
@@ -30,14 +32,35 @@ MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
 async def serve_stdio(spec: _upstream.UpstreamSpec, gate: Gate, session: Session) -> str | None:
-    """Relay until the client closes stdin (returns None) or the upstream dies (returns why).
+    """Relay until the client closes stdin or sends SIGTERM/SIGINT (returns None), or the upstream
+    dies (returns why). The upstream is stopped on the way out in every case.
 
     Raises:
         UpstreamStartError: the upstream could not be started or reached.
     """
-    async with _upstream.connect(spec) as link, _client_port() as client:
-        logger.info("relaying stdio client session %s to %s", session.id, spec.label)
-        return await Relay(session, gate, client, link).run()
+    failure: str | None = None
+    async with anyio.create_task_group() as tg:
+
+        async def relay() -> None:
+            nonlocal failure
+            async with _upstream.connect(spec) as link, _client_port() as client:
+                logger.info("relaying stdio client session %s to %s", session.id, spec.label)
+                failure = await Relay(session, gate, client, link).run()
+            tg.cancel_scope.cancel()
+
+        tg.start_soon(_stop_on_signal, tg.cancel_scope)
+        await relay()
+    return failure
+
+
+async def _stop_on_signal(scope: anyio.CancelScope) -> None:
+    # MCP clients stop a stdio server with SIGTERM when it does not exit on its own; stop the
+    # upstream too rather than die and leave it running.
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            logger.info("stopping on %s", signal.Signals(signum).name)
+            scope.cancel()
+            return
 
 
 @asynccontextmanager

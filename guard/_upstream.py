@@ -155,7 +155,7 @@ async def _stdio(spec: StdioUpstream) -> AsyncIterator[UpstreamLink]:
                 while raw := await stderr.readline():
                     text = redact(raw.decode("utf-8", "replace").rstrip())
                     stderr_tail.append(text)
-                    logger.debug("upstream stderr: %s", text)
+                    logger.info("upstream stderr: %s", text)
         finally:
             stderr_done.set()
 

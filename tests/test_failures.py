@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -180,3 +182,31 @@ async def test_a_session_answers_only_the_identity_that_opened_it(
         )
     assert opened.status_code == 200
     assert as_bob.status_code == 404
+
+
+def test_a_stdio_guard_stopped_by_sigterm_stops_its_upstream_too() -> None:
+    guard = subprocess.Popen(
+        [*GUARD, "run", "--", *DUAL_ERA],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert guard.stdin is not None and guard.stdout is not None
+    for message in (
+        INITIALIZE,
+        {"jsonrpc": "2.0", "method": "notifications/initialized"},
+        {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "pid", "arguments": {}}},
+    ):
+        guard.stdin.write(json.dumps(message) + "\n")
+    guard.stdin.flush()
+    answers = [json.loads(guard.stdout.readline()) for _ in range(2)]
+    upstream_pid = int(answers[1]["result"]["content"][0]["text"])
+
+    guard.send_signal(signal.SIGTERM)
+    _, stderr = guard.communicate(timeout=WAIT_S)
+
+    assert guard.returncode == 0
+    assert "stopping on SIGTERM" in stderr
+    with pytest.raises(ProcessLookupError):
+        os.kill(upstream_pid, 0)
