@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Callable
+from typing import Any
 
 import anyio
 import httpx
@@ -37,7 +38,8 @@ def run_guard(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_an_upstream_crash_mid_call_answers_the_call_and_the_stdio_guard_exits() -> None:
+def call_through_stdio_guard(tool: str) -> tuple[subprocess.Popen[str], list[dict[str, Any]]]:
+    """Start a stdio guard over the dual-era upstream, initialize, call `tool`; return the two answers."""
     guard = subprocess.Popen(
         [*GUARD, "run", "--", *DUAL_ERA],
         stdin=subprocess.PIPE,
@@ -49,11 +51,15 @@ def test_an_upstream_crash_mid_call_answers_the_call_and_the_stdio_guard_exits()
     for message in (
         INITIALIZE,
         {"jsonrpc": "2.0", "method": "notifications/initialized"},
-        {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "crash", "arguments": {}}},
+        {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": tool, "arguments": {}}},
     ):
         guard.stdin.write(json.dumps(message) + "\n")
     guard.stdin.flush()
-    answers = [json.loads(guard.stdout.readline()) for _ in range(2)]
+    return guard, [json.loads(guard.stdout.readline()) for _ in range(2)]
+
+
+def test_an_upstream_crash_mid_call_answers_the_call_and_the_stdio_guard_exits() -> None:
+    guard, answers = call_through_stdio_guard("crash")
     _, stderr = guard.communicate(timeout=WAIT_S)
 
     error = answers[1]["error"]
@@ -185,22 +191,7 @@ async def test_a_session_answers_only_the_identity_that_opened_it(
 
 
 def test_a_stdio_guard_stopped_by_sigterm_stops_its_upstream_too() -> None:
-    guard = subprocess.Popen(
-        [*GUARD, "run", "--", *DUAL_ERA],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert guard.stdin is not None and guard.stdout is not None
-    for message in (
-        INITIALIZE,
-        {"jsonrpc": "2.0", "method": "notifications/initialized"},
-        {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "pid", "arguments": {}}},
-    ):
-        guard.stdin.write(json.dumps(message) + "\n")
-    guard.stdin.flush()
-    answers = [json.loads(guard.stdout.readline()) for _ in range(2)]
+    guard, answers = call_through_stdio_guard("pid")
     upstream_pid = int(answers[1]["result"]["content"][0]["text"])
 
     guard.send_signal(signal.SIGTERM)
