@@ -17,6 +17,17 @@ ROOT = Path(__file__).resolve().parent.parent
 GUARD = [sys.executable, "-m", "guard"]
 # How long any single wait in a test may take before it fails rather than hangs.
 WAIT_S = 30.0
+# A raw handshake-era initialize request, for tests that speak JSON-RPC lines themselves.
+INITIALIZE = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {
+        "protocolVersion": "2025-11-25",
+        "capabilities": {},
+        "clientInfo": {"name": "t", "version": "1"},
+    },
+}
 
 
 @pytest.fixture

@@ -13,18 +13,8 @@ import typer.main
 from guard import __version__
 from guard._redact import redact
 from guard.cli import app
-from tests.conftest import DUAL_ERA, GUARD, WAIT_S
+from tests.conftest import DUAL_ERA, GUARD, INITIALIZE, WAIT_S
 
-INITIALIZE = {
-    "jsonrpc": "2.0",
-    "id": 1,
-    "method": "initialize",
-    "params": {
-        "protocolVersion": "2025-11-25",
-        "capabilities": {},
-        "clientInfo": {"name": "t", "version": "1"},
-    },
-}
 TOOLS_LIST = {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}
 
 

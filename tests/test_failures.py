@@ -15,21 +15,11 @@ import httpx
 import pytest
 from mcp import Client, MCPError, StdioServerParameters
 
-from tests.conftest import DUAL_ERA, GUARD, WAIT_S, Spawned, free_port, stop
+from tests.conftest import DUAL_ERA, GUARD, INITIALIZE, WAIT_S, Spawned, free_port, stop
 
 pytestmark = pytest.mark.anyio
 
 TOKEN = "s3cret-token-for-tests-0123456789"
-INITIALIZE = {
-    "jsonrpc": "2.0",
-    "id": 1,
-    "method": "initialize",
-    "params": {
-        "protocolVersion": "2025-11-25",
-        "capabilities": {},
-        "clientInfo": {"name": "t", "version": "1"},
-    },
-}
 
 
 def run_guard(*args: str) -> subprocess.CompletedProcess[str]:
