@@ -30,17 +30,13 @@ async def list_tools(
     return types.ListToolsResult(tools=[NOOP])
 
 
-async def call_tool(
-    ctx: ServerRequestContext[Any], params: types.CallToolRequestParams
-) -> types.CallToolResult:
+async def call_tool(ctx: ServerRequestContext[Any], params: types.CallToolRequestParams) -> types.CallToolResult:
     if params.name != "noop":
         raise MCPError(types.INVALID_PARAMS, f"Unknown tool: {params.name}")
     return types.CallToolResult(content=[OK])
 
 
-server: Server[Any] = Server(
-    "trivial-upstream", version="1.0", on_list_tools=list_tools, on_call_tool=call_tool
-)
+server: Server[Any] = Server("trivial-upstream", version="1.0", on_list_tools=list_tools, on_call_tool=call_tool)
 
 
 async def main() -> None:

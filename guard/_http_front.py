@@ -126,9 +126,7 @@ class HttpFront:
             reason = "the bearer token is not valid"
         else:
             reason = "missing `Authorization: Bearer <token>` header"
-        logger.warning(
-            "refused an HTTP request from %s: %s", request.client.host if request.client else "?", reason
-        )
+        logger.warning("refused an HTTP request from %s: %s", request.client.host if request.client else "?", reason)
         response = _json_error(401, types.INVALID_REQUEST, f"Unauthorized: {reason}")
         response.headers["WWW-Authenticate"] = 'Bearer realm="guard"'
         return None, response
@@ -186,12 +184,8 @@ class HttpFront:
     async def _relay_session(self, session: Session, client_read: Any, client_write: Any) -> None:
         try:
             async with _upstream.connect(self._spec) as link:
-                logger.info(
-                    "session %s (identity %s) relaying to %s", session.id, session.identity, self._spec.label
-                )
-                failure = await Relay(
-                    session, self._gate, ClientPort.of_streams(client_read, client_write), link
-                ).run()
+                logger.info("session %s (identity %s) relaying to %s", session.id, session.identity, self._spec.label)
+                failure = await Relay(session, self._gate, ClientPort.of_streams(client_read, client_write), link).run()
         except UpstreamStartError as exc:
             failure = str(exc)
             await _refuse_first_request(client_read, client_write, failure)
@@ -210,9 +204,9 @@ class HttpFront:
             await refusal(scope, receive, send)
             return
         if request.method != "POST":
-            await _json_error(
-                405, types.INVALID_REQUEST, "Method Not Allowed: 2026-07-28 requests are POSTs"
-            )(scope, receive, send)
+            await _json_error(405, types.INVALID_REQUEST, "Method Not Allowed: 2026-07-28 requests are POSTs")(
+                scope, receive, send
+            )
             return
         body = await request.body()
         try:
@@ -278,12 +272,8 @@ class _ModernChannel:
             self.closed = True
             for exchange in self._exchanges.values():
                 error = types.ErrorData(code=UPSTREAM_UNAVAILABLE, message=self._failure or "upstream closed")
-                with contextlib.suppress(
-                    anyio.ClosedResourceError, anyio.BrokenResourceError, anyio.WouldBlock
-                ):
-                    exchange.queue.send_nowait(
-                        types.JSONRPCError(jsonrpc="2.0", id=exchange.original_id, error=error)
-                    )
+                with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError, anyio.WouldBlock):
+                    exchange.queue.send_nowait(types.JSONRPCError(jsonrpc="2.0", id=exchange.original_id, error=error))
 
     async def _deliver(self, out_of_relay: MemoryObjectReceiveStream[SessionMessage]) -> None:
         """Route what the relay sends back to the POST it belongs to."""
@@ -292,9 +282,7 @@ class _ModernChannel:
             key: str | None = None
             if isinstance(message, types.JSONRPCResponse | types.JSONRPCError):
                 key = message.id if isinstance(message.id, str) else None
-            elif (
-                isinstance(message, types.JSONRPCNotification) and message.method == "notifications/progress"
-            ):
+            elif isinstance(message, types.JSONRPCNotification) and message.method == "notifications/progress":
                 token = (message.params or {}).get("progressToken")
                 key = token if isinstance(token, str) else None
             exchange = self._exchanges.get(key) if key is not None else None
@@ -313,12 +301,8 @@ class _ModernChannel:
         send: Send,
     ) -> None:
         if self._into_relay is None or self.closed:
-            error = types.ErrorData(
-                code=UPSTREAM_UNAVAILABLE, message=self._failure or "upstream unavailable"
-            )
-            await _reply(
-                types.JSONRPCError(jsonrpc="2.0", id=request_message.id, error=error), scope, receive, send
-            )
+            error = types.ErrorData(code=UPSTREAM_UNAVAILABLE, message=self._failure or "upstream unavailable")
+            await _reply(types.JSONRPCError(jsonrpc="2.0", id=request_message.id, error=error), scope, receive, send)
             return
         key = f"guard-{next(self._ids)}"
         params = dict(request_message.params or {})
@@ -417,11 +401,7 @@ def _sse(message: types.JSONRPCMessage) -> bytes:
 
 
 async def _reply(message: types.JSONRPCMessage, scope: Scope, receive: Receive, send: Send) -> None:
-    status = (
-        ERROR_CODE_HTTP_STATUS.get(message.error.code, 200)
-        if isinstance(message, types.JSONRPCError)
-        else 200
-    )
+    status = ERROR_CODE_HTTP_STATUS.get(message.error.code, 200) if isinstance(message, types.JSONRPCError) else 200
     body = message.model_dump_json(by_alias=True, exclude_unset=True)
     await Response(body, status_code=status, media_type="application/json")(scope, receive, send)
 
@@ -450,9 +430,7 @@ async def _refuse_first_request(client_read: Any, client_write: Any, failure: st
     async for item in client_read:
         if isinstance(item, SessionMessage) and isinstance(item.message, types.JSONRPCRequest):
             error = types.ErrorData(code=UPSTREAM_UNAVAILABLE, message=failure)
-            await client_write.send(
-                SessionMessage(types.JSONRPCError(jsonrpc="2.0", id=item.message.id, error=error))
-            )
+            await client_write.send(SessionMessage(types.JSONRPCError(jsonrpc="2.0", id=item.message.id, error=error)))
             return
 
 
@@ -475,10 +453,6 @@ def serve_http(
 ) -> None:
     """Serve until interrupted."""
     front = HttpFront(spec, gate, tokens, identity, security_settings(host, port, tokens))
-    logger.info(
-        "serving MCP over streamable HTTP at http://%s:%d%s, upstream %s", host, port, MCP_PATH, spec.label
-    )
-    config = uvicorn.Config(
-        front, host=host, port=port, log_config=None, lifespan="on", timeout_graceful_shutdown=5
-    )
+    logger.info("serving MCP over streamable HTTP at http://%s:%d%s, upstream %s", host, port, MCP_PATH, spec.label)
+    config = uvicorn.Config(front, host=host, port=port, log_config=None, lifespan="on", timeout_graceful_shutdown=5)
     uvicorn.Server(config).run()

@@ -197,16 +197,12 @@ class Relay:
             metadata = item.metadata if isinstance(item.metadata, ServerMessageMetadata) else None
             if isinstance(message, types.JSONRPCRequest):
                 await self._client_request(message, metadata)
-            elif (
-                isinstance(message, types.JSONRPCNotification) and message.method == "notifications/cancelled"
-            ):
+            elif isinstance(message, types.JSONRPCNotification) and message.method == "notifications/cancelled":
                 await self._client_cancelled(message)
             else:
                 await self._to_upstream(message)
 
-    async def _client_request(
-        self, request: types.JSONRPCRequest, metadata: ServerMessageMetadata | None
-    ) -> None:
+    async def _client_request(self, request: types.JSONRPCRequest, metadata: ServerMessageMetadata | None) -> None:
         if self._gone is not None:
             await self._reply_error(request.id, UPSTREAM_UNAVAILABLE, self._gone)
             return
@@ -279,9 +275,7 @@ class Relay:
         except Exception:
             # Fail closed: the gate could not evaluate the call, so the client learns it was not handled.
             logger.exception("gate failed on tools/call %s", name)
-            await self._reply_error(
-                request.id, types.INTERNAL_ERROR, f"guard could not evaluate the call to {name}"
-            )
+            await self._reply_error(request.id, types.INTERNAL_ERROR, f"guard could not evaluate the call to {name}")
         else:
             await self._send_client(types.JSONRPCResponse(jsonrpc="2.0", id=request.id, result=result))
         finally:
@@ -299,9 +293,7 @@ class Relay:
                     if not waiter.done():
                         waiter.set_result(None)
                 else:
-                    await self._reply_error(
-                        message.id, UPSTREAM_UNAVAILABLE, self._gone or self._upstream.failure()
-                    )
+                    await self._reply_error(message.id, UPSTREAM_UNAVAILABLE, self._gone or self._upstream.failure())
 
     # upstream -> client
 
@@ -334,9 +326,7 @@ class Relay:
                         message = await self._filtered_tools(message)
             await self._send_client(message, _related_request(message, self._progress))
 
-    async def _filtered_tools(
-        self, response: types.JSONRPCResponse
-    ) -> types.JSONRPCResponse | types.JSONRPCError:
+    async def _filtered_tools(self, response: types.JSONRPCResponse) -> types.JSONRPCResponse | types.JSONRPCError:
         try:
             result = await self._gate.list_tools(self.session, response.result)
         except Exception:
@@ -344,9 +334,7 @@ class Relay:
             return types.JSONRPCError(
                 jsonrpc="2.0",
                 id=response.id,
-                error=types.ErrorData(
-                    code=types.INTERNAL_ERROR, message="guard could not evaluate tools/list"
-                ),
+                error=types.ErrorData(code=types.INTERNAL_ERROR, message="guard could not evaluate tools/list"),
             )
         return types.JSONRPCResponse(jsonrpc="2.0", id=response.id, result=result)
 
@@ -362,9 +350,7 @@ class Relay:
             await self._reply_error(request_id, UPSTREAM_UNAVAILABLE, self._gone)
         self._pumps.cancel_scope.cancel()
 
-    async def _send_client(
-        self, message: types.JSONRPCMessage, metadata: ServerMessageMetadata | None = None
-    ) -> None:
+    async def _send_client(self, message: types.JSONRPCMessage, metadata: ServerMessageMetadata | None = None) -> None:
         try:
             await self._client.send(SessionMessage(message, metadata=metadata))
         except (anyio.ClosedResourceError, anyio.BrokenResourceError, OSError):
@@ -373,9 +359,7 @@ class Relay:
             self._answered.set()
 
     async def _reply_error(self, request_id: types.RequestId | None, code: int, message: str) -> None:
-        error = types.JSONRPCError(
-            jsonrpc="2.0", id=request_id, error=types.ErrorData(code=code, message=message)
-        )
+        error = types.JSONRPCError(jsonrpc="2.0", id=request_id, error=types.ErrorData(code=code, message=message))
         await self._send_client(error)
 
 

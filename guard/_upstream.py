@@ -53,9 +53,7 @@ class StdioUpstream:
     def check(self) -> None:
         """Raise `UpstreamStartError` if the command cannot be found, before any client waits on it."""
         if shutil.which(self.command[0]) is None:
-            raise UpstreamStartError(
-                f"cannot start upstream `{self.label}`: command not found: {self.command[0]}"
-            )
+            raise UpstreamStartError(f"cannot start upstream `{self.label}`: command not found: {self.command[0]}")
 
 
 @dataclass(frozen=True)

@@ -54,9 +54,7 @@ def root(
 ) -> None:
     """Logs always go to stderr; in stdio mode stdout carries only MCP messages."""
     if log_level.lower() not in ("debug", "info", "warning", "error"):
-        raise typer.BadParameter(
-            f"{log_level!r} is not one of debug, info, warning, error", param_hint="--log-level"
-        )
+        raise typer.BadParameter(f"{log_level!r} is not one of debug, info, warning, error", param_hint="--log-level")
     if log_format not in ("text", "json"):
         raise typer.BadParameter(f"{log_format!r} is not one of text, json", param_hint="--log-format")
     _logging.configure(log_level, log_format)  # type: ignore[arg-type]
@@ -70,27 +68,19 @@ def run(
     ] = None,
     upstream: Annotated[
         Optional[str],  # noqa: UP045
-        typer.Option(
-            "--upstream", metavar="URL", help="Wrap a streamable-HTTP upstream instead of a command."
-        ),
+        typer.Option("--upstream", metavar="URL", help="Wrap a streamable-HTTP upstream instead of a command."),
     ] = None,
     listen: Annotated[
         Optional[str],  # noqa: UP045
-        typer.Option(
-            "--listen", metavar="[HOST:]PORT", help="Serve clients over streamable HTTP instead of stdio."
-        ),
+        typer.Option("--listen", metavar="[HOST:]PORT", help="Serve clients over streamable HTTP instead of stdio."),
     ] = None,
     token: Annotated[
         Optional[str],  # noqa: UP045
-        typer.Option(
-            "--token", envvar="GUARD_TOKEN", help="Require `Authorization: Bearer <token>` over HTTP."
-        ),
+        typer.Option("--token", envvar="GUARD_TOKEN", help="Require `Authorization: Bearer <token>` over HTTP."),
     ] = None,
     tokens_file: Annotated[
         Optional[Path],  # noqa: UP045
-        typer.Option(
-            "--tokens", metavar="FILE", help="JSON object {identity: token}: several bearer tokens."
-        ),
+        typer.Option("--tokens", metavar="FILE", help="JSON object {identity: token}: several bearer tokens."),
     ] = None,
     session: Annotated[
         Optional[str],  # noqa: UP045
@@ -98,9 +88,7 @@ def run(
     ] = None,
     identity: Annotated[
         Optional[str],  # noqa: UP045
-        typer.Option(
-            "--identity", metavar="NAME", help="Who the agent acts for (over HTTP: the token's name)."
-        ),
+        typer.Option("--identity", metavar="NAME", help="Who the agent acts for (over HTTP: the token's name)."),
     ] = None,
 ) -> None:
     """Wrap an upstream MCP server: `guard run -- CMD [ARGS...]` or `guard run --upstream URL`."""
@@ -140,9 +128,7 @@ def _run_stdio(spec: _upstream.UpstreamSpec, session_name: str | None, identity:
     from guard._stdio_front import serve_stdio
 
     session = Session(id=session_name or uuid.uuid4().hex[:16], identity=identity, transport="stdio")
-    logger.info(
-        "guard %s: session %s%s", __version__, session.id, f", identity {identity}" if identity else ""
-    )
+    logger.info("guard %s: session %s%s", __version__, session.id, f", identity {identity}" if identity else "")
     failure = anyio.run(serve_stdio, spec, OpenGate(), session)
     if failure is not None:
         typer.echo(f"guard: error: {failure}", err=True)
@@ -190,9 +176,7 @@ def _tokens(token: str | None, tokens_file: Path | None, identity: str | None) -
         except (OSError, ValueError) as exc:
             raise ConfigError(f"--tokens {tokens_file}: {exc}") from exc
         if not isinstance(loaded, dict) or not all(isinstance(v, str) and v for v in loaded.values()):
-            raise ConfigError(
-                f"--tokens {tokens_file}: expected a JSON object mapping identity names to tokens"
-            )
+            raise ConfigError(f"--tokens {tokens_file}: expected a JSON object mapping identity names to tokens")
         tokens.update(loaded)
     for name, value in tokens.items():
         if len(value) < 16:

@@ -1,6 +1,60 @@
-"""ledgers: the accounting core (money, budgets, holds, windows, storage). It knows nothing of MCP.
+"""ledgers: the accounting core. Money, budgets, two-phase holds, durable windows, storage.
 
-Filled by the ledgers issue; `guard` depends on it, never the other way round.
+It knows nothing of MCP: `guard` calls it, never the other way round.
 """
 
-__all__: list[str] = []
+from ledgers._errors import (
+    AlreadyPaid,
+    AmountError,
+    BudgetExceeded,
+    HoldStateError,
+    LedgerError,
+    PaymentInFlight,
+    RateLimited,
+    Refused,
+    SchemaError,
+    StorageError,
+    UnitMismatch,
+)
+from ledgers._ledger import (
+    BalanceObservation,
+    Budget,
+    CallRecord,
+    HoldInfo,
+    Ledger,
+    RateLimit,
+    Usage,
+    default_path,
+)
+from ledgers._money import MAX_AMOUNT, Amount, Rates
+from ledgers._schema import SCHEMA_VERSION
+from ledgers._time import Clock, SystemClock, Window
+
+__all__ = [
+    "MAX_AMOUNT",
+    "SCHEMA_VERSION",
+    "AlreadyPaid",
+    "Amount",
+    "AmountError",
+    "BalanceObservation",
+    "Budget",
+    "BudgetExceeded",
+    "CallRecord",
+    "Clock",
+    "HoldInfo",
+    "HoldStateError",
+    "Ledger",
+    "LedgerError",
+    "PaymentInFlight",
+    "RateLimit",
+    "RateLimited",
+    "Rates",
+    "Refused",
+    "SchemaError",
+    "StorageError",
+    "SystemClock",
+    "UnitMismatch",
+    "Usage",
+    "Window",
+    "default_path",
+]

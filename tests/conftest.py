@@ -38,12 +38,22 @@ def anyio_backend() -> str:
 @pytest.fixture(scope="session")
 def everything() -> list[str]:
     """The stdio command of @modelcontextprotocol/server-everything (installed by scripts/test)."""
-    binary = Path(
-        os.environ.get("GUARD_TEST_EVERYTHING", ROOT / ".peers/node_modules/.bin/mcp-server-everything")
-    )
+    binary = Path(os.environ.get("GUARD_TEST_EVERYTHING", ROOT / ".peers/node_modules/.bin/mcp-server-everything"))
     if not binary.exists():
         pytest.fail(f"{binary} is missing: run scripts/install-test-deps (or scripts/test) first")
     return [str(binary), "stdio"]
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    """SQLAlchemy URL of the throwaway PostgreSQL server that scripts/test starts for the run."""
+    url = os.environ.get("GUARD_TEST_POSTGRES_URL")
+    if not url:
+        pytest.fail(
+            "GUARD_TEST_POSTGRES_URL is not set: run the tests with scripts/test, which starts a PostgreSQL "
+            "server for them (or set it to postgresql+psycopg://... of a server of your own)"
+        )
+    return url
 
 
 def free_port() -> int:

@@ -38,9 +38,7 @@ def test_stdout_carries_only_mcp_messages_even_at_debug_level() -> None:
 
 
 def test_json_logs_are_one_object_per_line_and_name_the_session() -> None:
-    result = converse(
-        "--log-format", "json", "run", "--session", "desk-1", "--", *DUAL_ERA, messages=[INITIALIZE]
-    )
+    result = converse("--log-format", "json", "run", "--session", "desk-1", "--", *DUAL_ERA, messages=[INITIALIZE])
     entries = [json.loads(line) for line in result.stderr.splitlines()]
     assert {"time", "level", "logger", "message"} <= entries[0].keys()
     assert any("session desk-1" in e["message"] for e in entries)

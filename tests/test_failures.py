@@ -23,9 +23,7 @@ TOKEN = "s3cret-token-for-tests-0123456789"
 
 
 def run_guard(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*GUARD, *args], capture_output=True, text=True, timeout=WAIT_S, stdin=subprocess.DEVNULL
-    )
+    return subprocess.run([*GUARD, *args], capture_output=True, text=True, timeout=WAIT_S, stdin=subprocess.DEVNULL)
 
 
 def call_through_stdio_guard(tool: str) -> tuple[subprocess.Popen[str], list[dict[str, Any]]]:
@@ -74,9 +72,7 @@ async def test_an_upstream_crash_over_http_ends_only_that_session(http_guard: Ca
 
 
 async def test_an_http_upstream_that_goes_away_fails_the_call_with_its_url(dual_era_http: Spawned) -> None:
-    params = StdioServerParameters(
-        command=GUARD[0], args=[*GUARD[1:], "run", "--upstream", dual_era_http.url]
-    )
+    params = StdioServerParameters(command=GUARD[0], args=[*GUARD[1:], "run", "--upstream", dual_era_http.url])
     with anyio.fail_after(WAIT_S):
         async with Client(params, mode="legacy") as client:
             await client.call_tool("echo", {"text": "before"})
@@ -96,10 +92,7 @@ def test_an_unreachable_upstream_url_stops_the_guard_at_start() -> None:
 def test_a_command_that_cannot_start_stops_the_guard_at_start() -> None:
     result = run_guard("run", "--", "no-such-mcp-server", "--flag")
     assert result.returncode == 3
-    assert (
-        "cannot start upstream `no-such-mcp-server --flag`: command not found: no-such-mcp-server"
-        in result.stderr
-    )
+    assert "cannot start upstream `no-such-mcp-server --flag`: command not found: no-such-mcp-server" in result.stderr
 
 
 def test_an_upstream_that_exits_at_once_is_reported_with_its_status_and_stderr() -> None:
@@ -135,9 +128,7 @@ async def test_http_clients_need_the_bearer_token(http_guard: Callable[..., Spaw
     headers = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
     async with httpx.AsyncClient(timeout=WAIT_S) as http:
         missing = await http.post(guard.url, json=INITIALIZE, headers=headers)
-        wrong = await http.post(
-            guard.url, json=INITIALIZE, headers={**headers, "Authorization": "Bearer nope"}
-        )
+        wrong = await http.post(guard.url, json=INITIALIZE, headers={**headers, "Authorization": "Bearer nope"})
     assert missing.status_code == 401
     assert "missing `Authorization: Bearer <token>` header" in missing.json()["error"]["message"]
     assert wrong.status_code == 401
@@ -166,9 +157,7 @@ async def test_a_session_answers_only_the_identity_that_opened_it(
     guard = http_guard(["--tokens", str(tokens), "--", *DUAL_ERA])
     headers = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
     async with httpx.AsyncClient(timeout=WAIT_S) as http:
-        opened = await http.post(
-            guard.url, json=INITIALIZE, headers={**headers, "Authorization": f"Bearer {TOKEN}"}
-        )
+        opened = await http.post(guard.url, json=INITIALIZE, headers={**headers, "Authorization": f"Bearer {TOKEN}"})
         session_id = opened.headers["mcp-session-id"]
         ping = {"jsonrpc": "2.0", "id": 2, "method": "ping"}
         as_bob = await http.post(

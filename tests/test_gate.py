@@ -49,9 +49,7 @@ class RawClient:
         self._send, self._receive = send, receive
         self._ids = iter(range(1, 1_000_000))
 
-    async def request(
-        self, method: str, params: JSON | None = None
-    ) -> types.JSONRPCResponse | types.JSONRPCError:
+    async def request(self, method: str, params: JSON | None = None) -> types.JSONRPCResponse | types.JSONRPCError:
         request_id = next(self._ids)
         await self._send.send(
             SessionMessage(types.JSONRPCRequest(jsonrpc="2.0", id=request_id, method=method, params=params))

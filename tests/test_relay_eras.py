@@ -73,9 +73,7 @@ async def test_a_session_through_the_guard_matches_a_direct_one(
     front: str, upstream: str, era: str, dual_era_http: Spawned, http_guard: Callable[..., Spawned]
 ) -> None:
     direct_target = (
-        dual_era_http.url
-        if upstream == "http"
-        else StdioServerParameters(command=DUAL_ERA[0], args=DUAL_ERA[1:])
+        dual_era_http.url if upstream == "http" else StdioServerParameters(command=DUAL_ERA[0], args=DUAL_ERA[1:])
     )
     with anyio.fail_after(WAIT_S):
         async with Client(direct_target, mode=era) as client:  # type: ignore[arg-type]

@@ -53,9 +53,7 @@ def direct(everything: list[str]) -> Connect:
 
 
 @pytest.fixture(params=["stdio", "http"])
-def guarded(
-    request: pytest.FixtureRequest, everything: list[str], http_guard: Callable[..., Spawned]
-) -> Connect:
+def guarded(request: pytest.FixtureRequest, everything: list[str], http_guard: Callable[..., Spawned]) -> Connect:
     front: Front = request.param
     server: StdioServerParameters | str
     if front == "stdio":
@@ -133,9 +131,7 @@ async def test_a_tool_call_through_the_guard_returns_the_servers_own_result(both
             return dump(await client.call_tool("echo", {"message": "through the guard"}))
 
     direct, guarded = await both(echo)
-    assert direct["content"] == [
-        {"type": "text", "text": "Echo: through the guard", "annotations": None, "meta": None}
-    ]
+    assert direct["content"] == [{"type": "text", "text": "Echo: through the guard", "annotations": None, "meta": None}]
     assert guarded == direct
 
 
@@ -304,9 +300,7 @@ async def test_a_roots_request_and_the_log_message_it_triggers_cross_the_guard_u
         roots_logged = anyio.Event()
 
         async def on_list_roots(context: ClientRequestContext) -> types.ListRootsResult:
-            return types.ListRootsResult(
-                roots=[types.Root(uri=FileUrl("file:///tmp/guard-test"), name="guard test")]
-            )
+            return types.ListRootsResult(roots=[types.Root(uri=FileUrl("file:///tmp/guard-test"), name="guard test")])
 
         async def on_log(params: types.LoggingMessageNotificationParams) -> None:
             logged.append(params.model_dump(mode="json"))

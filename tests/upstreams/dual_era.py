@@ -57,9 +57,7 @@ async def list_tools(
     return types.ListToolsResult(tools=TOOLS)
 
 
-async def call_tool(
-    ctx: ServerRequestContext[Any], params: types.CallToolRequestParams
-) -> types.CallToolResult:
+async def call_tool(ctx: ServerRequestContext[Any], params: types.CallToolRequestParams) -> types.CallToolResult:
     global answered
     arguments = params.arguments or {}
     if params.name == "echo":
@@ -101,9 +99,7 @@ server = Server("dual-era", version="1.0.0", on_list_tools=list_tools, on_call_t
 
 async def serve_stdio() -> None:
     async with stdio_server() as (read, write):
-        await server.run(
-            read, write, server.create_initialization_options(NotificationOptions(tools_changed=True))
-        )
+        await server.run(read, write, server.create_initialization_options(NotificationOptions(tools_changed=True)))
 
 
 def main() -> None:
@@ -111,9 +107,7 @@ def main() -> None:
         import uvicorn
 
         port = int(sys.argv[2])
-        uvicorn.run(
-            server.streamable_http_app(host="127.0.0.1"), host="127.0.0.1", port=port, log_level="info"
-        )
+        uvicorn.run(server.streamable_http_app(host="127.0.0.1"), host="127.0.0.1", port=port, log_level="info")
     else:
         anyio.run(serve_stdio)
 

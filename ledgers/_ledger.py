@@ -1,0 +1,780 @@
+"""The ledger: budgets, two-phase holds, durable rate windows, balance observations, call events.
+
+Every check-and-reserve happens in one transaction: SQLite takes the write lock first
+(`BEGIN IMMEDIATE`), PostgreSQL locks the rows of the budgets and rate limits involved
+(`SELECT ... FOR UPDATE`). So concurrent reservations against one budget cannot all pass the
+check and overspend together.
+
+A hold moves through phases, each written durably before the step it allows:
+
+    reserved ──mark_forwarded──► forwarded ──settle──► settled
+        │                            │  └────void────► voided
+        ├──settle / void             └──mark_in_doubt──► in_doubt ──resolve──► settled | voided
+
+A crash leaves `reserved` holds (never forwarded: voided at recovery) and `forwarded` holds (the
+money may have left: kept counted as `in_doubt` until resolved). A hold resolves at most once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+
+from ledgers._errors import (
+    AlreadyPaid,
+    AmountError,
+    BudgetExceeded,
+    HoldStateError,
+    LedgerError,
+    PaymentInFlight,
+    RateLimited,
+    StorageError,
+)
+from ledgers._money import Amount, Rates, check_unit, check_value
+from ledgers._schema import migrate
+from ledgers._time import US_PER_S, Clock, SystemClock, Window, from_us, to_us
+
+logger = logging.getLogger("ledgers")
+
+# Silence after which another host's guard is taken to be gone, and its open holds recovered.
+DEFAULT_LEASE_S = 600
+# Retries of a write that SQLite reports busy despite its busy timeout (rare, but never an error).
+BUSY_RETRIES = 50
+
+
+def default_path() -> Path:
+    """The per-user SQLite ledger: $XDG_DATA_HOME/guard/ledger.db (~/.local/share/guard/ledger.db)."""
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(base) / "guard" / "ledger.db"
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A limit on what a scope may spend (or hold) within a window.
+
+    `scope` is the key the budget counts for: "session:<id>", "identity:<name>",
+    "server:<name>" or "global". Budgets with the same name and scope share one count."""
+
+    name: str
+    limit: Amount
+    scope: str = "global"
+    window: Window = field(default_factory=Window.session)
+
+    @property
+    def key(self) -> str:
+        return f"budget:{self.name}@{self.scope}"
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """At most `limit` counted calls per `window` (sliding) for `key` (e.g. "tool:l402-fetch@session:s1")."""
+
+    key: str
+    limit: int
+    window: Window
+
+    def __post_init__(self) -> None:
+        check_value(self.limit, "rate limit")
+        if self.window.kind != "sliding":
+            raise LedgerError(f"rate limit {self.key}: the window must be a duration such as 1m, not {self.window}")
+
+    @property
+    def lock_key(self) -> str:
+        return f"rate:{self.key}"
+
+
+@dataclass(frozen=True)
+class HoldInfo:
+    id: int
+    phase: str
+    amount: Amount
+    settled: Amount | None
+    idempotency_key: str | None
+    created: datetime
+
+
+@dataclass(frozen=True)
+class Usage:
+    """A budget at one moment: spent (settled) and held (open holds), what remains, since when."""
+
+    budget: Budget
+    spent: int
+    held: int
+    window_start: datetime | None
+
+    @property
+    def remaining(self) -> int:
+        return max(0, self.budget.limit.value - self.spent - self.held)
+
+
+@dataclass(frozen=True)
+class BalanceObservation:
+    """What an upstream said about a balance: `key` is an origin, a P402 session id, a wallet."""
+
+    source: str
+    key: str
+    amount: Amount | None = None
+    status: str | None = None
+    upstream_time: datetime | None = None
+    upstream_stale: bool | None = None
+    seen: datetime | None = None  # set by the ledger when stored
+
+
+@dataclass(frozen=True)
+class CallRecord:
+    """One evaluated call for the audit trail (arguments only as a redacted digest)."""
+
+    tool: str
+    decision: str
+    session: str | None = None
+    identity: str | None = None
+    rule: str | None = None
+    reason: str | None = None
+    price: Amount | None = None
+    hold_id: int | None = None
+    spent: Amount | None = None
+    latency_us: int | None = None
+    args_digest: str | None = None
+
+
+class Ledger:
+    """Open with `Ledger.open(url)`; SQLite (default) or PostgreSQL, the same code.
+
+    Thread-safe: one engine, one connection per operation. Every method is synchronous; call it
+    from a worker thread in async code."""
+
+    def __init__(self, engine: Engine, clock: Clock, *, owner: str, rates: Rates | None, lease_s: float) -> None:
+        self._engine = engine
+        self._clock = clock
+        self._rates = rates
+        self._lease_us = int(lease_s * US_PER_S)
+        self._postgres = engine.dialect.name == "postgresql"
+        self.owner = owner
+        self._last_us = 0
+        self._time_lock = threading.Lock()
+
+    @classmethod
+    def open(
+        cls,
+        url: str | os.PathLike[str] | None = None,
+        *,
+        clock: Clock | None = None,
+        rates: Rates | None = None,
+        lease_s: float = DEFAULT_LEASE_S,
+        recover: bool = True,
+    ) -> Ledger:
+        """Open (creating or upgrading) the ledger at `url`: a SQLAlchemy URL, a file path, or None for
+        `default_path()`. Then recover what crashed processes left open (see the module doc).
+
+        Raises:
+            SchemaError: the ledger was written by a newer release.
+            StorageError: the database cannot be reached or created.
+        """
+        engine = _engine(url)
+        ledger = cls(engine, clock or SystemClock(), owner=uuid.uuid4().hex, rates=rates, lease_s=lease_s)
+        try:
+            with ledger._write() as conn:
+                migrate(conn)
+            with ledger._write() as conn:
+                ledger._last_us = _latest_stored_us(conn)
+                ledger._register(conn)
+            if recover:
+                ledger.recover()
+        except Exception:
+            engine.dispose()
+            raise
+        return ledger
+
+    def close(self) -> None:
+        with self._write() as conn:
+            conn.execute(text("DELETE FROM ledger_owners WHERE id = :id"), {"id": self.owner})
+        self._engine.dispose()
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # time
+
+    def _now_us(self) -> int:
+        """The clock, never earlier than a time this ledger stored before."""
+        with self._time_lock:
+            self._last_us = max(to_us(self._clock.now()), self._last_us)
+            return self._last_us
+
+    # holds
+
+    def reserve(
+        self,
+        budgets: Sequence[Budget],
+        amount: Amount,
+        *,
+        idempotency_key: str | None = None,
+        rate_limits: Sequence[RateLimit] = (),
+        session: str | None = None,
+        identity: str | None = None,
+        tool: str | None = None,
+    ) -> int:
+        """Check every budget and rate limit and, in the same transaction, write the hold (and the
+        calls the rate limits count). Returns the hold id.
+
+        Raises:
+            BudgetExceeded / RateLimited: which rule, what remains, when to retry. Nothing written.
+            PaymentInFlight / AlreadyPaid: the idempotency key is open, or was paid. Nothing written.
+            AmountError / UnitMismatch: an amount or unit is wrong. Nothing written.
+        """
+        if not isinstance(amount, Amount):
+            raise AmountError(f"reserve() needs an Amount, not {type(amount).__name__} {amount!r}")
+        charges = [(b, amount.to(b.limit.unit, rates=self._rates, rounding="up").value) for b in budgets]
+        keys = sorted({b.key for b in budgets} | {r.lock_key for r in rate_limits})
+        with self._write(lock_keys=keys) as conn:
+            now = self._now_us()
+            if idempotency_key is not None:
+                self._check_key(conn, idempotency_key)
+            for rate in rate_limits:
+                self._check_rate(conn, rate, now)
+            for budget, value in charges:
+                self._check_budget(conn, budget, value, now)
+            hold_id = self._insert_hold(conn, amount, idempotency_key, now, session, identity, tool)
+            for budget, value in charges:
+                conn.execute(
+                    text(
+                        "INSERT INTO ledger_charges (hold_id, budget, unit, held, spent, created_us)"
+                        " VALUES (:h, :b, :u, :v, 0, :t)"
+                    ),
+                    {"h": hold_id, "b": budget.key, "u": budget.limit.unit, "v": value, "t": now},
+                )
+            self._count_calls(conn, rate_limits, now)
+        return hold_id
+
+    def hit(self, rate_limits: Sequence[RateLimit]) -> None:
+        """Count one call against rate limits, if all have room (no money involved).
+
+        Raises:
+            RateLimited: a limit has no calls left. Nothing written."""
+        with self._write(lock_keys=sorted(r.lock_key for r in rate_limits)) as conn:
+            now = self._now_us()
+            for rate in rate_limits:
+                self._check_rate(conn, rate, now)
+            self._count_calls(conn, rate_limits, now)
+
+    def mark_forwarded(self, hold_id: int) -> None:
+        """Record that the paying call is about to be sent upstream (before it is sent)."""
+        self._move(hold_id, ("reserved",), "forwarded")
+
+    def settle(self, hold_id: int, actual: Amount) -> None:
+        """The call finished; `actual` (≤ the hold) was paid."""
+        self._finish(hold_id, ("reserved", "forwarded"), actual)
+
+    def void(self, hold_id: int) -> None:
+        """Provably nothing was paid: release the hold."""
+        self._finish(hold_id, ("reserved", "forwarded"), None)
+
+    def mark_in_doubt(self, hold_id: int) -> None:
+        """The outcome is unknown (timeout, crash, `paymentState: unknown`): keep it counted in full."""
+        self._move(hold_id, ("forwarded",), "in_doubt")
+
+    def resolve(self, hold_id: int, actual: Amount) -> None:
+        """An in-doubt hold's outcome became known: `actual` was paid (zero: nothing was)."""
+        self._finish(hold_id, ("in_doubt",), actual if actual.value else None)
+
+    def hold(self, hold_id: int) -> HoldInfo:
+        with self._read() as conn:
+            row = conn.execute(
+                text(
+                    "SELECT id, phase, unit, amount, settled, idempotency_key, created_us"
+                    " FROM ledger_holds WHERE id = :id"
+                ),
+                {"id": hold_id},
+            ).first()
+        if row is None:
+            raise HoldStateError(f"hold {hold_id} does not exist")
+        settled = Amount(row.settled, row.unit) if row.settled is not None else None
+        return HoldInfo(
+            row.id,
+            row.phase,
+            Amount(row.amount, row.unit),
+            settled,
+            row.idempotency_key,
+            from_us(row.created_us),
+        )
+
+    def open_holds(self, phase: str | None = None) -> list[HoldInfo]:
+        """Holds not yet resolved (reserved, forwarded, in doubt), oldest first."""
+        phases = (phase,) if phase else ("reserved", "forwarded", "in_doubt")
+        with self._read() as conn:
+            ids = [
+                r[0]
+                for r in conn.execute(
+                    text("SELECT id FROM ledger_holds WHERE phase IN :p ORDER BY id").bindparams(_in("p")),
+                    {"p": phases},
+                )
+            ]
+        return [self.hold(i) for i in ids]
+
+    def usage(self, budget: Budget) -> Usage:
+        """What `budget` has spent and holds in its current window."""
+        now = self._now_us()
+        start = budget.window.start_us(now)
+        with self._read() as conn:
+            held, spent = self._sums(conn, budget.key, start)
+        return Usage(budget, spent, held, from_us(start) if budget.window.kind != "session" else None)
+
+    def count(self, key: str, window: Window) -> int:
+        """Calls counted for a rate-limit key within `window` (sliding)."""
+        now = self._now_us()
+        with self._read() as conn:
+            return int(
+                conn.execute(
+                    text("SELECT COUNT(*) FROM ledger_rate_events WHERE key = :k AND at_us >= :s"),
+                    {"k": key, "s": window.start_us(now)},
+                ).scalar_one()
+            )
+
+    # observations and call events
+
+    def observe(self, observation: BalanceObservation) -> None:
+        """Store what an upstream said about a balance."""
+        amount = observation.amount
+        if amount is not None and not isinstance(amount, Amount):
+            raise AmountError(f"an observation's amount must be an Amount, not {amount!r}")
+        upstream_us = to_us(observation.upstream_time) if observation.upstream_time else None
+        with self._write() as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO ledger_observations"
+                    " (source, key, amount, unit, status, upstream_us, upstream_stale, seen_us)"
+                    " VALUES (:source, :key, :amount, :unit, :status, :up, :stale, :seen)"
+                ),
+                {
+                    "source": observation.source,
+                    "key": observation.key,
+                    "amount": amount.value if amount else None,
+                    "unit": amount.unit if amount else None,
+                    "status": observation.status,
+                    "up": upstream_us,
+                    "stale": observation.upstream_stale,
+                    "seen": self._now_us(),
+                },
+            )
+
+    def latest(self, key: str) -> tuple[BalanceObservation, float] | None:
+        """The newest observation for `key`, and its age in seconds by the guard's clock."""
+        with self._read() as conn:
+            row = conn.execute(
+                text(
+                    "SELECT source, key, amount, unit, status, upstream_us, upstream_stale, seen_us"
+                    " FROM ledger_observations WHERE key = :k ORDER BY seen_us DESC, id DESC LIMIT 1"
+                ),
+                {"k": key},
+            ).first()
+        if row is None:
+            return None
+        observation = BalanceObservation(
+            source=row.source,
+            key=row.key,
+            amount=Amount(row.amount, row.unit) if row.amount is not None else None,
+            status=row.status,
+            upstream_time=from_us(row.upstream_us) if row.upstream_us is not None else None,
+            upstream_stale=bool(row.upstream_stale) if row.upstream_stale is not None else None,
+            seen=from_us(row.seen_us),
+        )
+        return observation, (self._now_us() - row.seen_us) / US_PER_S
+
+    def record(self, call: CallRecord) -> int:
+        """Append one evaluated call to the audit trail; returns its id."""
+        for money in (call.price, call.spent):
+            if money is not None and not isinstance(money, Amount):
+                raise AmountError(f"a call record's price and spend must be Amounts, not {money!r}")
+        values = {
+            "at": self._now_us(),
+            "session": call.session,
+            "identity": call.identity,
+            "tool": call.tool,
+            "decision": call.decision,
+            "rule": call.rule,
+            "reason": call.reason,
+            "price": call.price.value if call.price else None,
+            "price_unit": call.price.unit if call.price else None,
+            "hold": call.hold_id,
+            "spent": call.spent.value if call.spent else None,
+            "spent_unit": call.spent.unit if call.spent else None,
+            "latency": call.latency_us,
+            "digest": call.args_digest,
+        }
+        with self._write() as conn:
+            row = conn.execute(
+                text(
+                    "INSERT INTO ledger_call_events (at_us, session, identity, tool, decision, rule, reason,"
+                    " price, price_unit, hold_id, spent, spent_unit, latency_us, args_digest)"
+                    " VALUES (:at, :session, :identity, :tool, :decision, :rule, :reason, :price, :price_unit,"
+                    " :hold, :spent, :spent_unit, :latency, :digest) RETURNING id"
+                ),
+                values,
+            ).scalar_one()
+        return int(row)
+
+    # recovery
+
+    def recover(self) -> int:
+        """Resolve what gone processes left open: `reserved` holds were never forwarded (voided);
+        `forwarded` ones may have paid (kept counted, in doubt). Returns how many holds moved."""
+        with self._write() as conn:
+            owners = conn.execute(text("SELECT id, host, pid, pid_start, seen_us FROM ledger_owners")).all()
+            now = self._now_us()
+            gone = [o.id for o in owners if o.id != self.owner and not self._alive(o, now)]
+            holds = conn.execute(
+                text("SELECT DISTINCT owner FROM ledger_holds WHERE phase IN ('reserved', 'forwarded')")
+            ).all()
+            known = {o.id for o in owners}
+            gone += [h.owner for h in holds if h.owner not in known and h.owner != self.owner]
+            moved = 0
+            for owner in set(gone):
+                moved += self._recover_owner(conn, owner, now)
+                conn.execute(text("DELETE FROM ledger_owners WHERE id = :id"), {"id": owner})
+        if moved:
+            logger.warning("recovered %d open holds left by stopped processes", moved)
+        return moved
+
+    def heartbeat(self) -> None:
+        """Tell other processes sharing the ledger that this one is alive (see `lease_s`)."""
+        with self._write() as conn:
+            conn.execute(
+                text("UPDATE ledger_owners SET seen_us = :t WHERE id = :id"),
+                {"t": self._now_us(), "id": self.owner},
+            )
+
+    def _alive(self, owner: object, now: int) -> bool:
+        host, pid, pid_start, seen = owner.host, owner.pid, owner.pid_start, owner.seen_us  # type: ignore[attr-defined]
+        if host == socket.gethostname():
+            return _process_start(pid) == pid_start
+        return now - seen < self._lease_us
+
+    def _recover_owner(self, conn: Connection, owner: str, now: int) -> int:
+        voided = (
+            conn.execute(text("SELECT id FROM ledger_holds WHERE owner = :o AND phase = 'reserved'"), {"o": owner})
+            .scalars()
+            .all()
+        )
+        if voided:
+            conn.execute(
+                text("UPDATE ledger_charges SET held = 0 WHERE hold_id IN :ids").bindparams(_in("ids")),
+                {"ids": voided},
+            )
+        result = conn.execute(
+            text("UPDATE ledger_holds SET phase = 'voided', updated_us = :t WHERE owner = :o AND phase = 'reserved'"),
+            {"t": now, "o": owner},
+        )
+        doubted = conn.execute(
+            text(
+                "UPDATE ledger_holds SET phase = 'in_doubt', updated_us = :t WHERE owner = :o AND phase = 'forwarded'"
+            ),
+            {"t": now, "o": owner},
+        )
+        return int(result.rowcount or 0) + int(doubted.rowcount or 0)
+
+    def _register(self, conn: Connection) -> None:
+        conn.execute(
+            text("INSERT INTO ledger_owners (id, host, pid, pid_start, seen_us) VALUES (:id, :h, :p, :s, :t)"),
+            {
+                "id": self.owner,
+                "h": socket.gethostname(),
+                "p": os.getpid(),
+                "s": _process_start(os.getpid()),
+                "t": self._now_us(),
+            },
+        )
+
+    # the pieces of a reservation (inside its transaction)
+
+    def _check_key(self, conn: Connection, key: str) -> None:
+        phase = conn.execute(
+            text("SELECT phase FROM ledger_holds WHERE idempotency_key = :k AND phase != 'voided'"),
+            {"k": key},
+        ).scalar()
+        if phase == "settled":
+            raise AlreadyPaid(f"payment {key} was already made", rule="idempotency")
+        if phase is not None:
+            raise PaymentInFlight(
+                f"payment {key} is already {'in doubt' if phase == 'in_doubt' else 'in progress'}:"
+                " paying again could pay twice",
+                rule="idempotency",
+            )
+
+    def _check_rate(self, conn: Connection, rate: RateLimit, now: int) -> None:
+        start = rate.window.start_us(now)
+        used, oldest = conn.execute(
+            text("SELECT COUNT(*), MIN(at_us) FROM ledger_rate_events WHERE key = :k AND at_us >= :s"),
+            {"k": rate.key, "s": start},
+        ).one()
+        if used >= rate.limit:
+            retry = (oldest - start + 1) / US_PER_S if oldest is not None else None
+            raise RateLimited(
+                f"rate limit {rate.key}: {rate.limit} calls per {rate.window} used",
+                rule=rate.key,
+                remaining=0,
+                unit="calls",
+                retry_after_s=retry,
+            )
+
+    def _check_budget(self, conn: Connection, budget: Budget, value: int, now: int) -> None:
+        start = budget.window.start_us(now)
+        held, spent = self._sums(conn, budget.key, start)
+        if spent + held + value > budget.limit.value:
+            remaining = max(0, budget.limit.value - spent - held)
+            end = budget.window.end_us(now)
+            raise BudgetExceeded(
+                f"budget {budget.name} ({budget.scope}, per {budget.window}): {value} {budget.limit.unit} asked, "
+                f"{remaining} {budget.limit.unit} left of {budget.limit.value}",
+                rule=budget.name,
+                remaining=remaining,
+                unit=budget.limit.unit,
+                retry_after_s=(end - now) / US_PER_S if end is not None else None,
+            )
+
+    def _sums(self, conn: Connection, key: str, start: int) -> tuple[int, int]:
+        held, spent = conn.execute(
+            text(
+                "SELECT COALESCE(SUM(held), 0), COALESCE(SUM(spent), 0) FROM ledger_charges"
+                " WHERE budget = :b AND created_us >= :s"
+            ),
+            {"b": key, "s": start},
+        ).one()
+        return int(held), int(spent)
+
+    def _insert_hold(
+        self,
+        conn: Connection,
+        amount: Amount,
+        key: str | None,
+        now: int,
+        session: str | None,
+        identity: str | None,
+        tool: str | None,
+    ) -> int:
+        try:
+            with conn.begin_nested():
+                hold_id = conn.execute(
+                    text(
+                        "INSERT INTO ledger_holds (idempotency_key, phase, unit, amount, owner, session, identity,"
+                        " tool, created_us, updated_us) VALUES (:k, 'reserved', :u, :a, :o, :s, :i, :t, :now, :now)"
+                        " RETURNING id"
+                    ),
+                    {
+                        "k": key,
+                        "u": amount.unit,
+                        "a": amount.value,
+                        "o": self.owner,
+                        "s": session,
+                        "i": identity,
+                        "t": tool,
+                        "now": now,
+                    },
+                ).scalar_one()
+        except IntegrityError:
+            # Another process reserved the same key between our check and our insert (PostgreSQL).
+            raise PaymentInFlight(
+                f"payment {key} is already in progress: paying again could pay twice", rule="idempotency"
+            ) from None
+        return int(hold_id)
+
+    def _count_calls(self, conn: Connection, rate_limits: Sequence[RateLimit], now: int) -> None:
+        for rate in rate_limits:
+            conn.execute(text("INSERT INTO ledger_rate_events (key, at_us) VALUES (:k, :t)"), {"k": rate.key, "t": now})
+
+    def _move(self, hold_id: int, allowed: tuple[str, ...], phase: str) -> None:
+        with self._write() as conn:
+            self._transition(conn, hold_id, allowed, phase)
+
+    def _finish(self, hold_id: int, allowed: tuple[str, ...], actual: Amount | None) -> None:
+        with self._write() as conn:
+            unit, amount = self._transition(conn, hold_id, allowed, "settled" if actual is not None else "voided")
+            if actual is None:
+                conn.execute(text("UPDATE ledger_charges SET held = 0 WHERE hold_id = :h"), {"h": hold_id})
+                return
+            paid = actual.to(unit, rounding="up").value
+            if paid > amount:
+                raise AmountError(f"hold {hold_id}: settling {actual} is more than the {amount} {unit} it held")
+            conn.execute(text("UPDATE ledger_holds SET settled = :p WHERE id = :h"), {"p": paid, "h": hold_id})
+            charges = conn.execute(
+                text("SELECT id, unit, held FROM ledger_charges WHERE hold_id = :h"), {"h": hold_id}
+            ).all()
+            for charge in charges:
+                spent = Amount(paid, unit).to(charge.unit, rates=self._rates, rounding="up").value
+                conn.execute(
+                    text("UPDATE ledger_charges SET held = 0, spent = :s WHERE id = :c"),
+                    {"s": min(spent, charge.held), "c": charge.id},
+                )
+
+    def _transition(self, conn: Connection, hold_id: int, allowed: tuple[str, ...], phase: str) -> tuple[str, int]:
+        row = conn.execute(text("SELECT phase, unit, amount FROM ledger_holds WHERE id = :h"), {"h": hold_id}).first()
+        if row is None:
+            raise HoldStateError(f"hold {hold_id} does not exist")
+        if row.phase not in allowed:
+            raise HoldStateError(f"hold {hold_id} is {row.phase}: it cannot become {phase}")
+        conn.execute(
+            text("UPDATE ledger_holds SET phase = :p, updated_us = :t WHERE id = :h"),
+            {"p": phase, "t": self._now_us(), "h": hold_id},
+        )
+        return row.unit, int(row.amount)
+
+    # transactions
+
+    @contextmanager
+    def _write(self, lock_keys: Sequence[str] = ()) -> Iterator[Connection]:
+        """One write transaction: SQLite's write lock taken up front (`BEGIN IMMEDIATE`), PostgreSQL's
+        rows locked in key order. A busy SQLite database is waited for, never reported as an error."""
+        conn = self._begin_write()
+        try:
+            if self._postgres and lock_keys:
+                _lock_rows(conn, lock_keys)
+            yield conn
+            conn.commit()
+        except DBAPIError as exc:
+            conn.rollback()
+            raise StorageError(f"the ledger could not be written: {exc.orig}") from exc
+        except BaseException:
+            conn.rollback()
+            raise
+        finally:
+            conn.close()
+
+    def _begin_write(self) -> Connection:
+        for attempt in range(BUSY_RETRIES):
+            conn = self._engine.connect()
+            try:
+                conn.begin()
+                return conn
+            except OperationalError as exc:
+                conn.close()
+                if not _busy(exc) or attempt == BUSY_RETRIES - 1:
+                    raise StorageError(f"the ledger could not be written: {exc.orig}") from exc
+                time.sleep(0.01 * (attempt + 1))
+            except DBAPIError as exc:
+                conn.close()
+                raise StorageError(f"the ledger could not be written: {exc.orig}") from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        try:
+            with self._engine.connect() as conn:
+                conn = conn.execution_options(ledger_read=True)
+                with conn.begin():
+                    yield conn
+        except DBAPIError as exc:
+            raise StorageError(f"the ledger could not be read: {exc.orig}") from exc
+
+
+def _lock_rows(conn: Connection, keys: Sequence[str]) -> None:
+    conn.execute(text("INSERT INTO ledger_locks (key) VALUES (:k) ON CONFLICT DO NOTHING"), [{"k": k} for k in keys])
+    conn.execute(
+        text("SELECT key FROM ledger_locks WHERE key IN :keys ORDER BY key FOR UPDATE").bindparams(_in("keys")),
+        {"keys": list(keys)},
+    )
+
+
+def _in(name: str):  # type: ignore[no-untyped-def]
+    from sqlalchemy import bindparam
+
+    return bindparam(name, expanding=True)
+
+
+def _busy(exc: OperationalError) -> bool:
+    message = str(exc.orig).lower()
+    return "database is locked" in message or "database is busy" in message
+
+
+def _latest_stored_us(conn: Connection) -> int:
+    latest = 0
+    for table, column in (
+        ("ledger_holds", "updated_us"),
+        ("ledger_rate_events", "at_us"),
+        ("ledger_observations", "seen_us"),
+        ("ledger_call_events", "at_us"),
+    ):
+        value = conn.execute(text(f"SELECT MAX({column}) FROM {table}")).scalar()
+        latest = max(latest, int(value or 0))
+    return latest
+
+
+def _process_start(pid: int) -> str:
+    """When process `pid` started (ticks since boot), to tell it from a later process with its pid."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        return fields[19].decode()
+    except (OSError, IndexError):
+        return ""
+
+
+def _engine(url: str | os.PathLike[str] | None) -> Engine:
+    if url is None:
+        path = default_path()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        url = f"sqlite:///{path}"
+    elif isinstance(url, os.PathLike) or "://" not in str(url):
+        url = f"sqlite:///{Path(url)}"
+    url = str(url)
+    try:
+        if url.startswith("sqlite"):
+            engine = create_engine(
+                url, connect_args={"timeout": 30, "isolation_level": None, "check_same_thread": False}
+            )
+            event.listen(engine, "connect", _sqlite_pragmas)
+            event.listen(engine, "begin", _sqlite_begin)
+        else:
+            engine = create_engine(url, pool_pre_ping=True)
+        with engine.connect():
+            pass
+    except (DBAPIError, ImportError) as exc:
+        raise StorageError(f"cannot open the ledger at {_safe_url(url)}: {exc}") from exc
+    return engine
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+    cursor = dbapi_connection.cursor()
+    # FULL: NORMAL may lose a committed hold on power loss. WAL: readers never block the writer.
+    for pragma in ("journal_mode=WAL", "synchronous=FULL", "busy_timeout=30000", "foreign_keys=ON"):
+        cursor.execute(f"PRAGMA {pragma}")
+    cursor.close()
+
+
+def _sqlite_begin(conn: Connection) -> None:
+    # pysqlite's own transaction handling is off (isolation_level=None); writers take the lock up front.
+    conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get("ledger_read") else "BEGIN IMMEDIATE")
+
+
+def _safe_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "<unparseable URL>"
+
+
+__all__ = [
+    "BalanceObservation",
+    "Budget",
+    "CallRecord",
+    "HoldInfo",
+    "Ledger",
+    "RateLimit",
+    "Usage",
+    "check_unit",
+]

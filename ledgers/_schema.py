@@ -1,0 +1,204 @@
+"""The ledger's tables (SQLModel), and the versioned migrations that create and upgrade them.
+
+Times are integer microseconds since the epoch (UTC); amounts are integers in the row's unit.
+Invariants are in the database too: CHECK constraints on amounts and phases, and a unique
+idempotency key among holds that are not voided.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from sqlalchemy import BigInteger, CheckConstraint, Column, Connection, Index, Integer, text
+from sqlmodel import Field, SQLModel
+
+from ledgers._errors import SchemaError
+
+PHASES = ("reserved", "forwarded", "settled", "voided", "in_doubt")
+OPEN_PHASES = ("reserved", "forwarded", "in_doubt")
+
+
+def _big(**kwargs: object) -> Column:  # type: ignore[type-arg]
+    return Column(BigInteger, **kwargs)  # type: ignore[arg-type]
+
+
+def _id() -> Column:  # type: ignore[type-arg]
+    # SQLite numbers rows itself only for a column declared exactly INTEGER PRIMARY KEY.
+    return Column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+
+
+class Meta(SQLModel, table=True):
+    __tablename__ = "ledger_meta"
+    key: str = Field(primary_key=True)
+    value: str
+
+
+class Owner(SQLModel, table=True):
+    """A process using the ledger; recovery decides from it whether that process is gone."""
+
+    __tablename__ = "ledger_owners"
+    id: str = Field(primary_key=True)
+    host: str
+    pid: int
+    pid_start: str
+    seen_us: int = Field(sa_column=_big(nullable=False))
+
+
+class Hold(SQLModel, table=True):
+    """A two-phase spend: reserved (and counted) before the call, settled or voided after."""
+
+    __tablename__ = "ledger_holds"
+    __table_args__ = (
+        CheckConstraint("amount >= 0", name="hold_amount_not_negative"),
+        CheckConstraint("settled IS NULL OR (settled >= 0 AND settled <= amount)", name="hold_settled_in_range"),
+        CheckConstraint(f"phase IN {PHASES}", name="hold_phase_known"),
+        Index(
+            "ledger_holds_open_key",
+            "idempotency_key",
+            unique=True,
+            sqlite_where=text("phase != 'voided' AND idempotency_key IS NOT NULL"),
+            postgresql_where=text("phase != 'voided' AND idempotency_key IS NOT NULL"),
+        ),
+        Index("ledger_holds_open_owner", "owner", "phase"),
+    )
+    id: int | None = Field(default=None, sa_column=_id())
+    idempotency_key: str | None = None
+    phase: str
+    unit: str
+    amount: int = Field(sa_column=_big(nullable=False))
+    settled: int | None = Field(default=None, sa_column=_big(nullable=True))
+    owner: str
+    session: str | None = None
+    identity: str | None = None
+    tool: str | None = None
+    created_us: int = Field(sa_column=_big(nullable=False))
+    updated_us: int = Field(sa_column=_big(nullable=False))
+
+
+class Charge(SQLModel, table=True):
+    """What one hold counts against one budget, in the budget's unit: `held` while the hold is
+    open, `spent` once settled. A budget's use is SUM(held + spent) over its window."""
+
+    __tablename__ = "ledger_charges"
+    __table_args__ = (
+        CheckConstraint("held >= 0 AND spent >= 0", name="charge_not_negative"),
+        # Covering index: a budget decision reads only index entries of its own window.
+        Index("ledger_charges_budget_time", "budget", "created_us", "held", "spent"),
+        Index("ledger_charges_hold", "hold_id"),
+    )
+    id: int | None = Field(default=None, sa_column=_id())
+    hold_id: int = Field(sa_column=_big(nullable=False))
+    budget: str
+    unit: str
+    held: int = Field(sa_column=_big(nullable=False))
+    spent: int = Field(sa_column=_big(nullable=False))
+    created_us: int = Field(sa_column=_big(nullable=False))
+
+
+class RateEvent(SQLModel, table=True):
+    """One counted call, for sliding-window rate limits that survive restarts."""
+
+    __tablename__ = "ledger_rate_events"
+    __table_args__ = (Index("ledger_rate_events_key_time", "key", "at_us"),)
+    id: int | None = Field(default=None, sa_column=_id())
+    key: str
+    at_us: int = Field(sa_column=_big(nullable=False))
+
+
+class Lock(SQLModel, table=True):
+    """One row per budget or rate-limit key; PostgreSQL serializes check-and-reserve on it."""
+
+    __tablename__ = "ledger_locks"
+    key: str = Field(primary_key=True)
+
+
+class Observation(SQLModel, table=True):
+    """What an upstream said about a balance, and when the guard saw it."""
+
+    __tablename__ = "ledger_observations"
+    __table_args__ = (
+        CheckConstraint("amount IS NULL OR amount >= 0", name="observation_not_negative"),
+        Index("ledger_observations_key_time", "key", "seen_us"),
+    )
+    id: int | None = Field(default=None, sa_column=_id())
+    source: str
+    key: str
+    amount: int | None = Field(default=None, sa_column=_big(nullable=True))
+    unit: str | None = None
+    status: str | None = None
+    upstream_us: int | None = Field(default=None, sa_column=_big(nullable=True))
+    upstream_stale: bool | None = None
+    seen_us: int = Field(sa_column=_big(nullable=False))
+
+
+class CallEvent(SQLModel, table=True):
+    """One evaluated call, for the audit trail and reports. Arguments only as a redacted digest."""
+
+    __tablename__ = "ledger_call_events"
+    __table_args__ = (
+        Index("ledger_call_events_time", "at_us"),
+        Index("ledger_call_events_session_time", "session", "at_us"),
+    )
+    id: int | None = Field(default=None, sa_column=_id())
+    at_us: int = Field(sa_column=_big(nullable=False))
+    session: str | None = None
+    identity: str | None = None
+    tool: str
+    decision: str
+    rule: str | None = None
+    reason: str | None = None
+    price: int | None = Field(default=None, sa_column=_big(nullable=True))
+    price_unit: str | None = None
+    hold_id: int | None = Field(default=None, sa_column=_big(nullable=True))
+    spent: int | None = Field(default=None, sa_column=_big(nullable=True))
+    spent_unit: str | None = None
+    latency_us: int | None = Field(default=None, sa_column=_big(nullable=True))
+    args_digest: str | None = None
+
+
+# Versioned migrations: MIGRATIONS[n] takes a schema at version n to n + 1. Never edit a released
+# step; append a new one. Version 1 is the first release's schema.
+def _v1(conn: Connection) -> None:
+    SQLModel.metadata.create_all(
+        conn,
+        tables=[
+            t.__table__  # type: ignore[attr-defined]
+            for t in (Meta, Owner, Hold, Charge, RateEvent, Lock, Observation, CallEvent)
+        ],
+    )
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def schema_version(conn: Connection) -> int:
+    """The version stored in the database (0 for an empty one)."""
+    tables = conn.dialect.get_table_names(conn)
+    if "ledger_meta" not in tables:
+        if any(name.startswith("ledger_") for name in tables):
+            raise SchemaError("the database has ledger tables but no ledger_meta: not a ledger this release knows")
+        return 0
+    row = conn.execute(text("SELECT value FROM ledger_meta WHERE key = 'schema_version'")).first()
+    if row is None or not str(row[0]).isdigit():
+        raise SchemaError("ledger_meta has no readable schema_version")
+    return int(row[0])
+
+
+def migrate(conn: Connection) -> int:
+    """Bring the schema to `SCHEMA_VERSION` inside the caller's transaction; return the old version."""
+    found = schema_version(conn)
+    if found > SCHEMA_VERSION:
+        raise SchemaError(
+            f"the ledger's schema is version {found}, newer than this release's ({SCHEMA_VERSION}): upgrade guard"
+        )
+    for step in MIGRATIONS[found:]:
+        step(conn)
+    if found == 0:
+        conn.execute(
+            text("INSERT INTO ledger_meta (key, value) VALUES ('schema_version', :v)"),
+            {"v": str(SCHEMA_VERSION)},
+        )
+    elif found < SCHEMA_VERSION:
+        conn.execute(text("UPDATE ledger_meta SET value = :v WHERE key = 'schema_version'"), {"v": str(SCHEMA_VERSION)})
+    return found
