@@ -28,6 +28,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
@@ -417,7 +418,7 @@ class Ledger:
             "digest": call.args_digest,
         }
         with self._write() as conn:
-            row = conn.execute(
+            row: Any = conn.execute(
                 text(
                     "INSERT INTO ledger_call_events (at_us, session, identity, tool, decision, rule, reason,"
                     " price, price_unit, hold_id, spent, spent_unit, latency_us, args_digest)"
@@ -458,14 +459,13 @@ class Ledger:
                 {"t": self._now_us(), "id": self.owner},
             )
 
-    def _alive(self, owner: object, now: int) -> bool:
-        host, pid, pid_start, seen = owner.host, owner.pid, owner.pid_start, owner.seen_us  # type: ignore[attr-defined]
-        if host == socket.gethostname():
-            return _process_start(pid) == pid_start
-        return now - seen < self._lease_us
+    def _alive(self, owner: Any, now: int) -> bool:
+        if owner.host == socket.gethostname():
+            return bool(_process_start(owner.pid) == owner.pid_start)
+        return bool(now - owner.seen_us < self._lease_us)
 
     def _recover_owner(self, conn: Connection, owner: str, now: int) -> int:
-        voided = (
+        voided: Any = (
             conn.execute(text("SELECT id FROM ledger_holds WHERE owner = :o AND phase = 'reserved'"), {"o": owner})
             .scalars()
             .all()
@@ -517,6 +517,8 @@ class Ledger:
 
     def _check_rate(self, conn: Connection, rate: RateLimit, now: int) -> None:
         start = rate.window.start_us(now)
+        used: Any
+        oldest: Any
         used, oldest = conn.execute(
             text("SELECT COUNT(*), MIN(at_us) FROM ledger_rate_events WHERE key = :k AND at_us >= :s"),
             {"k": rate.key, "s": start},
@@ -547,6 +549,8 @@ class Ledger:
             )
 
     def _sums(self, conn: Connection, key: str, start: int) -> tuple[int, int]:
+        held: Any
+        spent: Any
         held, spent = conn.execute(
             text(
                 "SELECT COALESCE(SUM(held), 0), COALESCE(SUM(spent), 0) FROM ledger_charges"
@@ -568,7 +572,7 @@ class Ledger:
     ) -> int:
         try:
             with conn.begin_nested():
-                hold_id = conn.execute(
+                hold_id: Any = conn.execute(
                     text(
                         "INSERT INTO ledger_holds (idempotency_key, phase, unit, amount, owner, session, identity,"
                         " tool, created_us, updated_us) VALUES (:k, 'reserved', :u, :a, :o, :s, :i, :t, :now, :now)"

@@ -161,10 +161,7 @@ class CallEvent(SQLModel, table=True):
 def _v1(conn: Connection) -> None:
     SQLModel.metadata.create_all(
         conn,
-        tables=[
-            t.__table__  # type: ignore[attr-defined]
-            for t in (Meta, Owner, Hold, Charge, RateEvent, Lock, Observation, CallEvent)
-        ],
+        tables=[getattr(t, "__table__") for t in (Meta, Owner, Hold, Charge, RateEvent, Lock, Observation, CallEvent)],  # noqa: B009
     )
 
 
