@@ -16,6 +16,7 @@ import typer
 
 from guard import _logging, _upstream
 from guard._errors import ConfigError, GuardError, UpstreamStartError
+from guard._ledger_commands import LedgerOption, ledger_app, open_ledger
 from guard._relay import OpenGate, Session
 from guard._version import __version__
 
@@ -28,6 +29,8 @@ app = typer.Typer(
     add_completion=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+app.add_typer(ledger_app, name="ledger")
 
 SESSION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@:-]{0,127}$")
 
@@ -90,8 +93,11 @@ def run(
         Optional[str],  # noqa: UP045
         typer.Option("--identity", metavar="NAME", help="Who the agent acts for (over HTTP: the token's name)."),
     ] = None,
+    ledger_url: LedgerOption = None,
 ) -> None:
     """Wrap an upstream MCP server: `guard run -- CMD [ARGS...]` or `guard run --upstream URL`."""
+    # The ledger opens first: a guard that cannot account for spend must not start.
+    open_ledger(ledger_url).close()
     try:
         spec = _upstream_spec(command, upstream)
         if session is not None and not SESSION_NAME.match(session):

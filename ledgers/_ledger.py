@@ -746,7 +746,8 @@ def _engine(url: str | os.PathLike[str] | None) -> Engine:
         with engine.connect():
             pass
     except (DBAPIError, ImportError) as exc:
-        raise StorageError(f"cannot open the ledger at {_safe_url(url)}: {exc}") from exc
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        raise StorageError(f"cannot open the ledger at {_safe_url(url)}: {reason}") from exc
     return engine
 
 
