@@ -30,6 +30,12 @@ INITIALIZE = {
 }
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_data_home(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Guards started by tests keep their default ledger in a temp dir, not in the user's home."""
+    os.environ["XDG_DATA_HOME"] = str(tmp_path_factory.mktemp("data-home"))
+
+
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
