@@ -166,6 +166,7 @@ def _v1(conn: Connection) -> None:
 
 
 MIGRATIONS: list[Callable[[Connection], None]] = [_v1]
+MIGRATION_LOCK = 0x6775617264  # "guard": the advisory lock key that serializes migrations
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -184,6 +185,9 @@ def schema_version(conn: Connection) -> int:
 
 def migrate(conn: Connection) -> int:
     """Bring the schema to `SCHEMA_VERSION` inside the caller's transaction; return the old version."""
+    if conn.dialect.name == "postgresql":
+        # Guards opening one empty database at once would race to create the same tables.
+        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": MIGRATION_LOCK})
     found = schema_version(conn)
     if found > SCHEMA_VERSION:
         raise SchemaError(
