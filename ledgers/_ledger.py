@@ -24,9 +24,10 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -200,7 +201,7 @@ class Ledger:
 
     def close(self) -> None:
         with self._write() as conn:
-            conn.execute(text("DELETE FROM ledger_owners WHERE id = :id"), {"id": self.owner})
+            conn.execute(_q("DELETE FROM ledger_owners WHERE id = :id"), {"id": self.owner})
         self._engine.dispose()
 
     def __enter__(self) -> Ledger:
@@ -253,7 +254,7 @@ class Ledger:
             hold_id = self._insert_hold(conn, amount, idempotency_key, now, session, identity, tool)
             for budget, value in charges:
                 conn.execute(
-                    text(
+                    _q(
                         "INSERT INTO ledger_charges (hold_id, budget, unit, held, spent, created_us)"
                         " VALUES (:h, :b, :u, :v, 0, :t)"
                     ),
@@ -296,7 +297,7 @@ class Ledger:
     def hold(self, hold_id: int) -> HoldInfo:
         with self._read() as conn:
             row = conn.execute(
-                text(
+                _q(
                     "SELECT id, phase, unit, amount, settled, idempotency_key, created_us"
                     " FROM ledger_holds WHERE id = :id"
                 ),
@@ -321,7 +322,7 @@ class Ledger:
             ids = [
                 r[0]
                 for r in conn.execute(
-                    text("SELECT id FROM ledger_holds WHERE phase IN :p ORDER BY id").bindparams(_in("p")),
+                    _q("SELECT id FROM ledger_holds WHERE phase IN :p ORDER BY id").bindparams(_in("p")),
                     {"p": phases},
                 )
             ]
@@ -341,7 +342,7 @@ class Ledger:
         with self._read() as conn:
             return int(
                 conn.execute(
-                    text("SELECT COUNT(*) FROM ledger_rate_events WHERE key = :k AND at_us >= :s"),
+                    _q("SELECT COUNT(*) FROM ledger_rate_events WHERE key = :k AND at_us >= :s"),
                     {"k": key, "s": window.start_us(now)},
                 ).scalar_one()
             )
@@ -356,7 +357,7 @@ class Ledger:
         upstream_us = to_us(observation.upstream_time) if observation.upstream_time else None
         with self._write() as conn:
             conn.execute(
-                text(
+                _q(
                     "INSERT INTO ledger_observations"
                     " (source, key, amount, unit, status, upstream_us, upstream_stale, seen_us)"
                     " VALUES (:source, :key, :amount, :unit, :status, :up, :stale, :seen)"
@@ -377,7 +378,7 @@ class Ledger:
         """The newest observation for `key`, and its age in seconds by the guard's clock."""
         with self._read() as conn:
             row = conn.execute(
-                text(
+                _q(
                     "SELECT source, key, amount, unit, status, upstream_us, upstream_stale, seen_us"
                     " FROM ledger_observations WHERE key = :k ORDER BY seen_us DESC, id DESC LIMIT 1"
                 ),
@@ -419,7 +420,7 @@ class Ledger:
         }
         with self._write() as conn:
             row: Any = conn.execute(
-                text(
+                _q(
                     "INSERT INTO ledger_call_events (at_us, session, identity, tool, decision, rule, reason,"
                     " price, price_unit, hold_id, spent, spent_unit, latency_us, args_digest)"
                     " VALUES (:at, :session, :identity, :tool, :decision, :rule, :reason, :price, :price_unit,"
@@ -435,18 +436,20 @@ class Ledger:
         """Resolve what gone processes left open: `reserved` holds were never forwarded (voided);
         `forwarded` ones may have paid (kept counted, in doubt). Returns how many holds moved."""
         with self._write() as conn:
-            owners = conn.execute(text("SELECT id, host, pid, pid_start, seen_us FROM ledger_owners")).all()
+            # Holds before owners: an owner's row is committed before any of its holds, so a process
+            # that starts meanwhile (PostgreSQL reads each statement afresh) is never taken for gone.
+            holds = conn.execute(
+                _q("SELECT DISTINCT owner FROM ledger_holds WHERE phase IN ('reserved', 'forwarded')")
+            ).all()
+            owners = conn.execute(_q("SELECT id, host, pid, pid_start, seen_us FROM ledger_owners")).all()
             now = self._now_us()
             gone = [o.id for o in owners if o.id != self.owner and not self._alive(o, now)]
-            holds = conn.execute(
-                text("SELECT DISTINCT owner FROM ledger_holds WHERE phase IN ('reserved', 'forwarded')")
-            ).all()
             known = {o.id for o in owners}
             gone += [h.owner for h in holds if h.owner not in known and h.owner != self.owner]
             moved = 0
             for owner in set(gone):
                 moved += self._recover_owner(conn, owner, now)
-                conn.execute(text("DELETE FROM ledger_owners WHERE id = :id"), {"id": owner})
+                conn.execute(_q("DELETE FROM ledger_owners WHERE id = :id"), {"id": owner})
         if moved:
             logger.warning("recovered %d open holds left by stopped processes", moved)
         return moved
@@ -455,7 +458,7 @@ class Ledger:
         """Tell other processes sharing the ledger that this one is alive (see `lease_s`)."""
         with self._write() as conn:
             conn.execute(
-                text("UPDATE ledger_owners SET seen_us = :t WHERE id = :id"),
+                _q("UPDATE ledger_owners SET seen_us = :t WHERE id = :id"),
                 {"t": self._now_us(), "id": self.owner},
             )
 
@@ -466,30 +469,28 @@ class Ledger:
 
     def _recover_owner(self, conn: Connection, owner: str, now: int) -> int:
         voided: Any = (
-            conn.execute(text("SELECT id FROM ledger_holds WHERE owner = :o AND phase = 'reserved'"), {"o": owner})
+            conn.execute(_q("SELECT id FROM ledger_holds WHERE owner = :o AND phase = 'reserved'"), {"o": owner})
             .scalars()
             .all()
         )
         if voided:
             conn.execute(
-                text("UPDATE ledger_charges SET held = 0 WHERE hold_id IN :ids").bindparams(_in("ids")),
+                _q("UPDATE ledger_charges SET held = 0 WHERE hold_id IN :ids").bindparams(_in("ids")),
                 {"ids": voided},
             )
         result = conn.execute(
-            text("UPDATE ledger_holds SET phase = 'voided', updated_us = :t WHERE owner = :o AND phase = 'reserved'"),
+            _q("UPDATE ledger_holds SET phase = 'voided', updated_us = :t WHERE owner = :o AND phase = 'reserved'"),
             {"t": now, "o": owner},
         )
         doubted = conn.execute(
-            text(
-                "UPDATE ledger_holds SET phase = 'in_doubt', updated_us = :t WHERE owner = :o AND phase = 'forwarded'"
-            ),
+            _q("UPDATE ledger_holds SET phase = 'in_doubt', updated_us = :t WHERE owner = :o AND phase = 'forwarded'"),
             {"t": now, "o": owner},
         )
         return int(result.rowcount or 0) + int(doubted.rowcount or 0)
 
     def _register(self, conn: Connection) -> None:
         conn.execute(
-            text("INSERT INTO ledger_owners (id, host, pid, pid_start, seen_us) VALUES (:id, :h, :p, :s, :t)"),
+            _q("INSERT INTO ledger_owners (id, host, pid, pid_start, seen_us) VALUES (:id, :h, :p, :s, :t)"),
             {
                 "id": self.owner,
                 "h": socket.gethostname(),
@@ -503,7 +504,7 @@ class Ledger:
 
     def _check_key(self, conn: Connection, key: str) -> None:
         phase = conn.execute(
-            text("SELECT phase FROM ledger_holds WHERE idempotency_key = :k AND phase != 'voided'"),
+            _q("SELECT phase FROM ledger_holds WHERE idempotency_key = :k AND phase != 'voided'"),
             {"k": key},
         ).scalar()
         if phase == "settled":
@@ -520,7 +521,7 @@ class Ledger:
         used: Any
         oldest: Any
         used, oldest = conn.execute(
-            text("SELECT COUNT(*), MIN(at_us) FROM ledger_rate_events WHERE key = :k AND at_us >= :s"),
+            _q("SELECT COUNT(*), MIN(at_us) FROM ledger_rate_events WHERE key = :k AND at_us >= :s"),
             {"k": rate.key, "s": start},
         ).one()
         if used >= rate.limit:
@@ -552,7 +553,7 @@ class Ledger:
         held: Any
         spent: Any
         held, spent = conn.execute(
-            text(
+            _q(
                 "SELECT COALESCE(SUM(held), 0), COALESCE(SUM(spent), 0) FROM ledger_charges"
                 " WHERE budget = :b AND created_us >= :s"
             ),
@@ -571,9 +572,10 @@ class Ledger:
         tool: str | None,
     ) -> int:
         try:
-            with conn.begin_nested():
+            # Only PostgreSQL can race past _check_key (SQLite holds its write lock): only it needs a savepoint.
+            with conn.begin_nested() if self._postgres else nullcontext():
                 hold_id: Any = conn.execute(
-                    text(
+                    _q(
                         "INSERT INTO ledger_holds (idempotency_key, phase, unit, amount, owner, session, identity,"
                         " tool, created_us, updated_us) VALUES (:k, 'reserved', :u, :a, :o, :s, :i, :t, :now, :now)"
                         " RETURNING id"
@@ -598,42 +600,83 @@ class Ledger:
 
     def _count_calls(self, conn: Connection, rate_limits: Sequence[RateLimit], now: int) -> None:
         for rate in rate_limits:
-            conn.execute(text("INSERT INTO ledger_rate_events (key, at_us) VALUES (:k, :t)"), {"k": rate.key, "t": now})
+            conn.execute(_q("INSERT INTO ledger_rate_events (key, at_us) VALUES (:k, :t)"), {"k": rate.key, "t": now})
 
     def _move(self, hold_id: int, allowed: tuple[str, ...], phase: str) -> None:
         with self._write() as conn:
-            self._transition(conn, hold_id, allowed, phase)
+            moved = conn.execute(
+                _q(
+                    "UPDATE ledger_holds SET phase = :p, updated_us = :t"
+                    f" WHERE id = :h AND phase IN {_sql_list(allowed)}"
+                ),
+                {"p": phase, "t": self._now_us(), "h": hold_id},
+            ).rowcount
+            if not moved:
+                self._refuse_step(conn, hold_id, phase)
 
     def _finish(self, hold_id: int, allowed: tuple[str, ...], actual: Amount | None) -> None:
+        """Settle at `actual` (or void, for None) in as few statements as the hot path allows."""
+        now = self._now_us()
         with self._write() as conn:
-            unit, amount = self._transition(conn, hold_id, allowed, "settled" if actual is not None else "voided")
             if actual is None:
-                conn.execute(text("UPDATE ledger_charges SET held = 0 WHERE hold_id = :h"), {"h": hold_id})
+                voided = conn.execute(
+                    _q(
+                        "UPDATE ledger_holds SET phase = 'voided', updated_us = :t"
+                        f" WHERE id = :h AND phase IN {_sql_list(allowed)}"
+                    ),
+                    {"t": now, "h": hold_id},
+                ).rowcount
+                if not voided:
+                    self._refuse_step(conn, hold_id, "voided")
+                conn.execute(_q("UPDATE ledger_charges SET held = 0 WHERE hold_id = :h"), {"h": hold_id})
                 return
-            paid = actual.to(unit, rounding="up").value
-            if paid > amount:
-                raise AmountError(f"hold {hold_id}: settling {actual} is more than the {amount} {unit} it held")
-            conn.execute(text("UPDATE ledger_holds SET settled = :p WHERE id = :h"), {"p": paid, "h": hold_id})
-            charges = conn.execute(
-                text("SELECT id, unit, held FROM ledger_charges WHERE hold_id = :h"), {"h": hold_id}
+            settled = conn.execute(
+                _q(
+                    "UPDATE ledger_holds SET phase = 'settled', settled = :p, updated_us = :t"
+                    f" WHERE id = :h AND phase IN {_sql_list(allowed)} AND unit = :u AND amount >= :p"
+                ),
+                {"p": actual.value, "t": now, "h": hold_id, "u": actual.unit},
+            ).rowcount
+            if settled:
+                unit, paid = actual.unit, actual.value
+            else:  # another unit than the hold's, too much, or a step the phase does not allow
+                unit, amount = self._refuse_step(conn, hold_id, "settled", allowed)
+                paid = actual.to(unit, rounding="up").value
+                if paid > amount:
+                    raise AmountError(f"hold {hold_id}: settling {actual} is more than the {amount} {unit} it held")
+                conn.execute(
+                    _q("UPDATE ledger_holds SET phase = 'settled', settled = :p, updated_us = :t WHERE id = :h"),
+                    {"p": paid, "t": now, "h": hold_id},
+                )
+            # A charge never grows at settlement: what is spent is at most what was held.
+            conn.execute(
+                _q(
+                    "UPDATE ledger_charges SET spent = CASE WHEN held < :p THEN held ELSE :p END, held = 0"
+                    " WHERE hold_id = :h AND unit = :u"
+                ),
+                {"p": paid, "h": hold_id, "u": unit},
+            )
+            others = conn.execute(
+                _q("SELECT id, unit, held FROM ledger_charges WHERE hold_id = :h AND unit != :u"),
+                {"h": hold_id, "u": unit},
             ).all()
-            for charge in charges:
+            for charge in others:
                 spent = Amount(paid, unit).to(charge.unit, rates=self._rates, rounding="up").value
                 conn.execute(
-                    text("UPDATE ledger_charges SET held = 0, spent = :s WHERE id = :c"),
+                    _q("UPDATE ledger_charges SET held = 0, spent = :s WHERE id = :c"),
                     {"s": min(spent, charge.held), "c": charge.id},
                 )
 
-    def _transition(self, conn: Connection, hold_id: int, allowed: tuple[str, ...], phase: str) -> tuple[str, int]:
-        row = conn.execute(text("SELECT phase, unit, amount FROM ledger_holds WHERE id = :h"), {"h": hold_id}).first()
+    def _refuse_step(
+        self, conn: Connection, hold_id: int, phase: str, allowed: tuple[str, ...] = ()
+    ) -> tuple[str, int]:
+        """Raise why a hold cannot take this step, unless it is only a unit to convert (then say the
+        hold's unit and amount)."""
+        row = conn.execute(_q("SELECT phase, unit, amount FROM ledger_holds WHERE id = :h"), {"h": hold_id}).first()
         if row is None:
             raise HoldStateError(f"hold {hold_id} does not exist")
         if row.phase not in allowed:
             raise HoldStateError(f"hold {hold_id} is {row.phase}: it cannot become {phase}")
-        conn.execute(
-            text("UPDATE ledger_holds SET phase = :p, updated_us = :t WHERE id = :h"),
-            {"p": phase, "t": self._now_us(), "h": hold_id},
-        )
         return row.unit, int(row.amount)
 
     # transactions
@@ -684,10 +727,19 @@ class Ledger:
             raise StorageError(f"the ledger could not be read: {exc.orig}") from exc
 
 
+def _sql_list(phases: tuple[str, ...]) -> str:
+    """Our own phase names as an SQL list (a Python tuple of one would print a trailing comma)."""
+    return "(" + ", ".join(f"'{phase}'" for phase in phases) + ")"
+
+
+# Statements are built once: constructing a SQL text object costs more than SQLite running it.
+_q = lru_cache(maxsize=None)(text)
+
+
 def _lock_rows(conn: Connection, keys: Sequence[str]) -> None:
-    conn.execute(text("INSERT INTO ledger_locks (key) VALUES (:k) ON CONFLICT DO NOTHING"), [{"k": k} for k in keys])
+    conn.execute(_q("INSERT INTO ledger_locks (key) VALUES (:k) ON CONFLICT DO NOTHING"), [{"k": k} for k in keys])
     conn.execute(
-        text("SELECT key FROM ledger_locks WHERE key IN :keys ORDER BY key FOR UPDATE").bindparams(_in("keys")),
+        _q("SELECT key FROM ledger_locks WHERE key IN :keys ORDER BY key FOR UPDATE").bindparams(_in("keys")),
         {"keys": list(keys)},
     )
 
@@ -711,7 +763,7 @@ def _latest_stored_us(conn: Connection) -> int:
         ("ledger_observations", "seen_us"),
         ("ledger_call_events", "at_us"),
     ):
-        value = conn.execute(text(f"SELECT MAX({column}) FROM {table}")).scalar()
+        value = conn.execute(_q(f"SELECT MAX({column}) FROM {table}")).scalar()
         latest = max(latest, int(value or 0))
     return latest
 

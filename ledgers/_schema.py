@@ -59,7 +59,8 @@ class Hold(SQLModel, table=True):
             sqlite_where=text("phase != 'voided' AND idempotency_key IS NOT NULL"),
             postgresql_where=text("phase != 'voided' AND idempotency_key IS NOT NULL"),
         ),
-        Index("ledger_holds_open_owner", "owner", "phase"),
+        Index("ledger_holds_phase_owner", "phase", "owner"),
+        Index("ledger_holds_updated", "updated_us"),
     )
     id: int | None = Field(default=None, sa_column=_id())
     idempotency_key: str | None = None
@@ -99,7 +100,10 @@ class RateEvent(SQLModel, table=True):
     """One counted call, for sliding-window rate limits that survive restarts."""
 
     __tablename__ = "ledger_rate_events"
-    __table_args__ = (Index("ledger_rate_events_key_time", "key", "at_us"),)
+    __table_args__ = (
+        Index("ledger_rate_events_key_time", "key", "at_us"),
+        Index("ledger_rate_events_time", "at_us"),
+    )
     id: int | None = Field(default=None, sa_column=_id())
     key: str
     at_us: int = Field(sa_column=_big(nullable=False))
@@ -119,6 +123,7 @@ class Observation(SQLModel, table=True):
     __table_args__ = (
         CheckConstraint("amount IS NULL OR amount >= 0", name="observation_not_negative"),
         Index("ledger_observations_key_time", "key", "seen_us"),
+        Index("ledger_observations_time", "seen_us"),
     )
     id: int | None = Field(default=None, sa_column=_id())
     source: str
