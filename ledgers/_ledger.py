@@ -251,7 +251,8 @@ class Ledger:
                 self._check_rate(conn, rate, now)
             for budget, value in charges:
                 self._check_budget(conn, budget, value, now)
-            hold_id = self._insert_hold(conn, amount, idempotency_key, now, session, identity, tool)
+            mixed = any(b.limit.unit != amount.unit for b in budgets)
+            hold_id = self._insert_hold(conn, amount, idempotency_key, now, session, identity, tool, mixed)
             for budget, value in charges:
                 conn.execute(
                     _q(
@@ -570,6 +571,7 @@ class Ledger:
         session: str | None,
         identity: str | None,
         tool: str | None,
+        mixed: bool,
     ) -> int:
         try:
             # Only PostgreSQL can race past _check_key (SQLite holds its write lock): only it needs a savepoint.
@@ -577,8 +579,8 @@ class Ledger:
                 hold_id: Any = conn.execute(
                     _q(
                         "INSERT INTO ledger_holds (idempotency_key, phase, unit, amount, owner, session, identity,"
-                        " tool, created_us, updated_us) VALUES (:k, 'reserved', :u, :a, :o, :s, :i, :t, :now, :now)"
-                        " RETURNING id"
+                        " tool, mixed_units, created_us, updated_us)"
+                        " VALUES (:k, 'reserved', :u, :a, :o, :s, :i, :t, :m, :now, :now) RETURNING id"
                     ),
                     {
                         "k": key,
@@ -588,6 +590,7 @@ class Ledger:
                         "s": session,
                         "i": identity,
                         "t": tool,
+                        "m": mixed,
                         "now": now,
                     },
                 ).scalar_one()
@@ -634,11 +637,12 @@ class Ledger:
                 _q(
                     "UPDATE ledger_holds SET phase = 'settled', settled = :p, updated_us = :t"
                     f" WHERE id = :h AND phase IN {_sql_list(allowed)} AND unit = :u AND amount >= :p"
+                    " RETURNING mixed_units"
                 ),
                 {"p": actual.value, "t": now, "h": hold_id, "u": actual.unit},
-            ).rowcount
-            if settled:
-                unit, paid = actual.unit, actual.value
+            ).first()
+            if settled is not None:
+                unit, paid, mixed = actual.unit, actual.value, bool(settled.mixed_units)
             else:  # another unit than the hold's, too much, or a step the phase does not allow
                 unit, amount = self._refuse_step(conn, hold_id, "settled", allowed)
                 paid = actual.to(unit, rounding="up").value
@@ -648,6 +652,7 @@ class Ledger:
                     _q("UPDATE ledger_holds SET phase = 'settled', settled = :p, updated_us = :t WHERE id = :h"),
                     {"p": paid, "t": now, "h": hold_id},
                 )
+                mixed = True
             # A charge never grows at settlement: what is spent is at most what was held.
             conn.execute(
                 _q(
@@ -656,6 +661,8 @@ class Ledger:
                 ),
                 {"p": paid, "h": hold_id, "u": unit},
             )
+            if not mixed:
+                return
             others = conn.execute(
                 _q("SELECT id, unit, held FROM ledger_charges WHERE hold_id = :h AND unit != :u"),
                 {"h": hold_id, "u": unit},
@@ -789,7 +796,10 @@ def _engine(url: str | os.PathLike[str] | None) -> Engine:
     try:
         if url.startswith("sqlite"):
             engine = create_engine(
-                url, connect_args={"timeout": 30, "isolation_level": None, "check_same_thread": False}
+                url,
+                connect_args={"timeout": 30, "isolation_level": None, "check_same_thread": False},
+                # Every transaction ends in an explicit commit or rollback: no reset needed on return.
+                pool_reset_on_return=None,
             )
             event.listen(engine, "connect", _sqlite_pragmas)
             event.listen(engine, "begin", _sqlite_begin)

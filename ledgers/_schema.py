@@ -72,6 +72,8 @@ class Hold(SQLModel, table=True):
     session: str | None = None
     identity: str | None = None
     tool: str | None = None
+    # Whether a budget it is charged to counts in another unit (then settling converts per charge).
+    mixed_units: bool = False
     created_us: int = Field(sa_column=_big(nullable=False))
     updated_us: int = Field(sa_column=_big(nullable=False))
 

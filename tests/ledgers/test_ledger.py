@@ -264,8 +264,8 @@ def test_a_ledger_file_of_the_first_release_opens_with_its_rows(tmp_path: Path) 
         conn.executescript(schema)
         conn.execute("INSERT INTO ledger_meta VALUES ('schema_version', '1')")
         conn.execute(
-            "INSERT INTO ledger_holds (idempotency_key, phase, unit, amount, settled, owner, created_us, updated_us)"
-            " VALUES ('h', 'settled', 'sat', 700, 600, 'gone', 1, 1)"
+            "INSERT INTO ledger_holds (idempotency_key, phase, unit, amount, settled, owner, mixed_units,"
+            " created_us, updated_us) VALUES ('h', 'settled', 'sat', 700, 600, 'gone', 0, 1, 1)"
         )
         conn.execute(
             "INSERT INTO ledger_charges (hold_id, budget, unit, held, spent, created_us)"
