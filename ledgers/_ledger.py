@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import socket
 import threading
 import time
@@ -27,11 +28,11 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy import Connection, CursorResult, Engine, create_engine, event, text
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from ledgers._errors import (
@@ -201,7 +202,7 @@ class Ledger:
 
     def close(self) -> None:
         with self._write() as conn:
-            conn.execute(_q("DELETE FROM ledger_owners WHERE id = :id"), {"id": self.owner})
+            _run(conn, "DELETE FROM ledger_owners WHERE id = :id", {"id": self.owner})
         self._engine.dispose()
 
     def __enter__(self) -> Ledger:
@@ -254,11 +255,10 @@ class Ledger:
             mixed = any(b.limit.unit != amount.unit for b in budgets)
             hold_id = self._insert_hold(conn, amount, idempotency_key, now, session, identity, tool, mixed)
             for budget, value in charges:
-                conn.execute(
-                    _q(
-                        "INSERT INTO ledger_charges (hold_id, budget, unit, held, spent, created_us)"
-                        " VALUES (:h, :b, :u, :v, 0, :t)"
-                    ),
+                _run(
+                    conn,
+                    "INSERT INTO ledger_charges (hold_id, budget, unit, held, spent, created_us)"
+                    " VALUES (:h, :b, :u, :v, 0, :t)",
                     {"h": hold_id, "b": budget.key, "u": budget.limit.unit, "v": value, "t": now},
                 )
             self._count_calls(conn, rate_limits, now)
@@ -297,11 +297,9 @@ class Ledger:
 
     def hold(self, hold_id: int) -> HoldInfo:
         with self._read() as conn:
-            row = conn.execute(
-                _q(
-                    "SELECT id, phase, unit, amount, settled, idempotency_key, created_us"
-                    " FROM ledger_holds WHERE id = :id"
-                ),
+            row = _run(
+                conn,
+                "SELECT id, phase, unit, amount, settled, idempotency_key, created_us FROM ledger_holds WHERE id = :id",
                 {"id": hold_id},
             ).first()
         if row is None:
@@ -342,8 +340,9 @@ class Ledger:
         now = self._now_us()
         with self._read() as conn:
             return int(
-                conn.execute(
-                    _q("SELECT COUNT(*) FROM ledger_rate_events WHERE key = :k AND at_us >= :s"),
+                _run(
+                    conn,
+                    "SELECT COUNT(*) FROM ledger_rate_events WHERE key = :k AND at_us >= :s",
                     {"k": key, "s": window.start_us(now)},
                 ).scalar_one()
             )
@@ -357,12 +356,11 @@ class Ledger:
             raise AmountError(f"an observation's amount must be an Amount, not {amount!r}")
         upstream_us = to_us(observation.upstream_time) if observation.upstream_time else None
         with self._write() as conn:
-            conn.execute(
-                _q(
-                    "INSERT INTO ledger_observations"
-                    " (source, key, amount, unit, status, upstream_us, upstream_stale, seen_us)"
-                    " VALUES (:source, :key, :amount, :unit, :status, :up, :stale, :seen)"
-                ),
+            _run(
+                conn,
+                "INSERT INTO ledger_observations"
+                " (source, key, amount, unit, status, upstream_us, upstream_stale, seen_us)"
+                " VALUES (:source, :key, :amount, :unit, :status, :up, :stale, :seen)",
                 {
                     "source": observation.source,
                     "key": observation.key,
@@ -378,11 +376,10 @@ class Ledger:
     def latest(self, key: str) -> tuple[BalanceObservation, float] | None:
         """The newest observation for `key`, and its age in seconds by the guard's clock."""
         with self._read() as conn:
-            row = conn.execute(
-                _q(
-                    "SELECT source, key, amount, unit, status, upstream_us, upstream_stale, seen_us"
-                    " FROM ledger_observations WHERE key = :k ORDER BY seen_us DESC, id DESC LIMIT 1"
-                ),
+            row = _run(
+                conn,
+                "SELECT source, key, amount, unit, status, upstream_us, upstream_stale, seen_us"
+                " FROM ledger_observations WHERE key = :k ORDER BY seen_us DESC, id DESC LIMIT 1",
                 {"k": key},
             ).first()
         if row is None:
@@ -420,13 +417,12 @@ class Ledger:
             "digest": call.args_digest,
         }
         with self._write() as conn:
-            row: Any = conn.execute(
-                _q(
-                    "INSERT INTO ledger_call_events (at_us, session, identity, tool, decision, rule, reason,"
-                    " price, price_unit, hold_id, spent, spent_unit, latency_us, args_digest)"
-                    " VALUES (:at, :session, :identity, :tool, :decision, :rule, :reason, :price, :price_unit,"
-                    " :hold, :spent, :spent_unit, :latency, :digest) RETURNING id"
-                ),
+            row: Any = _run(
+                conn,
+                "INSERT INTO ledger_call_events (at_us, session, identity, tool, decision, rule, reason,"
+                " price, price_unit, hold_id, spent, spent_unit, latency_us, args_digest)"
+                " VALUES (:at, :session, :identity, :tool, :decision, :rule, :reason, :price, :price_unit,"
+                " :hold, :spent, :spent_unit, :latency, :digest) RETURNING id",
                 values,
             ).scalar_one()
         return int(row)
@@ -439,10 +435,8 @@ class Ledger:
         with self._write() as conn:
             # Holds before owners: an owner's row is committed before any of its holds, so a process
             # that starts meanwhile (PostgreSQL reads each statement afresh) is never taken for gone.
-            holds = conn.execute(
-                _q("SELECT DISTINCT owner FROM ledger_holds WHERE phase IN ('reserved', 'forwarded')")
-            ).all()
-            owners = conn.execute(_q("SELECT id, host, pid, pid_start, seen_us FROM ledger_owners")).all()
+            holds = _run(conn, "SELECT DISTINCT owner FROM ledger_holds WHERE phase IN ('reserved', 'forwarded')").all()
+            owners = _run(conn, "SELECT id, host, pid, pid_start, seen_us FROM ledger_owners").all()
             now = self._now_us()
             gone = [o.id for o in owners if o.id != self.owner and not self._alive(o, now)]
             known = {o.id for o in owners}
@@ -450,7 +444,7 @@ class Ledger:
             moved = 0
             for owner in set(gone):
                 moved += self._recover_owner(conn, owner, now)
-                conn.execute(_q("DELETE FROM ledger_owners WHERE id = :id"), {"id": owner})
+                _run(conn, "DELETE FROM ledger_owners WHERE id = :id", {"id": owner})
         if moved:
             logger.warning("recovered %d open holds left by stopped processes", moved)
         return moved
@@ -458,8 +452,9 @@ class Ledger:
     def heartbeat(self) -> None:
         """Tell other processes sharing the ledger that this one is alive (see `lease_s`)."""
         with self._write() as conn:
-            conn.execute(
-                _q("UPDATE ledger_owners SET seen_us = :t WHERE id = :id"),
+            _run(
+                conn,
+                "UPDATE ledger_owners SET seen_us = :t WHERE id = :id",
                 {"t": self._now_us(), "id": self.owner},
             )
 
@@ -470,7 +465,7 @@ class Ledger:
 
     def _recover_owner(self, conn: Connection, owner: str, now: int) -> int:
         voided: Any = (
-            conn.execute(_q("SELECT id FROM ledger_holds WHERE owner = :o AND phase = 'reserved'"), {"o": owner})
+            _run(conn, "SELECT id FROM ledger_holds WHERE owner = :o AND phase = 'reserved'", {"o": owner})
             .scalars()
             .all()
         )
@@ -479,19 +474,22 @@ class Ledger:
                 _q("UPDATE ledger_charges SET held = 0 WHERE hold_id IN :ids").bindparams(_in("ids")),
                 {"ids": voided},
             )
-        result = conn.execute(
-            _q("UPDATE ledger_holds SET phase = 'voided', updated_us = :t WHERE owner = :o AND phase = 'reserved'"),
+        result = _run(
+            conn,
+            "UPDATE ledger_holds SET phase = 'voided', updated_us = :t WHERE owner = :o AND phase = 'reserved'",
             {"t": now, "o": owner},
         )
-        doubted = conn.execute(
-            _q("UPDATE ledger_holds SET phase = 'in_doubt', updated_us = :t WHERE owner = :o AND phase = 'forwarded'"),
+        doubted = _run(
+            conn,
+            "UPDATE ledger_holds SET phase = 'in_doubt', updated_us = :t WHERE owner = :o AND phase = 'forwarded'",
             {"t": now, "o": owner},
         )
         return int(result.rowcount or 0) + int(doubted.rowcount or 0)
 
     def _register(self, conn: Connection) -> None:
-        conn.execute(
-            _q("INSERT INTO ledger_owners (id, host, pid, pid_start, seen_us) VALUES (:id, :h, :p, :s, :t)"),
+        _run(
+            conn,
+            "INSERT INTO ledger_owners (id, host, pid, pid_start, seen_us) VALUES (:id, :h, :p, :s, :t)",
             {
                 "id": self.owner,
                 "h": socket.gethostname(),
@@ -504,8 +502,9 @@ class Ledger:
     # the pieces of a reservation (inside its transaction)
 
     def _check_key(self, conn: Connection, key: str) -> None:
-        phase = conn.execute(
-            _q("SELECT phase FROM ledger_holds WHERE idempotency_key = :k AND phase != 'voided'"),
+        phase = _run(
+            conn,
+            "SELECT phase FROM ledger_holds WHERE idempotency_key = :k AND phase != 'voided'",
             {"k": key},
         ).scalar()
         if phase == "settled":
@@ -519,12 +518,12 @@ class Ledger:
 
     def _check_rate(self, conn: Connection, rate: RateLimit, now: int) -> None:
         start = rate.window.start_us(now)
-        used: Any
-        oldest: Any
-        used, oldest = conn.execute(
-            _q("SELECT COUNT(*), MIN(at_us) FROM ledger_rate_events WHERE key = :k AND at_us >= :s"),
+        row: Any = _run(
+            conn,
+            "SELECT COUNT(*), MIN(at_us) FROM ledger_rate_events WHERE key = :k AND at_us >= :s",
             {"k": rate.key, "s": start},
         ).one()
+        used, oldest = row
         if used >= rate.limit:
             retry = (oldest - start + 1) / US_PER_S if oldest is not None else None
             raise RateLimited(
@@ -551,15 +550,13 @@ class Ledger:
             )
 
     def _sums(self, conn: Connection, key: str, start: int) -> tuple[int, int]:
-        held: Any
-        spent: Any
-        held, spent = conn.execute(
-            _q(
-                "SELECT COALESCE(SUM(held), 0), COALESCE(SUM(spent), 0) FROM ledger_charges"
-                " WHERE budget = :b AND created_us >= :s"
-            ),
+        row: Any = _run(
+            conn,
+            "SELECT COALESCE(SUM(held), 0), COALESCE(SUM(spent), 0) FROM ledger_charges"
+            " WHERE budget = :b AND created_us >= :s",
             {"b": key, "s": start},
         ).one()
+        held, spent = row
         return int(held), int(spent)
 
     def _insert_hold(
@@ -576,12 +573,11 @@ class Ledger:
         try:
             # Only PostgreSQL can race past _check_key (SQLite holds its write lock): only it needs a savepoint.
             with conn.begin_nested() if self._postgres else nullcontext():
-                hold_id: Any = conn.execute(
-                    _q(
-                        "INSERT INTO ledger_holds (idempotency_key, phase, unit, amount, owner, session, identity,"
-                        " tool, mixed_units, created_us, updated_us)"
-                        " VALUES (:k, 'reserved', :u, :a, :o, :s, :i, :t, :m, :now, :now) RETURNING id"
-                    ),
+                hold_id: Any = _run(
+                    conn,
+                    "INSERT INTO ledger_holds (idempotency_key, phase, unit, amount, owner, session, identity,"
+                    " tool, mixed_units, created_us, updated_us)"
+                    " VALUES (:k, 'reserved', :u, :a, :o, :s, :i, :t, :m, :now, :now) RETURNING id",
                     {
                         "k": key,
                         "u": amount.unit,
@@ -603,15 +599,13 @@ class Ledger:
 
     def _count_calls(self, conn: Connection, rate_limits: Sequence[RateLimit], now: int) -> None:
         for rate in rate_limits:
-            conn.execute(_q("INSERT INTO ledger_rate_events (key, at_us) VALUES (:k, :t)"), {"k": rate.key, "t": now})
+            _run(conn, "INSERT INTO ledger_rate_events (key, at_us) VALUES (:k, :t)", {"k": rate.key, "t": now})
 
     def _move(self, hold_id: int, allowed: tuple[str, ...], phase: str) -> None:
         with self._write() as conn:
-            moved = conn.execute(
-                _q(
-                    "UPDATE ledger_holds SET phase = :p, updated_us = :t"
-                    f" WHERE id = :h AND phase IN {_sql_list(allowed)}"
-                ),
+            moved = _run(
+                conn,
+                f"UPDATE ledger_holds SET phase = :p, updated_us = :t WHERE id = :h AND phase IN {_sql_list(allowed)}",
                 {"p": phase, "t": self._now_us(), "h": hold_id},
             ).rowcount
             if not moved:
@@ -622,23 +616,21 @@ class Ledger:
         now = self._now_us()
         with self._write() as conn:
             if actual is None:
-                voided = conn.execute(
-                    _q(
-                        "UPDATE ledger_holds SET phase = 'voided', updated_us = :t"
-                        f" WHERE id = :h AND phase IN {_sql_list(allowed)}"
-                    ),
+                voided = _run(
+                    conn,
+                    "UPDATE ledger_holds SET phase = 'voided', updated_us = :t"
+                    f" WHERE id = :h AND phase IN {_sql_list(allowed)}",
                     {"t": now, "h": hold_id},
                 ).rowcount
                 if not voided:
                     self._refuse_step(conn, hold_id, "voided")
-                conn.execute(_q("UPDATE ledger_charges SET held = 0 WHERE hold_id = :h"), {"h": hold_id})
+                _run(conn, "UPDATE ledger_charges SET held = 0 WHERE hold_id = :h", {"h": hold_id})
                 return
-            settled = conn.execute(
-                _q(
-                    "UPDATE ledger_holds SET phase = 'settled', settled = :p, updated_us = :t"
-                    f" WHERE id = :h AND phase IN {_sql_list(allowed)} AND unit = :u AND amount >= :p"
-                    " RETURNING mixed_units"
-                ),
+            settled = _run(
+                conn,
+                "UPDATE ledger_holds SET phase = 'settled', settled = :p, updated_us = :t"
+                f" WHERE id = :h AND phase IN {_sql_list(allowed)} AND unit = :u AND amount >= :p"
+                " RETURNING mixed_units",
                 {"p": actual.value, "t": now, "h": hold_id, "u": actual.unit},
             ).first()
             if settled is not None:
@@ -648,29 +640,31 @@ class Ledger:
                 paid = actual.to(unit, rounding="up").value
                 if paid > amount:
                     raise AmountError(f"hold {hold_id}: settling {actual} is more than the {amount} {unit} it held")
-                conn.execute(
-                    _q("UPDATE ledger_holds SET phase = 'settled', settled = :p, updated_us = :t WHERE id = :h"),
+                _run(
+                    conn,
+                    "UPDATE ledger_holds SET phase = 'settled', settled = :p, updated_us = :t WHERE id = :h",
                     {"p": paid, "t": now, "h": hold_id},
                 )
                 mixed = True
             # A charge never grows at settlement: what is spent is at most what was held.
-            conn.execute(
-                _q(
-                    "UPDATE ledger_charges SET spent = CASE WHEN held < :p THEN held ELSE :p END, held = 0"
-                    " WHERE hold_id = :h AND unit = :u"
-                ),
+            _run(
+                conn,
+                "UPDATE ledger_charges SET spent = CASE WHEN held < :p THEN held ELSE :p END, held = 0"
+                " WHERE hold_id = :h AND unit = :u",
                 {"p": paid, "h": hold_id, "u": unit},
             )
             if not mixed:
                 return
-            others = conn.execute(
-                _q("SELECT id, unit, held FROM ledger_charges WHERE hold_id = :h AND unit != :u"),
+            others = _run(
+                conn,
+                "SELECT id, unit, held FROM ledger_charges WHERE hold_id = :h AND unit != :u",
                 {"h": hold_id, "u": unit},
             ).all()
             for charge in others:
                 spent = Amount(paid, unit).to(charge.unit, rates=self._rates, rounding="up").value
-                conn.execute(
-                    _q("UPDATE ledger_charges SET held = 0, spent = :s WHERE id = :c"),
+                _run(
+                    conn,
+                    "UPDATE ledger_charges SET held = 0, spent = :s WHERE id = :c",
                     {"s": min(spent, charge.held), "c": charge.id},
                 )
 
@@ -679,7 +673,7 @@ class Ledger:
     ) -> tuple[str, int]:
         """Raise why a hold cannot take this step, unless it is only a unit to convert (then say the
         hold's unit and amount)."""
-        row = conn.execute(_q("SELECT phase, unit, amount FROM ledger_holds WHERE id = :h"), {"h": hold_id}).first()
+        row = _run(conn, "SELECT phase, unit, amount FROM ledger_holds WHERE id = :h", {"h": hold_id}).first()
         if row is None:
             raise HoldStateError(f"hold {hold_id} does not exist")
         if row.phase not in allowed:
@@ -739,12 +733,25 @@ def _sql_list(phases: tuple[str, ...]) -> str:
     return "(" + ", ".join(f"'{phase}'" for phase in phases) + ")"
 
 
+def _run(conn: Connection, sql: str, params: Any = None) -> CursorResult[Any]:
+    """Execute our own SQL (`:name` parameters) straight on the driver: SQLAlchemy's statement
+    compilation costs more than SQLite takes to run these statements."""
+    return conn.exec_driver_sql(_driver_sql(sql, conn.dialect.paramstyle), params if params is not None else {})
+
+
+@cache
+def _driver_sql(sql: str, paramstyle: str) -> str:
+    if paramstyle == "pyformat":  # psycopg
+        return re.sub(r"(?<![:\w]):(\w+)", r"%(\1)s", sql.replace("%", "%%"))
+    return sql  # sqlite3 takes :name as it is
+
+
 # Statements are built once: constructing a SQL text object costs more than SQLite running it.
 _q = lru_cache(maxsize=None)(text)
 
 
 def _lock_rows(conn: Connection, keys: Sequence[str]) -> None:
-    conn.execute(_q("INSERT INTO ledger_locks (key) VALUES (:k) ON CONFLICT DO NOTHING"), [{"k": k} for k in keys])
+    _run(conn, "INSERT INTO ledger_locks (key) VALUES (:k) ON CONFLICT DO NOTHING", [{"k": k} for k in keys])
     conn.execute(
         _q("SELECT key FROM ledger_locks WHERE key IN :keys ORDER BY key FOR UPDATE").bindparams(_in("keys")),
         {"keys": list(keys)},
@@ -770,7 +777,7 @@ def _latest_stored_us(conn: Connection) -> int:
         ("ledger_observations", "seen_us"),
         ("ledger_call_events", "at_us"),
     ):
-        value = conn.execute(_q(f"SELECT MAX({column}) FROM {table}")).scalar()
+        value = _run(conn, f"SELECT MAX({column}) FROM {table}").scalar()
         latest = max(latest, int(value or 0))
     return latest
 

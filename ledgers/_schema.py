@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from sqlalchemy import BigInteger, CheckConstraint, Column, Connection, Index, Integer, text
+from sqlalchemy import BigInteger, Boolean, CheckConstraint, Column, Connection, Index, Integer, false, text
 from sqlmodel import Field, SQLModel
 
 from ledgers._errors import SchemaError
@@ -73,7 +73,7 @@ class Hold(SQLModel, table=True):
     identity: str | None = None
     tool: str | None = None
     # Whether a budget it is charged to counts in another unit (then settling converts per charge).
-    mixed_units: bool = False
+    mixed_units: bool = Field(default=False, sa_column=Column(Boolean, nullable=False, server_default=false()))
     created_us: int = Field(sa_column=_big(nullable=False))
     updated_us: int = Field(sa_column=_big(nullable=False))
 
