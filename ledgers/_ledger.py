@@ -45,7 +45,7 @@ from ledgers._errors import (
     RateLimited,
     StorageError,
 )
-from ledgers._money import Amount, Rates, check_unit, check_value
+from ledgers._money import Amount, Rates, check_value
 from ledgers._schema import migrate
 from ledgers._time import US_PER_S, Clock, SystemClock, Window, from_us, to_us
 
@@ -850,5 +850,5 @@ __all__ = [
     "Ledger",
     "RateLimit",
     "Usage",
-    "check_unit",
+    "default_path",
 ]
