@@ -66,7 +66,7 @@ START = datetime(2027, 3, 27, 22, 0, tzinfo=UTC)
 
 # Limits a few reservations reach, so refusals are common; the session budget counts in msat, so
 # reservations in sat and msat are both converted (and rounded up) into some budget's unit.
-SESSION = Budget("session", Amount(700_000, "msat"), scope="session:s1")
+SESSION = Budget("session", Amount(600_000, "msat"), scope="session:s1")
 HOURLY = Budget("hourly", Amount(400, "sat"), scope="identity:alice", window=Window.sliding("1h"))
 DAILY = Budget("daily", Amount(550, "sat"), window=Window.calendar("day", "Europe/Paris"))
 BUDGETS = {budget.name: budget for budget in (SESSION, HOURLY, DAILY)}
@@ -462,6 +462,7 @@ class LedgerMachine(RuleBasedStateMachine):
         """A step the hold's phase does not allow (a second resolution, say; or a hold that does not
         exist) raises HoldStateError and changes nothing."""
         ids = [i for i, hold in self.model.holds.items() if hold.phase not in STEPS[step]]
+        # One time in eight (or when every hold allows the step), a hold that does not exist.
         hold_id = sorted(ids)[pick % len(ids)] if ids and pick % 8 else self.model.missing_id()
         event(f"wrong step: {step}")
         calls: dict[str, Callable[[], None]] = {
@@ -476,6 +477,7 @@ class LedgerMachine(RuleBasedStateMachine):
 
     @rule()
     def hit(self) -> None:
+        """A call the rate limit counts, no money involved: refused once the window is full."""
         now = self.model.now()
         if self.model.rate_count(now) >= RATE.limit:
             event("rate limit hit")
@@ -488,6 +490,7 @@ class LedgerMachine(RuleBasedStateMachine):
 
     @rule(us=JUMPS_US)
     def jump(self, us: int) -> None:
+        """The clock jumps, forwards or backwards (NTP, a suspended laptop, a wrong RTC)."""
         self.clock.advance(us / US_PER_S)
 
     @rule()
@@ -495,9 +498,19 @@ class LedgerMachine(RuleBasedStateMachine):
         """Recovery in a running process: moves the holds of gone processes only, never its own."""
         assert self.ledger.recover() == self.expect_recovery()
 
-    @rule(how=st.sampled_from(STOPS), recover_at_open=st.booleans())
-    def restart(self, how: str, recover_at_open: bool) -> None:
-        """The process stops without resolving its holds, and a new one opens the ledger."""
+    @rule(
+        in_flight=st.lists(st.tuples(AMOUNTS, BUDGET_NAMES, st.booleans()), max_size=3),
+        how=st.sampled_from(STOPS),
+        recover_at_open=st.booleans(),
+    )
+    def restart(self, in_flight: list[tuple[Amount, list[str], bool]], how: str, recover_at_open: bool) -> None:
+        """The process stops in the middle of calls (reserved; forwarded when True: the payment may
+        have left) without resolving its holds, and a new one opens the ledger."""
+        for amount, names, forwarded in in_flight:
+            hold_id = self.reserve_hold(amount, names, None, False)
+            if hold_id is not None and forwarded:
+                self.ledger.mark_forwarded(hold_id)
+                self.model.step(hold_id, STEPS["mark_forwarded"], "forwarded", self.model.now())
         gone = self.ledger.owner
         if how == "closed":
             self.ledger.close()
@@ -544,8 +557,11 @@ class LedgerMachine(RuleBasedStateMachine):
         assert self.ledger.count(RATE.key, RATE.window) == self.model.rate_count(now)
 
 
+# Thousands of steps per run, each example up to 50 steps: 4,000-5,500 steps on SQLite and 1,300-1,600
+# on PostgreSQL (fsync on), each in well under a minute on a 2-core machine. Invariants read every hold
+# after every step, so longer examples cost quadratically.
 SETTINGS = {
-    "sqlite": settings(max_examples=100, stateful_step_count=50, deadline=None),
+    "sqlite": settings(max_examples=120, stateful_step_count=50, deadline=None),
     "postgres": settings(max_examples=35, stateful_step_count=50, deadline=None),
 }
 
