@@ -25,7 +25,9 @@ import anyio
 import mcp_types as types
 from mcp.shared.message import ClientMessageMetadata, ServerMessageMetadata, SessionMessage
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
+from pydantic import ValidationError
 
+from guard._redact import redact
 from guard._upstream import UpstreamLink
 
 logger = logging.getLogger("guard.relay")
@@ -190,8 +192,9 @@ class Relay:
     async def _each_client_message(self, messages: AsyncIterable[SessionMessage | Exception]) -> None:
         async for item in messages:
             if isinstance(item, Exception):
-                logger.warning("client sent an unreadable message: %s", item)
-                await self._reply_error(None, types.PARSE_ERROR, f"Parse error: {item}")
+                why = _invalid(item)
+                logger.warning("client sent an unreadable message: %s", why)
+                await self._reply_error(None, types.PARSE_ERROR, f"Parse error: {why}")
                 continue
             message = item.message
             metadata = item.metadata if isinstance(item.metadata, ServerMessageMetadata) else None
@@ -309,7 +312,7 @@ class Relay:
     async def _each_upstream_message(self, messages: AsyncIterable[SessionMessage | Exception]) -> None:
         async for item in messages:
             if isinstance(item, Exception):
-                logger.warning("%s", item)
+                logger.warning("%s", redact(str(item)))
                 continue
             message = item.message
             if isinstance(message, types.JSONRPCResponse | types.JSONRPCError) and message.id is not None:
@@ -361,6 +364,16 @@ class Relay:
     async def _reply_error(self, request_id: types.RequestId | None, code: int, message: str) -> None:
         error = types.JSONRPCError(jsonrpc="2.0", id=request_id, error=types.ErrorData(code=code, message=message))
         await self._send_client(error)
+
+
+def _invalid(exc: Exception) -> str:
+    """Why a message could not be read, without echoing its content: it may carry an invoice or a token
+    (pydantic's own message quotes the input, truncated past where a redactor could see its keys)."""
+    if isinstance(exc, ValidationError):
+        return "; ".join(
+            f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors(include_input=False, include_url=False)
+        )
+    return redact(str(exc))
 
 
 @asynccontextmanager

@@ -118,3 +118,11 @@ def test_redact_removes_each_kind_of_secret(text: str, secret_part: str) -> None
 def test_redact_keeps_ordinary_diagnostics() -> None:
     line = "Error: connect ECONNREFUSED 127.0.0.1:8080 (missing P402_API_KEY?)"
     assert redact(line) == line
+
+
+def test_a_malformed_message_carrying_a_secret_is_logged_scrubbed() -> None:
+    preimage = "7f3c" * 16
+    bad = {"jsonrpc": "2.0", "id": "x", "method": 5, "params": {"preimage": preimage, "macaroon": "AgEDbG9jYWxob3N0"}}
+    result = converse("run", "--", *DUAL_ERA, messages=[INITIALIZE, bad])
+    assert "client sent an unreadable message" in result.stderr
+    assert preimage not in result.stderr and "AgEDbG9jYWxob3N0" not in result.stderr
