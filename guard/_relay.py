@@ -229,9 +229,16 @@ class Relay:
         if not task.cancelled() and (exc := task.exception()) is not None:
             logger.error("tools/call %s failed inside the relay", request_id, exc_info=exc)
 
+    def _forget(self, request_id: types.RequestId) -> None:
+        """Drop what the relay kept about a request once it is answered or cancelled."""
+        self._tool_lists.discard(request_id)
+        if (token := self._progress_of.pop(request_id, None)) is not None:
+            self._progress.pop(token, None)
+
     async def _client_cancelled(self, note: types.JSONRPCNotification) -> None:
         request_id = (note.params or {}).get("requestId")
         forwarded = request_id in self._inflight or request_id in self._waiters
+        self._forget(request_id)  # type: ignore[arg-type]
         metadata = self._inflight.pop(request_id, None)  # type: ignore[arg-type]
         if (task := self._calls.pop(request_id, None)) is not None:  # type: ignore[arg-type]
             task.cancel()
@@ -316,17 +323,16 @@ class Relay:
                 continue
             message = item.message
             if isinstance(message, types.JSONRPCResponse | types.JSONRPCError) and message.id is not None:
-                if (token := self._progress_of.pop(message.id, None)) is not None:
-                    self._progress.pop(token, None)
                 if (waiter := self._waiters.get(message.id)) is not None:
+                    self._forget(message.id)
                     if not waiter.done():
                         waiter.set_result(message)
                     continue
                 self._inflight.pop(message.id, None)
-                if message.id in self._tool_lists:
-                    self._tool_lists.discard(message.id)
-                    if isinstance(message, types.JSONRPCResponse):
-                        message = await self._filtered_tools(message)
+                listed = message.id in self._tool_lists
+                self._forget(message.id)
+                if listed and isinstance(message, types.JSONRPCResponse):
+                    message = await self._filtered_tools(message)
             await self._send_client(message, _related_request(message, self._progress))
 
     async def _filtered_tools(self, response: types.JSONRPCResponse) -> types.JSONRPCResponse | types.JSONRPCError:
