@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import re
 
+REDACTED = "[redacted]"
+
 _PATTERNS = [
     re.compile(r"nostr\+walletconnect://\S+", re.IGNORECASE),
     re.compile(r"\b(?:L402|LSAT|Bearer|Basic)\s+[^\s,;\"']+", re.IGNORECASE),
@@ -22,14 +24,21 @@ _PATTERNS = [
     re.compile(r"\bcashu[AB][A-Za-z0-9_\-+/=]{10,}"),
     re.compile(r"\b(?:0x)?[0-9a-fA-F]{64,}\b"),
     re.compile(r"\b(?:sk|pk|rk)[-_](?:live|test)?[-_]?[A-Za-z0-9]{16,}\b"),
-    re.compile(r"\b[A-Za-z0-9+/_-]{40,}={0,2}"),
 ]
 
-REDACTED = "[redacted]"
+# A long run of base64/base64url characters is a secret (a macaroon, a signature) unless it is a
+# file path: a run with `/` in it counts only when it also looks random (upper, lower and digits).
+_LONG_RUN = re.compile(r"\b[A-Za-z0-9+/_-]{40,}={0,2}")
 
+
+def _long_run(match: re.Match[str]) -> str:
+    run = match.group(0)
+    if "/" in run and not (re.search(r"[A-Z]", run) and re.search(r"[a-z]", run) and re.search(r"[0-9]", run)):
+        return run
+    return REDACTED
 
 def redact(text: str) -> str:
     """Return `text` with anything that looks like a secret replaced by `[redacted]`."""
     for pattern in _PATTERNS:
         text = pattern.sub(REDACTED, text)
-    return text
+    return _LONG_RUN.sub(_long_run, text)

@@ -107,6 +107,8 @@ def test_secrets_in_an_upstream_stderr_never_reach_the_error() -> None:
         ("cashuAeyJ0b2tlbiI6W3sicHJvb2ZzIjpbeyJhbW91bnQiOjJ9XX1dfQ", "W3sicHJvb2Z"),
         ("X-PAYMENT: eyJ4NDAyVmVyc2lvbiI6MSwic2NoZW1lIjoiZXhhY3QifQ==", "eyJ4NDAy"),
         ("PAYMENT-SIGNATURE: eyJzaWduYXR1cmUiOiIweGFiIn0", "eyJzaWdu"),
+        ("AgEDbG9jYWxob3N0AkIwMDAwNGY5YThiN2M2ZDVlNGYzYTJiMWM/x+y", "bG9jYWxob3N0"),
+        ("MDAxY2xvY2F0aW9uIGxvY2FsaG9zdDo4MDgxCjAwMjZpZGVudGlmaWVy", "Y2xvY2F0aW9u"),
     ],
 )
 def test_redact_removes_each_kind_of_secret(text: str, secret_part: str) -> None:
@@ -115,8 +117,14 @@ def test_redact_removes_each_kind_of_secret(text: str, secret_part: str) -> None
     assert scrubbed.startswith("upstream said: ") and scrubbed.endswith(" (while paying)")
 
 
-def test_redact_keeps_ordinary_diagnostics() -> None:
-    line = "Error: connect ECONNREFUSED 127.0.0.1:8080 (missing P402_API_KEY?)"
+@pytest.mark.parametrize(
+    "line",
+    [
+        "Error: connect ECONNREFUSED 127.0.0.1:8080 (missing P402_API_KEY?)",
+        "/check/work/main/.venv/bin/python /check/work/main/tests/upstreams/dual_era.py exited",
+    ],
+)
+def test_redact_keeps_ordinary_diagnostics(line: str) -> None:
     assert redact(line) == line
 
 
