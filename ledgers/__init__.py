@@ -6,6 +6,7 @@ It knows nothing of MCP: `guard` calls it, never the other way round.
 from ledgers._errors import (
     AlreadyPaid,
     AmountError,
+    ApprovalError,
     BudgetExceeded,
     HoldStateError,
     LedgerError,
@@ -17,6 +18,7 @@ from ledgers._errors import (
     UnitMismatch,
 )
 from ledgers._ledger import (
+    Approval,
     BalanceObservation,
     Budget,
     CallRecord,
@@ -36,6 +38,8 @@ __all__ = [
     "AlreadyPaid",
     "Amount",
     "AmountError",
+    "Approval",
+    "ApprovalError",
     "BalanceObservation",
     "Budget",
     "BudgetExceeded",

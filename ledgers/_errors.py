@@ -8,6 +8,7 @@ LedgerError
 │   ├── RateLimited        a rate limit is used up
 │   ├── PaymentInFlight    the idempotency key is held or in doubt already
 │   └── AlreadyPaid        the idempotency key was settled: it was paid
+├── ApprovalError      no such approval, or one already decided, used or expired
 ├── HoldStateError     a step the hold's current phase does not allow (it resolves at most once)
 ├── SchemaError        the ledger's schema is newer than this release, or unreadable
 └── StorageError       the database could not be reached or written
@@ -62,6 +63,10 @@ class PaymentInFlight(Refused):
 
 class AlreadyPaid(Refused):
     """The idempotency key was settled: this payment was made."""
+
+
+class ApprovalError(LedgerError):
+    """No such approval, or it is not in a state that allows this step (decided, used, expired)."""
 
 
 class HoldStateError(LedgerError):

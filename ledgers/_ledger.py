@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import secrets
 import socket
 import threading
 import time
@@ -38,6 +39,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from ledgers._errors import (
     AlreadyPaid,
     AmountError,
+    ApprovalError,
     BudgetExceeded,
     HoldStateError,
     LedgerError,
@@ -82,14 +84,18 @@ class Budget:
 
 @dataclass(frozen=True)
 class RateLimit:
-    """At most `limit` counted calls per `window` (sliding) for `key` (e.g. "tool:l402-fetch@session:s1")."""
+    """At most `limit` per `window` (sliding) for `key` (e.g. "calls:l402-fetch/1m@session:s1").
+
+    Each call counts `cost` (1 for a call rate; a quota may count an amount)."""
 
     key: str
     limit: int
     window: Window
+    cost: int = 1
 
     def __post_init__(self) -> None:
         check_value(self.limit, "rate limit")
+        check_value(self.cost, "rate limit cost")
         if self.window.kind != "sliding":
             raise LedgerError(f"rate limit {self.key}: the window must be a duration such as 1m, not {self.window}")
 
@@ -133,6 +139,24 @@ class BalanceObservation:
     upstream_time: datetime | None = None
     upstream_stale: bool | None = None
     seen: datetime | None = None  # set by the ledger when stored
+
+
+@dataclass(frozen=True)
+class Approval:
+    """A request for a human's decision on one exact action, single-use.
+
+    `state`: pending → approved | denied; approved → used (once). `expired` once past `expires`."""
+
+    id: str
+    subject: str
+    identity: str | None
+    action: str
+    digest: str
+    state: str
+    created: datetime
+    expires: datetime
+    decided: datetime | None
+    expired: bool
 
 
 @dataclass(frozen=True)
@@ -342,7 +366,7 @@ class Ledger:
             return int(
                 _run(
                     conn,
-                    "SELECT COUNT(*) FROM ledger_rate_events WHERE key = :k AND at_us >= :s",
+                    "SELECT COALESCE(SUM(weight), 0) FROM ledger_rate_events WHERE key = :k AND at_us >= :s",
                     {"k": key, "s": window.start_us(now)},
                 ).scalar_one()
             )
@@ -426,6 +450,101 @@ class Ledger:
                 values,
             ).scalar_one()
         return int(row)
+
+    # approvals
+
+    def request_approval(
+        self, subject: str, action: str, digest: str, *, identity: str | None, expire_after_s: float
+    ) -> Approval:
+        """The live approval for exactly this action (pending, approved or denied), or a new pending one."""
+        with self._write(lock_keys=[f"approval:{subject}"]) as conn:
+            now = self._now_us()
+            row = _run(
+                conn,
+                f"SELECT {_APPROVAL_COLUMNS} FROM ledger_approvals WHERE subject = :s AND digest = :d"
+                " AND state != 'used' AND expires_us > :now ORDER BY created_us DESC LIMIT 1",
+                {"s": subject, "d": digest, "now": now},
+            ).first()
+            if row is not None:
+                return _approval(row, now)
+            values = {
+                "id": "ap_" + secrets.token_hex(5),
+                "s": subject,
+                "i": identity,
+                "a": action,
+                "d": digest,
+                "c": now,
+                "e": now + int(expire_after_s * US_PER_S),
+            }
+            _run(
+                conn,
+                "INSERT INTO ledger_approvals (id, subject, identity, action, digest, state, created_us, expires_us)"
+                " VALUES (:id, :s, :i, :a, :d, 'pending', :c, :e)",
+                values,
+            )
+            row = _run(conn, f"SELECT {_APPROVAL_COLUMNS} FROM ledger_approvals WHERE id = :id", values).one()
+            return _approval(row, now)
+
+    def decide_approval(self, approval_id: str, *, approve: bool, expire_after_s: float | None = None) -> Approval:
+        """A human approves or denies a pending approval. An approval then lasts `expire_after_s`
+        (default: as long as it was given to be decided).
+
+        Raises:
+            ApprovalError: no such approval, already decided, or expired."""
+        with self._write() as conn:
+            now = self._now_us()
+            row = _run(
+                conn, f"SELECT {_APPROVAL_COLUMNS} FROM ledger_approvals WHERE id = :id", {"id": approval_id}
+            ).first()
+            if row is None:
+                raise ApprovalError(f"no approval {approval_id}")
+            current = _approval(row, now)
+            if current.state != "pending":
+                raise ApprovalError(f"approval {approval_id} is already {current.state}")
+            if current.expired:
+                raise ApprovalError(f"approval {approval_id} expired at {current.expires.isoformat()}")
+            lasts = int(expire_after_s * US_PER_S) if expire_after_s is not None else row.expires_us - row.created_us
+            _run(
+                conn,
+                "UPDATE ledger_approvals SET state = :st, decided_us = :now, expires_us = :e WHERE id = :id",
+                {"st": "approved" if approve else "denied", "now": now, "e": now + lasts, "id": approval_id},
+            )
+            row = _run(
+                conn, f"SELECT {_APPROVAL_COLUMNS} FROM ledger_approvals WHERE id = :id", {"id": approval_id}
+            ).one()
+            return _approval(row, now)
+
+    def use_approval(self, approval_id: str) -> None:
+        """Spend an approved approval (once).
+
+        Raises:
+            ApprovalError: it is not approved, was used already, or expired."""
+        with self._write() as conn:
+            now = self._now_us()
+            used = _run(
+                conn,
+                "UPDATE ledger_approvals SET state = 'used'"
+                " WHERE id = :id AND state = 'approved' AND expires_us > :now",
+                {"id": approval_id, "now": now},
+            ).rowcount
+        if used != 1:
+            raise ApprovalError(f"approval {approval_id} is not approved, was used already, or expired")
+
+    def approvals(self, state: str | None = None, *, include_expired: bool = False) -> list[Approval]:
+        """Approvals, newest first: all, or those in `state`."""
+        now = self._now_us()
+        where, params = [], {"now": now}
+        if state is not None:
+            where.append("state = :state")
+            params["state"] = state  # type: ignore[assignment]
+        if not include_expired:
+            where.append("expires_us > :now")
+        sql = f"SELECT {_APPROVAL_COLUMNS} FROM ledger_approvals"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        with self._read() as conn:
+            rows = _run(conn, sql + " ORDER BY created_us DESC, id", params).all()
+        return [_approval(row, now) for row in rows]
 
     # recovery
 
@@ -520,16 +639,16 @@ class Ledger:
         start = rate.window.start_us(now)
         row: Any = _run(
             conn,
-            "SELECT COUNT(*), MIN(at_us) FROM ledger_rate_events WHERE key = :k AND at_us >= :s",
+            "SELECT COALESCE(SUM(weight), 0), MIN(at_us) FROM ledger_rate_events WHERE key = :k AND at_us >= :s",
             {"k": rate.key, "s": start},
         ).one()
-        used, oldest = row
-        if used >= rate.limit:
+        used, oldest = int(row[0]), row[1]
+        if used + rate.cost > rate.limit:
             retry = (oldest - start + 1) / US_PER_S if oldest is not None else None
             raise RateLimited(
-                f"rate limit {rate.key}: {rate.limit} calls per {rate.window} used",
+                f"rate limit {rate.key}: {used} of {rate.limit} per {rate.window} used",
                 rule=rate.key,
-                remaining=0,
+                remaining=max(0, rate.limit - used),
                 unit="calls",
                 retry_after_s=retry,
             )
@@ -599,7 +718,11 @@ class Ledger:
 
     def _count_calls(self, conn: Connection, rate_limits: Sequence[RateLimit], now: int) -> None:
         for rate in rate_limits:
-            _run(conn, "INSERT INTO ledger_rate_events (key, at_us) VALUES (:k, :t)", {"k": rate.key, "t": now})
+            _run(
+                conn,
+                "INSERT INTO ledger_rate_events (key, at_us, weight) VALUES (:k, :t, :w)",
+                {"k": rate.key, "t": now, "w": rate.cost},
+            )
 
     def _move(self, hold_id: int, allowed: tuple[str, ...], phase: str) -> None:
         with self._write() as conn:
@@ -726,6 +849,24 @@ class Ledger:
                     yield conn
         except DBAPIError as exc:
             raise StorageError(f"the ledger could not be read: {exc.orig}") from exc
+
+
+_APPROVAL_COLUMNS = "id, subject, identity, action, digest, state, created_us, expires_us, decided_us"
+
+
+def _approval(row: Any, now: int) -> Approval:
+    return Approval(
+        id=row.id,
+        subject=row.subject,
+        identity=row.identity,
+        action=row.action,
+        digest=row.digest,
+        state=row.state,
+        created=from_us(row.created_us),
+        expires=from_us(row.expires_us),
+        decided=from_us(row.decided_us) if row.decided_us is not None else None,
+        expired=row.expires_us <= now and row.state in ("pending", "approved"),
+    )
 
 
 def _sql_list(phases: tuple[str, ...]) -> str:

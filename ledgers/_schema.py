@@ -109,6 +109,7 @@ class RateEvent(SQLModel, table=True):
     id: int | None = Field(default=None, sa_column=_id())
     key: str
     at_us: int = Field(sa_column=_big(nullable=False))
+    # `weight BIGINT NOT NULL DEFAULT 1` (how much the call counts) is added by `_v2`.
 
 
 class Lock(SQLModel, table=True):
@@ -163,6 +164,26 @@ class CallEvent(SQLModel, table=True):
     args_digest: str | None = None
 
 
+class ApprovalRow(SQLModel, table=True):
+    """A human's decision on one exact action (a digest of it), single-use. Added by `_v2`."""
+
+    __tablename__ = "ledger_approvals"
+    __table_args__ = (
+        CheckConstraint("state IN ('pending', 'approved', 'denied', 'used')", name="approval_state"),
+        Index("ledger_approvals_subject", "subject", "digest", "created_us"),
+        Index("ledger_approvals_state", "state", "created_us"),
+    )
+    id: str = Field(primary_key=True)
+    subject: str  # whose action: a session key
+    identity: str | None = None
+    action: str  # what is approved, in words (a tool name)
+    digest: str  # the exact action (its arguments)
+    state: str
+    created_us: int = Field(sa_column=_big(nullable=False))
+    expires_us: int = Field(sa_column=_big(nullable=False))
+    decided_us: int | None = Field(default=None, sa_column=_big(nullable=True))
+
+
 # Versioned migrations: MIGRATIONS[n] takes a schema at version n to n + 1. Never edit a released
 # step; append a new one. Version 1 is the first release's schema.
 def _v1(conn: Connection) -> None:
@@ -172,7 +193,13 @@ def _v1(conn: Connection) -> None:
     )
 
 
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1]
+def _v2(conn: Connection) -> None:
+    """Weighted counters (a quota adds a call's amount, not 1) and approvals."""
+    conn.execute(text("ALTER TABLE ledger_rate_events ADD COLUMN weight BIGINT NOT NULL DEFAULT 1"))
+    SQLModel.metadata.create_all(conn, tables=[getattr(ApprovalRow, "__table__")])  # noqa: B009
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2]
 MIGRATION_LOCK = 0x6775617264  # "guard": the advisory lock key that serializes migrations
 SCHEMA_VERSION = len(MIGRATIONS)
 

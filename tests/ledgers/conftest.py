@@ -6,18 +6,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, inspect, text
 
-LEDGER_TABLES = (
-    "ledger_meta",
-    "ledger_owners",
-    "ledger_holds",
-    "ledger_charges",
-    "ledger_rate_events",
-    "ledger_locks",
-    "ledger_observations",
-    "ledger_call_events",
-)
 
 
 class FakeClock:
@@ -42,7 +32,7 @@ def reset_postgres(url: str) -> None:
     """Drop the ledger's tables so a test starts from an empty ledger."""
     engine = create_engine(url)
     with engine.begin() as conn:
-        for table in LEDGER_TABLES:
+        for table in [t for t in inspect(conn).get_table_names() if t.startswith("ledger_")]:
             conn.execute(text(f"DROP TABLE IF EXISTS {table} CASCADE"))
     engine.dispose()
 

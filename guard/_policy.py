@@ -1,0 +1,515 @@
+"""The policy: what the guard's policy file says (pydantic models, the published JSON Schema), and the
+decisions it makes by itself: which rule covers a tool, whether its argument conditions hold, what a
+call's price is, which budgets and rate limits count it.
+
+Loading files (YAML/JSON, seed formats, presets, located errors) lives in `_policy_files`; the ledger
+work and the wire format of a denial in `_gate`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictInt, model_validator
+
+from ledgers import Amount, AmountError, Budget, LedgerError, RateLimit, Window
+
+JSON = dict[str, Any]
+POLICY_VERSION = 1
+
+# --- field types: plain strings in the file, checked here ------------------------------------------------
+
+
+def _amount(text: str) -> str:
+    try:
+        Amount.parse(text)
+    except AmountError as exc:
+        raise ValueError(f"expected an amount with a unit, such as '1000 sat' or '2.50 usd' ({exc})") from None
+    return text
+
+
+def _duration(text: str) -> str:
+    try:
+        Window.sliding(text)
+    except LedgerError:
+        raise ValueError("expected a duration such as 30s, 5m, 1h, 24h or 7d") from None
+    return text
+
+
+def _budget_window(text: str) -> str:
+    if text in ("session", "day", "week", "month"):
+        return text
+    try:
+        Window.sliding(text)
+    except LedgerError:
+        raise ValueError("expected session, day, week, month or a duration such as 1h or 24h") from None
+    return text
+
+
+_RATE = re.compile(r"^\s*(\d+)\s*/\s*(second|minute|hour|day)\s*$")
+_RATE_WINDOW = {"second": "1s", "minute": "1m", "hour": "1h", "day": "1d"}
+
+
+def _rate(text: str) -> str:
+    match = _RATE.match(text)
+    if match is None or int(match.group(1)) == 0:
+        raise ValueError("expected a rate such as 10/minute (N/second, N/minute, N/hour or N/day, N ≥ 1)")
+    return text
+
+
+def _timezone(text: str) -> str:
+    try:
+        ZoneInfo(text)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError("expected an IANA time zone such as UTC or Europe/Paris") from None
+    return text
+
+
+def _regex(text: str) -> str:
+    try:
+        re.compile(text)
+    except re.error as exc:
+        raise ValueError(f"not a valid regular expression: {exc}") from None
+    return text
+
+
+def _arg_path(text: str) -> str:
+    parts = _path_parts(text)
+    if not parts or any(not p for p in parts):
+        raise ValueError("expected an argument path such as url or args.headers.authorization")
+    return text
+
+
+AmountText = Annotated[str, AfterValidator(_amount), Field(examples=["1000 sat", "2.50 usd"])]
+Duration = Annotated[str, AfterValidator(_duration), Field(examples=["5m", "1h"])]
+BudgetWindow = Annotated[str, AfterValidator(_budget_window), Field(examples=["session", "day", "24h"])]
+RateText = Annotated[str, AfterValidator(_rate), Field(examples=["10/minute"])]
+ArgPath = Annotated[str, AfterValidator(_arg_path), Field(examples=["url", "args.headers.authorization"])]
+Scope = Literal["session", "identity", "global"]
+Number = StrictInt | float | Decimal
+Scalar = str | StrictInt | float | StrictBool | None
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --- the file ----------------------------------------------------------------------------------------
+
+
+class Condition(_Spec):
+    """One argument condition. Give `arg` and exactly one test."""
+
+    arg: ArgPath = Field(description="Argument path: `url`, `headers.authorization` (an `args.` prefix is optional).")
+    equals: Scalar | list[Any] | dict[str, Any] = Field(default=None, description="Equal to this value.")
+    not_equals: Scalar | list[Any] | dict[str, Any] = Field(default=None, description="Not equal to this value.")
+    one_of: list[Scalar] | None = Field(default=None, description="Equal to one of these values.")
+    not_one_of: list[Scalar] | None = Field(default=None, description="Equal to none of these values.")
+    matches: Annotated[str, AfterValidator(_regex)] | None = Field(
+        default=None, description="A string the regular expression matches (re.search)."
+    )
+    contains: Scalar = Field(default=None, description="A string or list containing this value.")
+    lt: Number | None = None
+    lte: Number | None = None
+    gt: Number | None = None
+    gte: Number | None = None
+    exists: StrictBool | None = Field(default=None, description="true: the argument is present; false: absent.")
+    reason: str | None = Field(default=None, description="Text the agent sees when this condition fails.")
+
+    @model_validator(mode="after")
+    def _one_test(self) -> Condition:
+        tests = [name for name in CONDITION_TESTS if name in self.model_fields_set]
+        if len(tests) != 1:
+            raise ValueError(
+                f"a condition needs exactly one of {', '.join(CONDITION_TESTS)}"
+                + (f"; got {', '.join(tests)}" if tests else "")
+            )
+        return self
+
+    @property
+    def test(self) -> str:
+        return next(name for name in CONDITION_TESTS if name in self.model_fields_set)
+
+
+CONDITION_TESTS = (
+    "equals",
+    "not_equals",
+    "one_of",
+    "not_one_of",
+    "matches",
+    "contains",
+    "lt",
+    "lte",
+    "gt",
+    "gte",
+    "exists",
+)
+
+
+class RateLimitRule(_Spec):
+    limit: RateText = Field(description="N/second, N/minute, N/hour or N/day (a sliding window).")
+    scope: Scope = Field(default="session", description="Whose calls count together.")
+
+
+class Quota(_Spec):
+    """A named durable counter (Intercept's `state`): each call adds `increment` (or the number at
+    `increment_from`); a call is refused when the counter would pass `max` within the window."""
+
+    counter: str = Field(min_length=1)
+    max: StrictInt = Field(ge=0)
+    window: Duration | Literal["minute", "hour", "day"]
+    increment: StrictInt = Field(default=1, ge=0)
+    increment_from: ArgPath | None = None
+    scope: Scope = "global"
+
+
+class ToolRule(_Spec):
+    """What the guard does with calls to one tool (or, under `"*"`, every tool)."""
+
+    action: Literal["allow", "deny", "approve"] = Field(
+        default="allow", description="approve: the call needs a human's `guard approvals approve ID`."
+    )
+    reason: str | None = Field(default=None, description="Text the agent sees when this rule denies a call.")
+    hidden: StrictBool = Field(default=False, description="Hide from tools/list (and deny).")
+    when: list[Condition] = Field(default_factory=list, description="Argument conditions; all must hold.")
+    rate_limit: RateText | RateLimitRule | list[RateText | RateLimitRule] | None = None
+    quotas: list[Quota] = Field(default_factory=list)
+    pays: StrictBool = Field(default=False, description="The tool spends money: it needs a price and a budget.")
+    price: AmountText | None = Field(default=None, description="Fixed price of one call.")
+    price_from: ArgPath | None = Field(default=None, description="Argument holding the price (with price_unit).")
+    price_unit: str | None = Field(default=None, description="Unit of the number at price_from: sat, msat, usd...")
+    max_price: AmountText | None = Field(default=None, description="Per-call cap; the price bound when none is known.")
+
+    @model_validator(mode="after")
+    def _price_parts(self) -> ToolRule:
+        if self.price is not None and self.price_from is not None:
+            raise ValueError("give either price or price_from, not both")
+        if (self.price_from is None) != (self.price_unit is None):
+            raise ValueError("price_from and price_unit go together")
+        if self.price_unit is not None:
+            try:
+                Amount.parse(f"1 {self.price_unit}")
+            except AmountError as exc:
+                raise ValueError(f"price_unit: {exc}") from None
+        return self
+
+
+class BudgetSpec(_Spec):
+    name: str = Field(min_length=1)
+    limit: AmountText
+    scope: Literal["session", "identity", "server", "global"] = "session"
+    window: BudgetWindow = "session"
+    tools: list[str] | None = Field(default=None, description="Paying tools it covers (default: every paying tool).")
+
+
+class Balances(_Spec):
+    stale_after: Duration = "5m"
+    on_stale: Literal["refresh", "deny"] = "refresh"
+    refresh_every: Duration | None = "2m"
+
+
+class Approvals(_Spec):
+    expire_after: Duration = Field(default="1h", description="An undecided or unused approval lapses after this.")
+
+
+class PolicySpec(_Spec):
+    """The guard's policy file (version 1)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, title="guard policy")
+
+    version: Literal[1] = Field(description="Always 1.")
+    description: str | None = None
+    preset: str | None = Field(default=None, description="Start from a shipped preset (policies/NAME.yaml).")
+    default: Literal["deny", "allow"] = Field(default="deny", description="What happens to tools no rule names.")
+    server: str | None = Field(default=None, description="The upstream's name for budgets with scope: server.")
+    timezone: Annotated[str, AfterValidator(_timezone)] = "UTC"
+    budgets: list[BudgetSpec] = Field(default_factory=list)
+    balances: Balances = Field(default_factory=Balances)
+    approvals: Approvals = Field(default_factory=Approvals)
+    tools: dict[str, ToolRule] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _unique_budgets(self) -> PolicySpec:
+        names = [b.name for b in self.budgets]
+        if dups := sorted({n for n in names if names.count(n) > 1}):
+            raise ValueError(f"budget names must be unique; repeated: {', '.join(dups)}")
+        return self
+
+
+# --- decisions ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Denial:
+    """Why a call is refused; `_gate` turns it into the tool result the agent sees."""
+
+    rule: str
+    reason: str
+    remaining: int | None = None
+    unit: str | None = None
+    retry_after_s: float | None = None
+    approval_id: str | None = None
+
+
+class PriceUnknown(Exception):
+    """A paying call whose price cannot be bounded (no price, no pay)."""
+
+
+@dataclass(frozen=True)
+class Who:
+    """Whose call it is: the scope keys budgets and rate limits count under."""
+
+    session: str
+    identity: str | None
+    server: str
+
+    def key(self, scope: str) -> str:
+        if scope == "session":
+            return f"session:{self.session}"
+        if scope == "identity":
+            return f"identity:{self.identity or 'anonymous'}"
+        if scope == "server":
+            return f"server:{self.server}"
+        return "global"
+
+
+class Policy:
+    """A validated policy, ready to decide. Immutable: a reload builds a new one."""
+
+    def __init__(self, spec: PolicySpec, source: str = "<policy>") -> None:
+        self.spec = spec
+        self.source = source
+        self._wildcard = spec.tools.get("*")
+
+    def rule_for(self, tool: str) -> tuple[str, ToolRule] | None:
+        """The rule naming `tool` (kebab and snake case alike), or None."""
+        for name in (tool, tool.replace("_", "-"), tool.replace("-", "_")):
+            if name in self.spec.tools and name != "*":
+                return f"tools.{name}", self.spec.tools[name]
+        return None
+
+    def visible(self, tool: str) -> bool:
+        """Whether `tools/list` shows `tool`: hidden and denied tools are not shown."""
+        return self.refusal(tool) is None
+
+    def refusal(self, tool: str) -> Denial | None:
+        """The denial that needs no arguments: default deny, hidden, action deny (own rule or `"*"`)."""
+        named = self.rule_for(tool)
+        for where, rule in ((named or (None, None)), ("tools.*", self._wildcard)):
+            if rule is not None and where is not None and (rule.hidden or rule.action == "deny"):
+                return Denial(where, rule.reason or f"the policy denies {tool}")
+        if named is None and self.spec.default == "deny":
+            return Denial("default", f"{tool} is not allowed by the policy (default: deny)")
+        return None
+
+    def rules(self, tool: str) -> list[tuple[str, ToolRule]]:
+        """Every rule that applies to `tool`: its own, then `"*"`."""
+        found = [self.rule_for(tool), ("tools.*", self._wildcard) if self._wildcard else None]
+        return [r for r in found if r is not None]
+
+    def failed_condition(self, tool: str, arguments: JSON) -> Denial | None:
+        for where, rule in self.rules(tool):
+            for index, condition in enumerate(rule.when):
+                if not holds(condition, arguments):
+                    reason = condition.reason or rule.reason or describe(condition)
+                    return Denial(f"{where}.when[{index}]", reason)
+        return None
+
+    def needs_approval(self, tool: str) -> str | None:
+        """The rule asking for a human's approval, if any."""
+        return next((where for where, rule in self.rules(tool) if rule.action == "approve"), None)
+
+    def rate_limits(self, tool: str, arguments: JSON, who: Who) -> list[RateLimit]:
+        """The durable counters this call adds to. Keys name the tool (or `*`, shared by every tool),
+        the window and the scope, never the limit: editing a limit keeps its count."""
+        limits: dict[str, RateLimit] = {}
+        for where, rule in self.rules(tool):
+            subject = "*" if where == "tools.*" else where.removeprefix("tools.")
+            for spec in _as_list(rule.rate_limit):
+                text, scope = (spec, "session") if isinstance(spec, str) else (spec.limit, spec.scope)
+                match = _RATE.match(text)
+                assert match is not None  # validated
+                count, window = int(match.group(1)), _RATE_WINDOW[match.group(2)]
+                key = f"calls:{subject}/{window}@{who.key(scope)}"
+                if key not in limits or limits[key].limit > count:
+                    limits[key] = RateLimit(key, count, Window.sliding(window))
+            for quota in rule.quotas:
+                window = _RATE_WINDOW.get(quota.window, quota.window)
+                key = f"counter:{quota.counter}/{window}@{who.key(quota.scope)}"
+                increment = quota.increment
+                if quota.increment_from is not None:
+                    increment = _whole_number(lookup(arguments, quota.increment_from), quota.increment_from)
+                limits[key] = RateLimit(key, quota.max, Window.sliding(window), cost=increment)
+        return list(limits.values())
+
+    def pays(self, tool: str) -> bool:
+        return any(rule.pays for _, rule in self.rules(tool))
+
+    def price(self, tool: str, arguments: JSON) -> Amount:
+        """The most this call can spend, known before forwarding.
+
+        Raises:
+            PriceUnknown: no fixed price, no readable price argument and no max_price.
+        """
+        for _, rule in self.rules(tool):
+            if rule.price is not None:
+                return Amount.parse(rule.price)
+            if rule.price_from is not None and rule.price_unit is not None:
+                value = lookup(arguments, rule.price_from)
+                if value is not _MISSING:
+                    number = _whole_number(value, rule.price_from)
+                    return Amount.parse(f"{number} {rule.price_unit}")
+        cap = self.max_price(tool)
+        if cap is not None:
+            return cap
+        raise PriceUnknown(f"the price of {tool} is unknown and the policy sets no max_price for it")
+
+    def max_price(self, tool: str) -> Amount | None:
+        caps = [Amount.parse(rule.max_price) for _, rule in self.rules(tool) if rule.max_price is not None]
+        return min(caps, key=lambda a: a.value) if caps else None
+
+    def budgets(self, tool: str, who: Who) -> list[Budget]:
+        """Every budget covering `tool`, scoped to this caller."""
+        names = {tool, tool.replace("_", "-"), tool.replace("-", "_")}
+        return [
+            Budget(b.name, Amount.parse(b.limit), who.key(b.scope), Window.parse(b.window, self.spec.timezone))
+            for b in self.spec.budgets
+            if b.tools is None or names & set(b.tools)
+        ]
+
+
+# --- argument paths and conditions ----------------------------------------------------------------------
+
+
+class _Missing:
+    def __repr__(self) -> str:
+        return "<missing>"
+
+
+_MISSING: Any = _Missing()
+
+
+def _path_parts(path: str) -> list[str]:
+    parts = path.split(".")
+    return parts[1:] if parts[0] == "args" and len(parts) > 1 else parts
+
+
+def lookup(arguments: Any, path: str) -> Any:
+    """The value at `path` (`url`, `args.headers.authorization`, `items.0.id`), or `_MISSING`."""
+    value = arguments
+    for part in _path_parts(path):
+        if isinstance(value, Mapping) and part in value:
+            value = value[part]
+        elif isinstance(value, list) and part.isdigit() and int(part) < len(value):
+            value = value[int(part)]
+        else:
+            return _MISSING
+    return value
+
+
+def holds(condition: Condition, arguments: JSON) -> bool:
+    """Whether `condition` holds for these arguments. A missing argument fails every test but
+    `exists: false` and the negative ones (`not_equals`, `not_one_of`)."""
+    value = lookup(arguments, condition.arg)
+    test = condition.test
+    expected = getattr(condition, test)
+    if test == "exists":
+        return (value is not _MISSING) == expected
+    if value is _MISSING:
+        return test in ("not_equals", "not_one_of")
+    if test == "equals":
+        return _same(value, expected)
+    if test == "not_equals":
+        return not _same(value, expected)
+    if test == "one_of":
+        return any(_same(value, option) for option in expected)
+    if test == "not_one_of":
+        return not any(_same(value, option) for option in expected)
+    if test == "matches":
+        return isinstance(value, str) and re.search(expected, value) is not None
+    if test == "contains":
+        if isinstance(value, str):
+            return isinstance(expected, str) and expected in value
+        return isinstance(value, list) and any(_same(item, expected) for item in value)
+    number = _number(value)
+    if number is None:
+        return False
+    bound = Decimal(str(expected))
+    return {"lt": number < bound, "lte": number <= bound, "gt": number > bound, "gte": number >= bound}[test]
+
+
+def describe(condition: Condition) -> str:
+    """A condition in words, naming the argument but never quoting the caller's value."""
+    test, expected = condition.test, getattr(condition, condition.test)
+    words = {
+        "equals": f"must equal {expected!r}",
+        "not_equals": f"must not equal {expected!r}",
+        "one_of": f"must be one of {expected!r}",
+        "not_one_of": f"must not be one of {expected!r}",
+        "matches": f"must match {expected!r}",
+        "contains": f"must contain {expected!r}",
+        "lt": f"must be less than {expected}",
+        "lte": f"must be at most {expected}",
+        "gt": f"must be more than {expected}",
+        "gte": f"must be at least {expected}",
+        "exists": "is required" if expected else "must not be given",
+    }[test]
+    return f"argument {'.'.join(_path_parts(condition.arg))} {words}"
+
+
+def _same(value: Any, expected: Any) -> bool:
+    # 1 == True in Python; in a policy they are different things.
+    if isinstance(value, bool) or isinstance(expected, bool):
+        return type(value) is type(expected) and bool(value == expected)
+    if isinstance(value, int | float) and isinstance(expected, int | float):
+        return Decimal(str(value)) == Decimal(str(expected))
+    return bool(value == expected)
+
+
+def _number(value: Any) -> Decimal | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return Decimal(str(value))
+    if isinstance(value, str):
+        try:
+            number = Decimal(value.strip())
+        except ArithmeticError:
+            return None
+        return number if number.is_finite() else None
+    return None
+
+
+def _whole_number(value: Any, path: str) -> int:
+    number = _number(value) if value is not _MISSING else None
+    if number is None or number < 0 or number != number.to_integral_value():
+        raise PriceUnknown(f"argument {'.'.join(_path_parts(path))} must be a whole number ≥ 0")
+    return int(number)
+
+
+def _as_list(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    return value if isinstance(value, list) else [value]
+
+
+def args_digest(arguments: JSON) -> str:
+    """A digest of the exact arguments (canonical JSON), for approvals and the audit trail. It never
+    reveals the arguments themselves."""
+    canonical = json.dumps(arguments, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def json_schema() -> JSON:
+    """The published JSON Schema of the policy file (`policies/policy.schema.json`)."""
+    schema = PolicySpec.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["$id"] = "https://github.com/guard-mcp/guard/policies/policy.schema.json"
+    return schema
