@@ -2,6 +2,7 @@
 
 GuardError
 ├── ConfigError          bad flags or settings (exit status 2)
+│   └── PolicyError      a policy file that cannot be used, with each problem's line and column
 └── UpstreamStartError   the upstream cannot be started or reached at all (exit status 3)
 """
 

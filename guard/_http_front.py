@@ -18,7 +18,7 @@ import itertools
 import json
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,7 +38,7 @@ from starlette.types import Receive, Scope, Send
 
 from guard import _upstream
 from guard._errors import UpstreamStartError
-from guard._relay import UPSTREAM_UNAVAILABLE, ClientPort, Gate, Relay, Session
+from guard._relay import UPSTREAM_UNAVAILABLE, Background, ClientPort, Gate, Relay, Session
 
 logger = logging.getLogger("guard.http")
 
@@ -63,7 +63,9 @@ class HttpFront:
         tokens: dict[str, str],
         identity: str | None,
         security: TransportSecuritySettings,
+        background: Sequence[Background] = (),
     ) -> None:
+        self._background = background
         self._spec = spec
         self._gate = gate
         self._tokens = tokens
@@ -78,6 +80,8 @@ class HttpFront:
     async def running(self) -> AsyncIterator[None]:
         async with anyio.create_task_group() as tg:
             self._tg = tg
+            for task in self._background:
+                tg.start_soon(task)
             try:
                 yield
             finally:
@@ -450,9 +454,10 @@ def serve_http(
     port: int,
     tokens: dict[str, str],
     identity: str | None,
+    background: Sequence[Background] = (),
 ) -> None:
     """Serve until interrupted."""
-    front = HttpFront(spec, gate, tokens, identity, security_settings(host, port, tokens))
+    front = HttpFront(spec, gate, tokens, identity, security_settings(host, port, tokens), background)
     logger.info("serving MCP over streamable HTTP at http://%s:%d%s, upstream %s", host, port, MCP_PATH, spec.label)
     config = uvicorn.Config(front, host=host, port=port, log_config=None, lifespan="on", timeout_graceful_shutdown=5)
     uvicorn.Server(config).run()

@@ -17,7 +17,7 @@ from decimal import Decimal
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictInt, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt, model_validator
 
 from ledgers import Amount, AmountError, Budget, LedgerError, RateLimit, Window
 
@@ -27,71 +27,78 @@ POLICY_VERSION = 1
 # --- field types: plain strings in the file, checked here ------------------------------------------------
 
 
-def _amount(text: str) -> str:
+def _amount(text: Any) -> str:
     try:
-        Amount.parse(text)
+        Amount.parse(_str(text, "an amount with a unit, such as '1000 sat' or '2.50 usd'"))
     except AmountError as exc:
         raise ValueError(f"expected an amount with a unit, such as '1000 sat' or '2.50 usd' ({exc})") from None
-    return text
+    return str(text)
 
 
-def _duration(text: str) -> str:
+def _duration(text: Any) -> str:
     try:
-        Window.sliding(text)
+        Window.sliding(_str(text, "a duration such as 30s, 5m, 1h, 24h or 7d"))
     except LedgerError:
         raise ValueError("expected a duration such as 30s, 5m, 1h, 24h or 7d") from None
-    return text
+    return str(text)
 
 
-def _budget_window(text: str) -> str:
+def _budget_window(text: Any) -> str:
+    _str(text, "session, day, week, month or a duration such as 1h or 24h")
     if text in ("session", "day", "week", "month"):
-        return text
+        return str(text)
     try:
         Window.sliding(text)
     except LedgerError:
         raise ValueError("expected session, day, week, month or a duration such as 1h or 24h") from None
-    return text
+    return str(text)
 
 
 _RATE = re.compile(r"^\s*(\d+)\s*/\s*(second|minute|hour|day)\s*$")
 _RATE_WINDOW = {"second": "1s", "minute": "1m", "hour": "1h", "day": "1d"}
 
 
-def _rate(text: str) -> str:
-    match = _RATE.match(text)
+def _rate(text: Any) -> str:
+    match = _RATE.match(_str(text, "a rate such as 10/minute"))
     if match is None or int(match.group(1)) == 0:
         raise ValueError("expected a rate such as 10/minute (N/second, N/minute, N/hour or N/day, N ≥ 1)")
-    return text
+    return str(text)
 
 
-def _timezone(text: str) -> str:
+def _timezone(text: Any) -> str:
     try:
-        ZoneInfo(text)
+        ZoneInfo(_str(text, "an IANA time zone such as UTC or Europe/Paris"))
     except (ZoneInfoNotFoundError, ValueError):
         raise ValueError("expected an IANA time zone such as UTC or Europe/Paris") from None
-    return text
+    return str(text)
 
 
-def _regex(text: str) -> str:
+def _regex(text: Any) -> str:
     try:
-        re.compile(text)
+        re.compile(_str(text, "a regular expression"))
     except re.error as exc:
         raise ValueError(f"not a valid regular expression: {exc}") from None
-    return text
+    return str(text)
 
 
-def _arg_path(text: str) -> str:
-    parts = _path_parts(text)
+def _arg_path(text: Any) -> str:
+    parts = _path_parts(_str(text, "an argument path such as url or args.headers.authorization"))
     if not parts or any(not p for p in parts):
         raise ValueError("expected an argument path such as url or args.headers.authorization")
-    return text
+    return str(text)
 
 
-AmountText = Annotated[str, AfterValidator(_amount), Field(examples=["1000 sat", "2.50 usd"])]
-Duration = Annotated[str, AfterValidator(_duration), Field(examples=["5m", "1h"])]
-BudgetWindow = Annotated[str, AfterValidator(_budget_window), Field(examples=["session", "day", "24h"])]
-RateText = Annotated[str, AfterValidator(_rate), Field(examples=["10/minute"])]
-ArgPath = Annotated[str, AfterValidator(_arg_path), Field(examples=["url", "args.headers.authorization"])]
+def _str(value: Any, expected: str) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"expected {expected}; got {type(value).__name__}")
+    return value
+
+
+AmountText = Annotated[str, BeforeValidator(_amount), Field(examples=["1000 sat", "2.50 usd"])]
+Duration = Annotated[str, BeforeValidator(_duration), Field(examples=["5m", "1h"])]
+BudgetWindow = Annotated[str, BeforeValidator(_budget_window), Field(examples=["session", "day", "24h"])]
+RateText = Annotated[str, BeforeValidator(_rate), Field(examples=["10/minute"])]
+ArgPath = Annotated[str, BeforeValidator(_arg_path), Field(examples=["url", "args.headers.authorization"])]
 Scope = Literal["session", "identity", "global"]
 Number = StrictInt | float | Decimal
 Scalar = str | StrictInt | float | StrictBool | None
@@ -112,7 +119,7 @@ class Condition(_Spec):
     not_equals: Scalar | list[Any] | dict[str, Any] = Field(default=None, description="Not equal to this value.")
     one_of: list[Scalar] | None = Field(default=None, description="Equal to one of these values.")
     not_one_of: list[Scalar] | None = Field(default=None, description="Equal to none of these values.")
-    matches: Annotated[str, AfterValidator(_regex)] | None = Field(
+    matches: Annotated[str, BeforeValidator(_regex)] | None = Field(
         default=None, description="A string the regular expression matches (re.search)."
     )
     contains: Scalar = Field(default=None, description="A string or list containing this value.")
@@ -164,7 +171,7 @@ class Quota(_Spec):
 
     counter: str = Field(min_length=1)
     max: StrictInt = Field(ge=0)
-    window: Duration | Literal["minute", "hour", "day"]
+    window: Duration | Literal["second", "minute", "hour", "day"]
     increment: StrictInt = Field(default=1, ge=0)
     increment_from: ArgPath | None = None
     scope: Scope = "global"
@@ -229,7 +236,7 @@ class PolicySpec(_Spec):
     preset: str | None = Field(default=None, description="Start from a shipped preset (policies/NAME.yaml).")
     default: Literal["deny", "allow"] = Field(default="deny", description="What happens to tools no rule names.")
     server: str | None = Field(default=None, description="The upstream's name for budgets with scope: server.")
-    timezone: Annotated[str, AfterValidator(_timezone)] = "UTC"
+    timezone: Annotated[str, BeforeValidator(_timezone)] = "UTC"
     budgets: list[BudgetSpec] = Field(default_factory=list)
     balances: Balances = Field(default_factory=Balances)
     approvals: Approvals = Field(default_factory=Approvals)
@@ -256,6 +263,15 @@ class Denial:
     unit: str | None = None
     retry_after_s: float | None = None
     approval_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Limit:
+    """A rate limit or quota as the ledger counts it, with the rule that set it, in words."""
+
+    rate: RateLimit
+    rule: str
+    text: str
 
 
 class PriceUnknown(Exception):
@@ -326,27 +342,36 @@ class Policy:
         """The rule asking for a human's approval, if any."""
         return next((where for where, rule in self.rules(tool) if rule.action == "approve"), None)
 
-    def rate_limits(self, tool: str, arguments: JSON, who: Who) -> list[RateLimit]:
+    def rate_limits(self, tool: str, arguments: JSON, who: Who) -> list[Limit]:
         """The durable counters this call adds to. Keys name the tool (or `*`, shared by every tool),
-        the window and the scope, never the limit: editing a limit keeps its count."""
-        limits: dict[str, RateLimit] = {}
+        the window and the scope, never the limit: editing a limit keeps its count.
+
+        Raises:
+            PriceUnknown: a quota's `increment_from` argument is not a whole number."""
+        limits: dict[str, Limit] = {}
         for where, rule in self.rules(tool):
             subject = "*" if where == "tools.*" else where.removeprefix("tools.")
             for spec in _as_list(rule.rate_limit):
                 text, scope = (spec, "session") if isinstance(spec, str) else (spec.limit, spec.scope)
                 match = _RATE.match(text)
                 assert match is not None  # validated
-                count, window = int(match.group(1)), _RATE_WINDOW[match.group(2)]
-                key = f"calls:{subject}/{window}@{who.key(scope)}"
-                if key not in limits or limits[key].limit > count:
-                    limits[key] = RateLimit(key, count, Window.sliding(window))
-            for quota in rule.quotas:
+                count, per = int(match.group(1)), match.group(2)
+                key = f"calls:{subject}/{_RATE_WINDOW[per]}@{who.key(scope)}"
+                if key not in limits or limits[key].rate.limit > count:
+                    described = (
+                        f"{count} calls per {per} for {'all tools' if subject == '*' else subject} (per {scope})"
+                    )
+                    rate = RateLimit(key, count, Window.sliding(_RATE_WINDOW[per]))
+                    limits[key] = Limit(rate, f"{where}.rate_limit", described)
+            for index, quota in enumerate(rule.quotas):
                 window = _RATE_WINDOW.get(quota.window, quota.window)
                 key = f"counter:{quota.counter}/{window}@{who.key(quota.scope)}"
                 increment = quota.increment
                 if quota.increment_from is not None:
                     increment = _whole_number(lookup(arguments, quota.increment_from), quota.increment_from)
-                limits[key] = RateLimit(key, quota.max, Window.sliding(window), cost=increment)
+                described = f"counter {quota.counter} at most {quota.max} per {quota.window} (per {quota.scope})"
+                rate = RateLimit(key, quota.max, Window.sliding(window), cost=increment)
+                limits[key] = Limit(rate, f"{where}.quotas[{index}]", described)
         return list(limits.values())
 
     def pays(self, tool: str) -> bool:
@@ -421,7 +446,7 @@ def holds(condition: Condition, arguments: JSON) -> bool:
     test = condition.test
     expected = getattr(condition, test)
     if test == "exists":
-        return (value is not _MISSING) == expected
+        return bool((value is not _MISSING) == expected)
     if value is _MISSING:
         return test in ("not_equals", "not_one_of")
     if test == "equals":

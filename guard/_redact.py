@@ -37,6 +37,7 @@ def _long_run(match: re.Match[str]) -> str:
         return run
     return REDACTED
 
+
 def redact(text: str) -> str:
     """Return `text` with anything that looks like a secret replaced by `[redacted]`."""
     for pattern in _PATTERNS:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from functools import partial
@@ -69,6 +69,9 @@ class UpstreamError(Exception):
         self.error = error
 
 
+Background = Callable[[], Coroutine[Any, Any, None]]
+"""A task a front runs while it serves (a policy watcher, a heartbeat); cancelled when it stops."""
+
 Forward = Callable[[], Awaitable[JSON]]
 """Send the call upstream; return the upstream's `CallToolResult` as JSON. Raises `UpstreamError`."""
 
@@ -84,6 +87,11 @@ class Gate(Protocol):
         """Return the `tools/list` result the client sees."""
         ...
 
+    def subscribe(self, session: Session, tools_changed: Callable[[], Awaitable[None]]) -> Callable[[], None]:
+        """Call `tools_changed()` when the tools this session may see change (a policy reload);
+        return how to unsubscribe."""
+        ...
+
 
 class OpenGate:
     """Forwards everything unchanged: the relay with no policy."""
@@ -93,6 +101,9 @@ class OpenGate:
 
     async def list_tools(self, session: Session, result: JSON) -> JSON:
         return result
+
+    def subscribe(self, session: Session, tools_changed: Callable[[], Awaitable[None]]) -> Callable[[], None]:
+        return lambda: None
 
 
 @dataclass(frozen=True)
@@ -141,9 +152,11 @@ class Relay:
 
         Like an SDK server loop, the relay hangs up on the client when it is done.
         """
+        unsubscribe = self._gate.subscribe(self.session, self._tools_changed)
         try:
             await self._run()
         finally:
+            unsubscribe()
             with (
                 anyio.CancelScope(shield=True),
                 suppress(anyio.ClosedResourceError, anyio.BrokenResourceError, OSError),
@@ -346,6 +359,10 @@ class Relay:
                 error=types.ErrorData(code=types.INTERNAL_ERROR, message="guard could not evaluate tools/list"),
             )
         return types.JSONRPCResponse(jsonrpc="2.0", id=response.id, result=result)
+
+    async def _tools_changed(self) -> None:
+        note = types.JSONRPCNotification(jsonrpc="2.0", method="notifications/tools/list_changed")
+        await self._send_client(note)
 
     async def _upstream_gone(self) -> None:
         """Answer everything still pending with why the upstream went away, then end the relay."""

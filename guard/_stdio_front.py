@@ -14,7 +14,7 @@ import logging
 import os
 import signal
 import stat
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager, suppress
 
 import anyio
@@ -23,7 +23,7 @@ from mcp.server.stdio import stdio_server
 from mcp.shared.message import SessionMessage
 
 from guard import _upstream
-from guard._relay import ClientPort, Gate, Relay, Session
+from guard._relay import Background, ClientPort, Gate, Relay, Session
 
 logger = logging.getLogger("guard")
 
@@ -31,9 +31,12 @@ logger = logging.getLogger("guard")
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
-async def serve_stdio(spec: _upstream.UpstreamSpec, gate: Gate, session: Session) -> str | None:
+async def serve_stdio(
+    spec: _upstream.UpstreamSpec, gate: Gate, session: Session, background: Sequence[Background] = ()
+) -> str | None:
     """Relay until the client closes stdin or sends SIGTERM/SIGINT (returns None), or the upstream
-    dies (returns why). The upstream is stopped on the way out in every case.
+    dies (returns why). The upstream is stopped on the way out in every case. `background` tasks
+    (policy reloads, heartbeats) run meanwhile.
 
     Raises:
         UpstreamStartError: the upstream could not be started or reached.
@@ -49,6 +52,8 @@ async def serve_stdio(spec: _upstream.UpstreamSpec, gate: Gate, session: Session
             tg.cancel_scope.cancel()
 
         tg.start_soon(_stop_on_signal, tg.cancel_scope)
+        for task in background:
+            tg.start_soon(task)
         await relay()
     return failure
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -50,6 +51,16 @@ class StdioUpstream:
         """The command line as shown in logs and errors; secrets passed as arguments are scrubbed."""
         return redact(shlex.join(self.command))
 
+    @property
+    def name(self) -> str:
+        """A short name for the server (budgets with `scope: server`): the program, or the package or
+        script a launcher runs (`npx -y 402-mcp` → 402-mcp)."""
+        program = os.path.basename(self.command[0])
+        if re.match(r"^(npx|node|bunx|bun|deno|uvx|pnpm|python[0-9.]*)$", program):
+            target = next((word for word in self.command[1:] if not word.startswith("-")), program)
+            return redact(os.path.basename(target).removesuffix(".py").removesuffix(".js"))
+        return redact(program)
+
     def check(self) -> None:
         """Raise `UpstreamStartError` if the command cannot be found, before any client waits on it."""
         if shutil.which(self.command[0]) is None:
@@ -65,6 +76,10 @@ class HttpUpstream:
     @property
     def label(self) -> str:
         return redact(self.url)
+
+    @property
+    def name(self) -> str:
+        return redact(httpx.URL(self.url).netloc.decode())
 
     def check(self) -> None:
         """Raise `UpstreamStartError` if nothing answers HTTP at the URL (any HTTP status means reachable)."""

@@ -5,20 +5,27 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+import os
 import re
 import sys
 import uuid
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Optional
 
 import anyio
+import anyio.to_thread
 import typer
 
 from guard import _logging, _upstream
 from guard._errors import ConfigError, GuardError, UpstreamStartError
+from guard._gate import PolicyGate
 from guard._ledger_commands import LedgerOption, ledger_app, open_ledger
-from guard._relay import OpenGate, Session
+from guard._policy_commands import approvals_app, audit_app, policy_app
+from guard._policy_source import PolicySource
+from guard._relay import Background, Gate, Session
 from guard._version import __version__
+from ledgers import DEFAULT_LEASE_S, Ledger, LedgerError
 
 logger = logging.getLogger("guard")
 
@@ -31,7 +38,11 @@ app = typer.Typer(
 )
 
 app.add_typer(ledger_app, name="ledger")
+app.add_typer(policy_app, name="policy")
+app.add_typer(approvals_app, name="approvals")
+app.add_typer(audit_app, name="audit")
 
+HEARTBEAT_S = DEFAULT_LEASE_S / 3
 SESSION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@:-]{0,127}$")
 
 
@@ -93,49 +104,99 @@ def run(
         Optional[str],  # noqa: UP045
         typer.Option("--identity", metavar="NAME", help="Who the agent acts for (over HTTP: the token's name)."),
     ] = None,
+    policy_path: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(
+            "--policy",
+            envvar="GUARD_POLICY",
+            metavar="FILE",
+            help="The policy file (default: $XDG_CONFIG_HOME/guard/policy.yaml). Reloaded when it changes.",
+        ),
+    ] = None,
     ledger_url: LedgerOption = None,
 ) -> None:
     """Wrap an upstream MCP server: `guard run -- CMD [ARGS...]` or `guard run --upstream URL`."""
-    # The ledger opens first: a guard that cannot account for spend must not start.
-    open_ledger(ledger_url).close()
     try:
         spec = _upstream_spec(command, upstream)
         if session is not None and not SESSION_NAME.match(session):
             raise ConfigError(f"--session {session!r}: use letters, digits and _.@:- (at most 128)")
-        if listen is None:
-            spec.check()
-            status = _run_stdio(spec, session, identity)
-        else:
-            from guard._http_front import serve_http
-
-            host, port = _listen_address(listen)
-            tokens = _tokens(token, tokens_file, identity)
-            if not tokens and not _is_loopback(host):
-                raise ConfigError(
-                    f"--listen {listen}: refusing to serve a non-loopback address without a bearer token; "
-                    "set --token or GUARD_TOKEN"
-                )
-            spec.check()
-            serve_http(spec, OpenGate(), host, port, tokens, identity)
-            status = 0
+        source = PolicySource.from_file(_policy_path(policy_path))
+        tokens = _tokens(token, tokens_file, identity) if listen is not None else {}
+        address = _listen_address(listen) if listen is not None else None
+        if address is not None and not tokens and not _is_loopback(address[0]):
+            raise ConfigError(
+                f"--listen {listen}: refusing to serve a non-loopback address without a bearer token; "
+                "set --token or GUARD_TOKEN"
+            )
+        spec.check()
     except ConfigError as exc:
         typer.echo(f"guard: error: {exc}", err=True)
         raise typer.Exit(2) from None
     except UpstreamStartError as exc:
         typer.echo(f"guard: error: {exc}", err=True)
         raise typer.Exit(3) from None
+    # The ledger opens before serving: a guard that cannot account for spend must not start.
+    ledger = open_ledger(ledger_url)
+    try:
+        gate = PolicyGate(source, ledger, source.policy.spec.server or spec.name)
+        background: list[Background] = [source.watch, partial(_heartbeat, ledger)]
+        if address is None:
+            status = _run_stdio(spec, gate, session, identity, background)
+        else:
+            from guard._http_front import serve_http
+
+            serve_http(spec, gate, address[0], address[1], tokens, identity, background)
+            status = 0
+    except UpstreamStartError as exc:
+        typer.echo(f"guard: error: {exc}", err=True)
+        raise typer.Exit(3) from None
     except GuardError as exc:  # pragma: no cover - every GuardError has a branch above
         typer.echo(f"guard: error: {exc}", err=True)
         raise typer.Exit(1) from None
+    finally:
+        ledger.close()
     raise typer.Exit(status)
 
 
-def _run_stdio(spec: _upstream.UpstreamSpec, session_name: str | None, identity: str | None) -> int:
+def _policy_path(given: Path | None) -> Path:
+    if given is not None:
+        return given
+    default = default_policy_path()
+    if not default.exists():
+        raise ConfigError(
+            f"no policy: give --policy FILE (or GUARD_POLICY), or write {default};"
+            " `guard init -- CMD` writes a starting policy from the upstream's tools"
+        )
+    return default
+
+
+def default_policy_path() -> Path:
+    config = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(config) / "guard" / "policy.yaml"
+
+
+async def _heartbeat(ledger: Ledger) -> None:
+    """Tell guards sharing the ledger that this one is alive (they recover a silent one's holds)."""
+    while True:
+        await anyio.sleep(HEARTBEAT_S)
+        try:
+            await anyio.to_thread.run_sync(ledger.heartbeat)
+        except LedgerError as exc:
+            logger.warning("ledger heartbeat failed: %s", exc)
+
+
+def _run_stdio(
+    spec: _upstream.UpstreamSpec,
+    gate: Gate,
+    session_name: str | None,
+    identity: str | None,
+    background: list[Background],
+) -> int:
     from guard._stdio_front import serve_stdio
 
     session = Session(id=session_name or uuid.uuid4().hex[:16], identity=identity, transport="stdio")
     logger.info("guard %s: session %s%s", __version__, session.id, f", identity {identity}" if identity else "")
-    failure = anyio.run(serve_stdio, spec, OpenGate(), session)
+    failure = anyio.run(serve_stdio, spec, gate, session, background)
     if failure is not None:
         typer.echo(f"guard: error: {failure}", err=True)
         return 1

@@ -18,6 +18,7 @@ from ledgers._errors import (
     UnitMismatch,
 )
 from ledgers._ledger import (
+    DEFAULT_LEASE_S,
     Approval,
     BalanceObservation,
     Budget,
@@ -25,6 +26,7 @@ from ledgers._ledger import (
     HoldInfo,
     Ledger,
     RateLimit,
+    RecordedCall,
     Usage,
     default_path,
 )
@@ -33,6 +35,7 @@ from ledgers._schema import SCHEMA_VERSION
 from ledgers._time import Clock, SystemClock, Window
 
 __all__ = [
+    "DEFAULT_LEASE_S",
     "MAX_AMOUNT",
     "SCHEMA_VERSION",
     "AlreadyPaid",
@@ -53,6 +56,7 @@ __all__ = [
     "RateLimit",
     "RateLimited",
     "Rates",
+    "RecordedCall",
     "Refused",
     "SchemaError",
     "StorageError",

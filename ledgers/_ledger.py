@@ -176,6 +176,15 @@ class CallRecord:
     args_digest: str | None = None
 
 
+@dataclass(frozen=True)
+class RecordedCall:
+    """A call event as stored: its id (increasing) and when it was written."""
+
+    id: int
+    at: datetime
+    call: CallRecord
+
+
 class Ledger:
     """Open with `Ledger.open(url)`; SQLite (default) or PostgreSQL, the same code.
 
@@ -450,6 +459,44 @@ class Ledger:
                 values,
             ).scalar_one()
         return int(row)
+
+    def calls(self, *, last: int = 20, after_id: int | None = None) -> list[RecordedCall]:
+        """The audit trail: the `last` call events (or every one after `after_id`), oldest first."""
+        columns = (
+            "id, at_us, session, identity, tool, decision, rule, reason, price, price_unit, hold_id,"
+            " spent, spent_unit, latency_us, args_digest"
+        )
+        with self._read() as conn:
+            if after_id is not None:
+                rows = _run(
+                    conn,
+                    f"SELECT {columns} FROM ledger_call_events WHERE id > :a ORDER BY id LIMIT :n",
+                    {"a": after_id, "n": last},
+                ).all()
+            else:
+                rows = _run(
+                    conn, f"SELECT {columns} FROM ledger_call_events ORDER BY id DESC LIMIT :n", {"n": last}
+                ).all()[::-1]
+        return [
+            RecordedCall(
+                id=row.id,
+                at=from_us(row.at_us),
+                call=CallRecord(
+                    tool=row.tool,
+                    decision=row.decision,
+                    session=row.session,
+                    identity=row.identity,
+                    rule=row.rule,
+                    reason=row.reason,
+                    price=Amount(row.price, row.price_unit) if row.price is not None else None,
+                    hold_id=row.hold_id,
+                    spent=Amount(row.spent, row.spent_unit) if row.spent is not None else None,
+                    latency_us=row.latency_us,
+                    args_digest=row.args_digest,
+                ),
+            )
+            for row in rows
+        ]
 
     # approvals
 

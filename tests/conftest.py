@@ -30,10 +30,16 @@ INITIALIZE = {
 }
 
 
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _private_data_home(tmp_path_factory: pytest.TempPathFactory) -> None:
     """Guards started by tests keep their default ledger in a temp dir, not in the user's home."""
     os.environ["XDG_DATA_HOME"] = str(tmp_path_factory.mktemp("data-home"))
+    os.environ["XDG_CONFIG_HOME"] = str(tmp_path_factory.mktemp("config-home"))
+    # Guards that test the relay itself run under a policy that allows everything.
+    os.environ["GUARD_POLICY"] = str(FIXTURES / "allow-all.yaml")
 
 
 @pytest.fixture

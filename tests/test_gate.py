@@ -41,6 +41,9 @@ class RecordingGate:
         self.listed += 1
         return {**result, "tools": [t for t in result["tools"] if t["name"] != "crash"]}
 
+    def subscribe(self, session: Session, tools_changed: Any) -> Any:
+        return lambda: None
+
 
 class RawClient:
     """Speaks JSON-RPC to a relay over in-memory streams, one request at a time."""

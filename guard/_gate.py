@@ -1,0 +1,302 @@
+"""The policy gate: the relay's interception point filled with policy decisions backed by the ledger.
+
+For each `tools/call`, in this order (the first refusal wins, and nothing after it runs):
+
+1. default deny, hidden, `action: deny`       (`Policy.refusal`)
+2. argument conditions                          (`Policy.failed_condition`)
+3. approval, for `action: approve`              (the ledger's approvals: single-use, exact arguments)
+4. price and `max_price`, for paying tools      (`Policy.price`; no price, no pay)
+5. rate limits and quotas, and for paying tools the budget reserve: one ledger transaction
+6. forward; then settle the hold, void it (the upstream refused the request), or keep it in doubt
+   (no answer: the payment may have left)
+
+Every decision is written to the ledger as a call event (the audit trail), arguments only as a digest.
+A denial is a tool result with `isError: true` (`denial_result`), so the model can read and act on it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, TypeVar
+
+import anyio
+import anyio.to_thread
+
+from guard._policy import Denial, Limit, Policy, PriceUnknown, Who, args_digest
+from guard._policy_source import PolicySource
+from guard._relay import JSON, UPSTREAM_UNAVAILABLE, Forward, Session, ToolCall, UpstreamError
+from ledgers import (
+    Amount,
+    AmountError,
+    ApprovalError,
+    Budget,
+    CallRecord,
+    Ledger,
+    Refused,
+    UnitMismatch,
+    Window,
+)
+from ledgers._time import US_PER_S
+
+logger = logging.getLogger("guard.gate")
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class _Admitted:
+    hold_id: int | None
+    price: Amount | None
+
+
+class PolicyGate:
+    """Implements `Gate` with a policy (reloadable through its `PolicySource`) and a ledger."""
+
+    def __init__(self, source: PolicySource, ledger: Ledger, server: str) -> None:
+        self._source = source
+        self._ledger = ledger
+        self._server = server
+        # Per client session: the upstream's tool names last listed, and how to tell the client that
+        # the visible set changed.
+        self._listed: dict[str, list[str]] = {}
+        self._listeners: dict[str, Callable[[], Awaitable[None]]] = {}
+        source.on_change(self._policy_changed)
+
+    # the Gate protocol
+
+    async def call_tool(self, call: ToolCall, forward: Forward) -> JSON:
+        started = time.perf_counter_ns()
+        policy = self._source.policy
+        who = Who(call.session.id, call.session.identity, self._server)
+        digest = args_digest(call.arguments)
+        record = partial(
+            CallRecord, tool=call.name, session=call.session.id, identity=call.session.identity, args_digest=digest[:16]
+        )
+        decision = await self._admit(policy, call, who, digest)
+        if isinstance(decision, Denial):
+            logger.info("denied %s: %s (rule %s)", call.name, decision.reason, decision.rule)
+            await self._db(self._ledger.record, record(decision="deny", rule=decision.rule, reason=decision.reason))
+            return denial_result(decision)
+        hold, price = decision.hold_id, decision.price
+        try:
+            result = await forward()
+        except UpstreamError as exc:
+            if hold is not None:
+                await self._unanswered(hold, call.name, gone=exc.error.code == UPSTREAM_UNAVAILABLE)
+            await self._db(
+                self._ledger.record, record(decision="error", reason="upstream error", price=price, hold_id=hold)
+            )
+            raise
+        except BaseException:
+            # Cancelled after forwarding (the client gave up, the guard is stopping): the payment may
+            # have left, so the hold stays counted until someone resolves it.
+            if hold is not None:
+                with anyio.CancelScope(shield=True):
+                    await self._unanswered(hold, call.name, gone=True)
+            raise
+        spent = None
+        if hold is not None and price is not None:
+            # Until an adapter reads what was actually paid, a paying call counts its full price.
+            await self._db(self._ledger.settle, hold, price)
+            spent = price
+        latency = (time.perf_counter_ns() - started) // 1000
+        await self._db(
+            self._ledger.record, record(decision="allow", price=price, hold_id=hold, spent=spent, latency_us=latency)
+        )
+        return result
+
+    async def list_tools(self, session: Session, result: JSON) -> JSON:
+        tools = result.get("tools")
+        if not isinstance(tools, list):
+            return result
+        names = [t["name"] for t in tools if isinstance(t, dict) and isinstance(t.get("name"), str)]
+        self._listed[session.id] = names
+        policy = self._source.policy
+        return {**result, "tools": [t for t in tools if isinstance(t, dict) and policy.visible(str(t.get("name")))]}
+
+    def subscribe(self, session: Session, tools_changed: Callable[[], Awaitable[None]]) -> Callable[[], None]:
+        self._listeners[session.id] = tools_changed
+
+        def unsubscribe() -> None:
+            self._listeners.pop(session.id, None)
+            self._listed.pop(session.id, None)
+
+        return unsubscribe
+
+    # the decision
+
+    async def _admit(self, policy: Policy, call: ToolCall, who: Who, digest: str) -> _Admitted | Denial:
+        name, arguments = call.name, call.arguments
+        denial = policy.refusal(name) or policy.failed_condition(name, arguments)
+        if denial is not None:
+            return denial
+        approval_id = None
+        if (where := policy.needs_approval(name)) is not None:
+            approval = await self._db(
+                partial(
+                    self._ledger.request_approval,
+                    who.key("session"),
+                    name,
+                    digest,
+                    identity=who.identity,
+                    expire_after_s=_seconds(policy.spec.approvals.expire_after),
+                )
+            )
+            if approval.state == "pending":
+                reason = (
+                    f"{name} needs a human's approval: ask the operator to run"
+                    f" `guard approvals approve {approval.id}`, then retry the same call"
+                )
+                return Denial(where, reason, approval_id=approval.id)
+            if approval.state == "denied":
+                return Denial(where, f"the operator denied this call to {name}", approval_id=approval.id)
+            approval_id = approval.id
+        try:
+            limits = policy.rate_limits(name, arguments, who)
+            price = budgets = None
+            if policy.pays(name):
+                price = policy.price(name, arguments)
+                budgets, denial = self._budgets_for(policy, name, who, price)
+                if denial is not None:
+                    return denial
+        except PriceUnknown as exc:
+            return Denial(f"tools.{name}", f"no price, no pay: {exc}")
+        try:
+            if price is not None and budgets is not None:
+                hold: int | None = await self._db(
+                    partial(
+                        self._ledger.reserve,
+                        budgets,
+                        price,
+                        rate_limits=[limit.rate for limit in limits],
+                        session=who.session,
+                        identity=who.identity,
+                        tool=name,
+                    )
+                )
+            else:
+                hold = None
+                if limits:
+                    await self._db(self._ledger.hit, [limit.rate for limit in limits])
+        except Refused as exc:
+            return _refused(exc, limits)
+        if approval_id is not None:
+            try:
+                await self._db(self._ledger.use_approval, approval_id)
+            except ApprovalError as exc:
+                if hold is not None:
+                    await self._db(self._ledger.void, hold)
+                return Denial("approvals", str(exc), approval_id=approval_id)
+        if hold is not None:
+            await self._db(self._ledger.mark_forwarded, hold)
+        return _Admitted(hold, price)
+
+    def _budgets_for(self, policy: Policy, name: str, who: Who, price: Amount) -> tuple[list[Budget], Denial | None]:
+        cap = policy.max_price(name)
+        if cap is not None:
+            try:
+                over = price.to(cap.unit, rounding="up").value > cap.value
+            except UnitMismatch:
+                return [], Denial(f"tools.{name}.max_price", f"the price is in {price.unit}, max_price in {cap.unit}")
+            if over:
+                return [], Denial(f"tools.{name}.max_price", f"the price {price} is over the per-call cap of {cap}")
+        budgets = []
+        for budget in policy.budgets(name, who):
+            try:
+                price.to(budget.limit.unit, rounding="up")
+            except UnitMismatch:
+                continue  # a budget in another currency does not count this payment
+            budgets.append(budget)
+        if not budgets:
+            return [], Denial("budgets", f"no budget covers payments in {price.unit}: paying tools need one")
+        return budgets, None
+
+    async def _unanswered(self, hold: int, tool: str, *, gone: bool) -> None:
+        """A forwarded payment got no result: in doubt when it may have left, void when the upstream
+        refused the request itself (a JSON-RPC error: the tool did not run)."""
+        if gone:
+            logger.warning("payment by %s is in doubt (hold %d): no answer from the upstream", tool, hold)
+            await self._db(self._ledger.mark_in_doubt, hold)
+        else:
+            await self._db(self._ledger.void, hold)
+
+    # reloads
+
+    async def _policy_changed(self, old: Policy, new: Policy) -> None:
+        for session_id, names in list(self._listed.items()):
+            before = [n for n in names if old.visible(n)]
+            after = [n for n in names if new.visible(n)]
+            notify = self._listeners.get(session_id)
+            if before != after and notify is not None:
+                try:
+                    await notify()
+                except Exception:  # a client that went away must not stop the others hearing of it
+                    logger.debug("could not tell session %s that its tools changed", session_id, exc_info=True)
+
+    async def _db(self, function: Callable[..., T], *args: Any) -> T:
+        """Run a (synchronous) ledger call off the event loop."""
+        return await anyio.to_thread.run_sync(function, *args)
+
+
+def _refused(exc: Refused, limits: list[Limit]) -> Denial:
+    retry = _whole_seconds(exc.retry_after_s)
+    limit = next((limit for limit in limits if limit.rate.key == exc.rule), None)
+    if limit is not None:
+        return Denial(limit.rule, f"rate limit reached: {limit.text}", exc.remaining, "calls", retry)
+    if exc.rule == "idempotency":
+        return Denial("idempotency", str(exc))
+    return Denial(f"budgets.{exc.rule}", str(exc), exc.remaining, exc.unit, retry)
+
+
+def _whole_seconds(seconds: float | None) -> float | None:
+    return None if seconds is None else float(max(1, math.ceil(seconds)))
+
+
+def _seconds(duration: str) -> float:
+    return Window.sliding(duration).length_us / US_PER_S
+
+
+def denial_result(denial: Denial) -> JSON:
+    """The tool result the agent sees: a first line it can act on, and machine-readable fields."""
+    details = [f"rule {denial.rule}"]
+    if denial.remaining is not None:
+        details.append(f"{_quantity(denial.remaining, denial.unit)} left")
+    if denial.retry_after_s is not None:
+        details.append(f"retry after {_human(denial.retry_after_s)}")
+    if denial.approval_id is not None:
+        details.append(f"approval {denial.approval_id}")
+    text = f"Denied by guard: {denial.reason} ({'; '.join(details)})"
+    return {
+        "content": [{"type": "text", "text": text}],
+        "isError": True,
+        "structuredContent": {
+            "denied": True,
+            "rule": denial.rule,
+            "reason": denial.reason,
+            "remaining": denial.remaining,
+            "unit": denial.unit,
+            "retry_after_s": denial.retry_after_s,
+            "approval_id": denial.approval_id,
+        },
+    }
+
+
+def _quantity(value: int, unit: str | None) -> str:
+    try:
+        return str(Amount(value, unit)) if unit else str(value)
+    except AmountError:  # not money: calls, say
+        return f"{value} {unit}"
+
+
+def _human(seconds: float) -> str:
+    """42s, 3m 20s, 2h 5m, 1d 4h."""
+    whole = max(1, math.ceil(seconds))
+    for size, small, big, small_name in ((86_400, 3_600, "d", "h"), (3_600, 60, "h", "m"), (60, 1, "m", "s")):
+        if whole >= size:
+            major, rest = divmod(whole, size)
+            return f"{major}{big}" + (f" {rest // small}{small_name}" if rest // small else "")
+    return f"{whole}s"

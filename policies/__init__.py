@@ -1,0 +1,1 @@
+"""Shipped policy presets (`preset: NAME` loads `NAME.yaml`) and the policy file's JSON Schema."""
