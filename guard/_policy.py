@@ -196,6 +196,10 @@ class ToolRule(_Spec):
 
     @model_validator(mode="after")
     def _price_parts(self) -> ToolRule:
+        priced = [k for k in ("price", "price_from", "max_price") if getattr(self, k) is not None]
+        if priced and not self.pays:
+            # A price on a tool not marked as paying would silently leave it outside every budget.
+            raise ValueError(f"{', '.join(priced)} needs pays: true (a rule replaces a preset's rule whole)")
         if self.price is not None and self.price_from is not None:
             raise ValueError("give either price or price_from, not both")
         if (self.price_from is None) != (self.price_unit is None):
@@ -241,6 +245,15 @@ class PolicySpec(_Spec):
     balances: Balances = Field(default_factory=Balances)
     approvals: Approvals = Field(default_factory=Approvals)
     tools: dict[str, ToolRule] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _one_rule_per_tool(self) -> PolicySpec:
+        seen: dict[str, str] = {}
+        for name in self.tools:
+            same = seen.setdefault(name.replace("_", "-"), name)
+            if same != name:
+                raise ValueError(f"tools {same!r} and {name!r} name the same tool (kebab and snake case match)")
+        return self
 
     @model_validator(mode="after")
     def _unique_budgets(self) -> PolicySpec:

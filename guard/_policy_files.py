@@ -216,7 +216,10 @@ def detect(data: Any) -> Format:
     entries = list(tools.values()) if isinstance(tools, dict) else []
     if "hide" in data or any(isinstance(e, dict) and "rules" in e for e in entries):
         return "intercept"
-    if data.get("version") == "1" or any(isinstance(e, dict) and "limits" in e for e in entries):
+    policylayer_keys = {"version", "default", "tools"}
+    if set(data) <= policylayer_keys and (
+        data.get("version") == "1" or any(isinstance(e, dict) and "limits" in e for e in entries)
+    ):
         return "policylayer"
     return "guard"
 
@@ -332,7 +335,11 @@ def _with_preset(data: dict[str, Any], document: _Document, seen: tuple[str, ...
     base_document = _read(preset_text(name), f"<preset {name}>")
     base = _with_preset(dict(base_document.data), base_document, (*seen, name))
     merged = {**base, **{k: v for k, v in data.items() if k != "preset"}}
-    merged["tools"] = {**(base.get("tools") or {}), **(data.get("tools") or {})}
+    mine = data.get("tools") or {}
+    mine_names = {str(name).replace("_", "-") for name in mine} if isinstance(mine, dict) else set()
+    # A tool the file names (in either case style) replaces the preset's rule for it, whole.
+    kept = {k: v for k, v in (base.get("tools") or {}).items() if k.replace("_", "-") not in mine_names}
+    merged["tools"] = {**kept, **mine} if isinstance(mine, dict) else mine
     if "budgets" in base and "budgets" in data and isinstance(data["budgets"], list):
         mine = {b.get("name") for b in data["budgets"] if isinstance(b, dict)}
         merged["budgets"] = [b for b in base["budgets"] if b.get("name") not in mine] + data["budgets"]

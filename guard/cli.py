@@ -20,6 +20,7 @@ import typer
 from guard import _logging, _upstream
 from guard._errors import ConfigError, GuardError, UpstreamStartError
 from guard._gate import PolicyGate
+from guard._init_command import init
 from guard._ledger_commands import LedgerOption, ledger_app, open_ledger
 from guard._policy_commands import approvals_app, audit_app, policy_app
 from guard._policy_source import PolicySource
@@ -41,6 +42,7 @@ app.add_typer(ledger_app, name="ledger")
 app.add_typer(policy_app, name="policy")
 app.add_typer(approvals_app, name="approvals")
 app.add_typer(audit_app, name="audit")
+app.command("init", context_settings={"allow_interspersed_args": False})(init)
 
 HEARTBEAT_S = DEFAULT_LEASE_S / 3
 SESSION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@:-]{0,127}$")

@@ -503,14 +503,15 @@ class Ledger:
     def request_approval(
         self, subject: str, action: str, digest: str, *, identity: str | None, expire_after_s: float
     ) -> Approval:
-        """The live approval for exactly this action (pending, approved or denied), or a new pending one."""
+        """The live approval for exactly this action (`action` with arguments `digest`, for `subject`):
+        pending, approved or denied; or a new pending one."""
         with self._write(lock_keys=[f"approval:{subject}"]) as conn:
             now = self._now_us()
             row = _run(
                 conn,
-                f"SELECT {_APPROVAL_COLUMNS} FROM ledger_approvals WHERE subject = :s AND digest = :d"
+                f"SELECT {_APPROVAL_COLUMNS} FROM ledger_approvals WHERE subject = :s AND action = :a AND digest = :d"
                 " AND state != 'used' AND expires_us > :now ORDER BY created_us DESC LIMIT 1",
-                {"s": subject, "d": digest, "now": now},
+                {"s": subject, "a": action, "d": digest, "now": now},
             ).first()
             if row is not None:
                 return _approval(row, now)

@@ -72,7 +72,9 @@ async def test_an_upstream_crash_over_http_ends_only_that_session(http_guard: Ca
 
 
 async def test_an_http_upstream_that_goes_away_fails_the_call_with_its_url(dual_era_http: Spawned) -> None:
-    params = StdioServerParameters(command=GUARD[0], args=[*GUARD[1:], "run", "--upstream", dual_era_http.url])
+    params = StdioServerParameters(
+        command=GUARD[0], args=[*GUARD[1:], "run", "--upstream", dual_era_http.url], env=dict(os.environ)
+    )
     with anyio.fail_after(WAIT_S):
         async with Client(params, mode="legacy") as client:
             await client.call_tool("echo", {"text": "before"})

@@ -25,7 +25,9 @@ ERAS = ["legacy", "2026-07-28"]
 
 
 def guard_stdio(*upstream_args: str) -> StdioServerParameters:
-    return StdioServerParameters(command=sys.executable, args=["-m", "guard", "run", *upstream_args])
+    return StdioServerParameters(
+        command=sys.executable, args=["-m", "guard", "run", *upstream_args], env=dict(os.environ)
+    )
 
 
 def through_guard(

@@ -11,6 +11,7 @@ server-everything speaks only the handshake era, so every client here uses `mode
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal, Protocol, TypeVar, get_args
@@ -57,7 +58,9 @@ def guarded(request: pytest.FixtureRequest, everything: list[str], http_guard: C
     front: Front = request.param
     server: StdioServerParameters | str
     if front == "stdio":
-        server = StdioServerParameters(command=sys.executable, args=["-m", "guard", "run", "--", *everything])
+        server = StdioServerParameters(
+            command=sys.executable, args=["-m", "guard", "run", "--", *everything], env=dict(os.environ)
+        )
     else:
         server = http_guard(["--", *everything]).url
 

@@ -1,0 +1,391 @@
+"""Policy enforcement end to end: a real guard process (stdio) in front of a fake paying upstream, spoken
+to in raw JSON-RPC lines so the wire format itself is checked, with a real SQLite ledger file."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ledgers import Ledger
+
+from .conftest import GUARD, INITIALIZE, ROOT, WAIT_S
+
+SHOP = [sys.executable, str(ROOT / "tests/upstreams/shop.py")]
+DENIAL_FIELDS = {"denied", "rule", "reason", "remaining", "unit", "retry_after_s", "approval_id"}
+
+POLICY = """\
+version: 1
+default: deny
+budgets:
+  - name: per-session
+    limit: 100 sat
+    scope: session
+tools:
+  buy:
+    pays: true
+    price_from: args.amount
+    price_unit: sat
+    max_price: 60 sat
+    when:
+      - arg: item
+        matches: '^[a-z]+$'
+        reason: items are lower-case words
+  die:
+    pays: true
+    price: 30 sat
+  refuse:
+    pays: true
+    price: 30 sat
+  browse:
+    rate_limit: 2/minute
+"""
+
+
+class RawGuard:
+    """A `guard run` over stdio, spoken to one JSON-RPC line at a time."""
+
+    def __init__(self, tmp: Path, policy: Path, *, session: str = "s1", extra: tuple[str, ...] = ()) -> None:
+        self.ledger = tmp / "ledger.db"
+        self.record = tmp / "shop-record.jsonl"
+        command = [*GUARD, "run", "--policy", str(policy), "--ledger", str(self.ledger), "--session", session, *extra]
+        self.process = subprocess.Popen(
+            [*command, "--", *SHOP],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env={**os.environ, "SHOP_RECORD": str(self.record)},
+        )
+        self.lines: queue.Queue[bytes] = queue.Queue()
+        self.stderr: list[str] = []
+        self.stderr_events: queue.Queue[str] = queue.Queue()
+        self._readers = [
+            threading.Thread(target=self._read_stdout, daemon=True),
+            threading.Thread(target=self._read_stderr, daemon=True),
+        ]
+        for reader in self._readers:
+            reader.start()
+        self._ids = iter(range(1, 1_000_000))
+        self.notifications: list[dict[str, Any]] = []
+        self.request("initialize", INITIALIZE["params"])
+        self.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
+
+    def _read_stdout(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.put(line)
+
+    def _read_stderr(self) -> None:
+        assert self.process.stderr is not None
+        for raw in self.process.stderr:
+            line = raw.decode(errors="replace").rstrip()
+            self.stderr.append(line)
+            self.stderr_events.put(line)
+
+    def send(self, message: dict[str, Any]) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write(json.dumps(message).encode() + b"\n")
+        self.process.stdin.flush()
+
+    def raw_request(self, method: str, params: dict[str, Any] | None = None) -> bytes:
+        """Send a request; return the raw bytes of its answer line (notifications are kept aside)."""
+        request_id = next(self._ids)
+        self.send({"jsonrpc": "2.0", "id": request_id, "method": method, "params": params or {}})
+        while True:
+            line = self.lines.get(timeout=WAIT_S)
+            message = json.loads(line)
+            if message.get("id") == request_id and "method" not in message:
+                return line
+            self.notifications.append(message)
+
+    def request(self, method: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+        return json.loads(self.raw_request(method, params))  # type: ignore[no-any-return]
+
+    def call(self, name: str, **arguments: Any) -> dict[str, Any]:
+        answer = self.request("tools/call", {"name": name, "arguments": arguments})
+        assert "result" in answer, answer
+        return answer["result"]  # type: ignore[no-any-return]
+
+    def wait_for_notification(self, method: str) -> dict[str, Any]:
+        for message in self.notifications:
+            if message.get("method") == method:
+                self.notifications.remove(message)
+                return message
+        while True:
+            message = json.loads(self.lines.get(timeout=WAIT_S))
+            if message.get("method") == method:
+                return message
+            self.notifications.append(message)
+
+    def wait_for_stderr(self, text: str) -> str:
+        for line in self.stderr:
+            if text in line:
+                return line
+        while True:
+            line = self.stderr_events.get(timeout=WAIT_S)
+            if text in line:
+                return line
+
+    def paid_by_shop(self) -> int:
+        if not self.record.exists():
+            return 0
+        return sum(json.loads(line)["amount"] for line in self.record.read_text().splitlines())
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            assert self.process.stdin is not None
+            self.process.stdin.close()
+            try:
+                self.process.wait(WAIT_S)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(WAIT_S)
+        for reader in self._readers:
+            reader.join(WAIT_S)
+        for pipe in (self.process.stdout, self.process.stderr):
+            if pipe is not None:
+                pipe.close()
+
+
+@pytest.fixture
+def policy_file(tmp_path: Path) -> Path:
+    path = tmp_path / "policy.yaml"
+    path.write_text(POLICY)
+    return path
+
+
+@pytest.fixture
+def guard(tmp_path: Path, policy_file: Path) -> Iterator[RawGuard]:
+    running = RawGuard(tmp_path, policy_file)
+    yield running
+    running.stop()
+
+
+def denial(result: dict[str, Any]) -> dict[str, Any]:
+    assert result["isError"] is True
+    assert result["content"][0]["text"].startswith("Denied by guard: ")
+    assert set(result["structuredContent"]) == DENIAL_FIELDS
+    assert result["structuredContent"]["denied"] is True
+    return result["structuredContent"]  # type: ignore[no-any-return]
+
+
+def test_a_denial_is_a_tool_result_with_is_error_a_readable_first_line_and_machine_fields(guard: RawGuard) -> None:
+    raw = guard.raw_request("tools/call", {"name": "buy", "arguments": {"item": "Tea", "amount": 10}})
+
+    assert b'"isError":true' in raw
+    message = json.loads(raw)
+    assert set(message) == {"jsonrpc", "id", "result"}
+    text = message["result"]["content"][0]["text"]
+    assert text == "Denied by guard: items are lower-case words (rule tools.buy.when[0])"
+    assert message["result"]["structuredContent"] == {
+        "denied": True,
+        "rule": "tools.buy.when[0]",
+        "reason": "items are lower-case words",
+        "remaining": None,
+        "unit": None,
+        "retry_after_s": None,
+        "approval_id": None,
+    }
+    assert guard.paid_by_shop() == 0
+
+
+def test_a_tool_the_policy_does_not_name_is_denied_and_hidden_under_default_deny(tmp_path: Path) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY.replace("  refuse:\n    pays: true\n    price: 30 sat\n", ""))
+    guard = RawGuard(tmp_path, policy)
+    try:
+        listed = [tool["name"] for tool in guard.request("tools/list")["result"]["tools"]]
+        answer = denial(guard.call("refuse", amount=1))
+    finally:
+        guard.stop()
+    assert listed == ["buy", "browse", "die"]
+    assert answer["rule"] == "default"
+    assert "not allowed by the policy" in answer["reason"]
+
+
+def test_paying_calls_reserve_against_the_budget_and_the_ledger_matches_what_the_shop_was_paid(
+    guard: RawGuard,
+) -> None:
+    assert guard.call("buy", item="tea", amount=40)["isError"] is False
+    assert guard.call("buy", item="cake", amount=50)["isError"] is False
+    over = guard.call("buy", item="jam", amount=20)
+    capped = guard.call("buy", item="caviar", amount=61)
+    guard.stop()
+
+    refused = denial(over)
+    assert refused["rule"] == "budgets.per-session"
+    assert (refused["remaining"], refused["unit"]) == (10, "sat")
+    assert "(rule budgets.per-session; 10 sat left)" in over["content"][0]["text"]
+    assert denial(capped)["rule"] == "tools.buy.max_price"
+    with Ledger.open(guard.ledger) as ledger:
+        holds = ledger.open_holds()
+        spent = [e.call.spent.value for e in ledger.calls(last=100) if e.call.spent is not None]
+    assert holds == []
+    assert sum(spent) == guard.paid_by_shop() == 90
+
+
+def test_a_paying_call_without_a_price_is_refused_and_never_forwarded(tmp_path: Path) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY.replace("    max_price: 60 sat\n", ""))
+    guard = RawGuard(tmp_path, policy)
+    try:
+        answer = denial(guard.call("buy", item="tea"))
+    finally:
+        guard.stop()
+    assert answer["rule"] == "tools.buy"
+    assert answer["reason"] == "no price, no pay: the price of buy is unknown and the policy sets no max_price for it"
+    assert guard.paid_by_shop() == 0
+
+
+def test_without_a_price_argument_a_paying_call_reserves_and_counts_its_max_price(guard: RawGuard) -> None:
+    assert guard.call("buy", item="tea")["isError"] is False
+    assert denial(guard.call("buy", item="jam", amount=50))["remaining"] == 40
+
+
+def test_an_upstream_that_dies_mid_payment_leaves_the_hold_in_doubt_and_counted(guard: RawGuard) -> None:
+    answer = guard.request("tools/call", {"name": "die", "arguments": {"amount": 30}})
+    guard.stop()
+
+    assert "exited with status 9" in answer["error"]["message"]
+    with Ledger.open(guard.ledger) as ledger:
+        [hold] = ledger.open_holds()
+    assert (hold.phase, hold.amount.value) == ("in_doubt", 30)
+    assert guard.paid_by_shop() == 30
+
+
+def test_an_upstream_json_rpc_error_voids_the_hold(guard: RawGuard) -> None:
+    answer = guard.request("tools/call", {"name": "refuse", "arguments": {"amount": 30}})
+    guard.stop()
+
+    assert answer["error"]["message"] == "shop refuses this request"
+    with Ledger.open(guard.ledger) as ledger:
+        assert ledger.open_holds() == []
+        [event] = [e for e in ledger.calls(last=10) if e.call.tool == "refuse"]
+        assert ledger.hold(event.call.hold_id or 0).phase == "voided"
+
+
+def test_rate_limits_are_durable_across_a_guard_restart(tmp_path: Path, policy_file: Path) -> None:
+    first = RawGuard(tmp_path, policy_file)
+    try:
+        assert first.call("browse")["isError"] is False
+        assert first.call("browse")["isError"] is False
+    finally:
+        first.stop()
+    second = RawGuard(tmp_path, policy_file)
+    try:
+        refused = denial(second.call("browse"))
+    finally:
+        second.stop()
+    assert refused["rule"] == "tools.browse.rate_limit"
+    assert refused["reason"] == "rate limit reached: 2 calls per minute for browse (per session)"
+    assert refused["remaining"] == 0 and refused["unit"] == "calls"
+    assert 0 < refused["retry_after_s"] <= 60
+
+
+def test_an_approval_is_single_use_and_bound_to_the_exact_arguments(tmp_path: Path) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY.replace("  browse:\n    rate_limit: 2/minute\n", "  browse:\n    action: approve\n"))
+    guard = RawGuard(tmp_path, policy)
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [*GUARD, "approvals", *args, "--ledger", str(guard.ledger)]
+        return subprocess.run(command, capture_output=True, text=True, timeout=WAIT_S)
+
+    try:
+        first = denial(guard.call("browse", q="shoes"))
+        again = denial(guard.call("browse", q="shoes"))
+        [waiting] = [json.loads(line) for line in cli("list", "--json").stdout.splitlines()]
+        approved = cli("approve", first["approval_id"])
+        other = denial(guard.call("browse", q="hats"))
+        allowed = guard.call("browse", q="shoes")
+        used = denial(guard.call("browse", q="shoes"))
+        twice = cli("approve", first["approval_id"])
+    finally:
+        guard.stop()
+
+    assert first["approval_id"].startswith("ap_") and again["approval_id"] == first["approval_id"]
+    assert f"guard approvals approve {first['approval_id']}" in first["reason"]
+    assert (waiting["id"], waiting["tool"], waiting["state"]) == (first["approval_id"], "browse", "pending")
+    assert approved.returncode == 0, approved.stderr
+    assert other["approval_id"] != first["approval_id"]
+    assert allowed["isError"] is False
+    assert used["approval_id"] not in (None, first["approval_id"])
+    assert twice.returncode == 1 and "already" in twice.stderr
+
+
+def test_a_denied_approval_refuses_the_retry(tmp_path: Path) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY.replace("  browse:\n    rate_limit: 2/minute\n", "  browse:\n    action: approve\n"))
+    guard = RawGuard(tmp_path, policy)
+    try:
+        asked = denial(guard.call("browse", q="shoes"))
+        subprocess.run(
+            [*GUARD, "approvals", "deny", asked["approval_id"], "--ledger", str(guard.ledger)],
+            check=True,
+            capture_output=True,
+            timeout=WAIT_S,
+        )
+        retried = denial(guard.call("browse", q="shoes"))
+    finally:
+        guard.stop()
+    assert retried["reason"] == "the operator denied this call to browse"
+    assert retried["approval_id"] == asked["approval_id"]
+
+
+def test_a_valid_edit_takes_effect_and_tells_the_client_its_tools_changed(guard: RawGuard, policy_file: Path) -> None:
+    assert guard.call("browse")["isError"] is False
+    guard.request("tools/list")
+    policy_file.write_text(POLICY.replace("  browse:\n    rate_limit: 2/minute\n", "  browse:\n    action: deny\n"))
+
+    guard.wait_for_notification("notifications/tools/list_changed")
+    listed = [tool["name"] for tool in guard.request("tools/list")["result"]["tools"]]
+    assert listed == ["buy", "die", "refuse"]
+    assert denial(guard.call("browse"))["rule"] == "tools.browse"
+
+
+def test_an_invalid_edit_is_refused_and_the_previous_policy_and_counters_stay(
+    guard: RawGuard, policy_file: Path
+) -> None:
+    assert guard.call("browse")["isError"] is False
+    policy_file.write_text(POLICY.replace("2/minute", "2/fortnight"))
+    line = guard.wait_for_stderr("not reloaded")
+    assert guard.wait_for_stderr("tools.browse.rate_limit: expected a rate")
+    assert "previous policy stays" in line
+    assert guard.call("browse")["isError"] is False
+    assert denial(guard.call("browse"))["rule"] == "tools.browse.rate_limit"
+
+    # A valid edit that loosens the limit keeps the count: 2 used of 3.
+    policy_file.write_text(POLICY.replace("2/minute", "3/minute"))
+    guard.wait_for_stderr(f"policy {policy_file} reloaded")
+    assert guard.call("browse")["isError"] is False
+    assert denial(guard.call("browse"))["rule"] == "tools.browse.rate_limit"
+
+
+def test_every_decision_is_in_the_audit_trail_without_the_arguments(guard: RawGuard) -> None:
+    macaroon = "AgEEbHNhdAJCAADo3kx9aPQrstuvwxyzABCDEFGH12345678QRSTUVWXYZ"
+    guard.call("buy", item="tea", amount=5)
+    guard.call("buy", item=macaroon, amount=5)
+    guard.request("tools/call", {"name": "refuse", "arguments": {"amount": 1}})
+    guard.stop()
+
+    tail = subprocess.run(
+        [*GUARD, "audit", "tail", "--json", "--ledger", str(guard.ledger)],
+        capture_output=True,
+        text=True,
+        timeout=WAIT_S,
+    )
+    events = [json.loads(line) for line in tail.stdout.splitlines()]
+    assert [(e["tool"], e["decision"]) for e in events] == [("buy", "allow"), ("buy", "deny"), ("refuse", "error")]
+    assert events[0]["spent"] == 5 and events[0]["spent_unit"] == "sat" and events[0]["session"] == "s1"
+    assert events[1]["rule"] == "tools.buy.when[0]"
+    assert all(len(e["arguments_digest"]) == 16 for e in events)
+    assert macaroon not in tail.stdout
+    assert macaroon not in "\n".join(guard.stderr)
