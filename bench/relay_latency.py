@@ -35,6 +35,7 @@ import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -76,10 +77,21 @@ finally:
 """
 
 
-def _guard_params(profile: str | None) -> StdioServerParameters:
-    guard = ["run", "--", sys.executable, UPSTREAM]
+def _guard_params(profile: str | None, policy: str) -> StdioServerParameters:
+    # A fresh SQLite ledger per run: the guard counts and records every call in it.
+    ledger = Path(tempfile.mkdtemp(prefix="guard-bench-")) / "ledger.db"
+    guard = [
+        "run",
+        "--policy",
+        str(ROOT / "bench/policy.yaml"),
+        "--ledger",
+        str(ledger),
+        "--",
+        sys.executable,
+        UPSTREAM,
+    ]
     args = ["-c", PROFILE_GUARD, profile, *guard] if profile else ["-m", "guard", *guard]
-    return StdioServerParameters(command=sys.executable, args=args, cwd=str(ROOT))
+    return StdioServerParameters(command=sys.executable, args=args, cwd=str(ROOT), env=dict(os.environ))
 
 
 @asynccontextmanager
@@ -121,10 +133,10 @@ def _summary(samples_ns: list[int]) -> dict[str, float]:
     }
 
 
-async def measure(calls: int, warmup: int, mode: str, profile: str | None) -> dict[str, Any]:
+async def measure(calls: int, warmup: int, mode: str, profile: str | None, policy: str) -> dict[str, Any]:
     async with AsyncExitStack() as stack:
         direct = await stack.enter_async_context(_open(_direct_params(), mode))
-        guard = await stack.enter_async_context(_open(_guard_params(profile), mode))
+        guard = await stack.enter_async_context(_open(_guard_params(profile, policy), mode))
         for _ in range(warmup):
             await _timed(direct)
             await _timed(guard)
@@ -185,6 +197,12 @@ def main() -> None:
         default="legacy",
         help="legacy: ClientSession + initialize (default); 2026-07-28: Client(params, mode='2026-07-28')",
     )
+    parser.add_argument(
+        "--policy",
+        default=str(ROOT / "bench/policy.yaml"),
+        help="the guard's policy (default bench/policy.yaml: a durable rate limit, so a ledger write per call;"
+        " bench/policy-allow.yaml: allowed, no ledger write on the call's path)",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     parser.add_argument(
         "--profile-guard",
@@ -194,7 +212,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.calls < 2:
         parser.error("--calls must be at least 2")
-    result = anyio.run(measure, args.calls, args.warmup, args.mode, args.profile_guard)
+    result = anyio.run(measure, args.calls, args.warmup, args.mode, args.profile_guard, args.policy)
     print(json.dumps(result, indent=2) if args.json else _table(result))
 
 

@@ -10,12 +10,14 @@ For each `tools/call`, in this order (the first refusal wins, and nothing after 
 6. forward; then settle the hold, void it (the upstream refused the request), or keep it in doubt
    (no answer: the payment may have left)
 
-Every decision is written to the ledger as a call event (the audit trail), arguments only as a digest.
+Every decision is written to the ledger as a call event (the audit trail), arguments only as a digest,
+by `write_audit` in batches (it must run as a background task of the front).
 A denial is a tool result with `isError: true` (`denial_result`), so the model can read and act on it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -37,6 +39,7 @@ from ledgers import (
     Budget,
     CallRecord,
     Ledger,
+    LedgerError,
     Refused,
     UnitMismatch,
     Window,
@@ -64,7 +67,31 @@ class PolicyGate:
         # the visible set changed.
         self._listed: dict[str, list[str]] = {}
         self._listeners: dict[str, Callable[[], Awaitable[None]]] = {}
+        # Call events wait here for `write_audit`, which writes them in batches off the call's path.
+        self._audit: asyncio.Queue[CallRecord] = asyncio.Queue()
         source.on_change(self._policy_changed)
+
+    async def write_audit(self) -> None:
+        """Write call events as they come, a batch per transaction, until cancelled; then the rest.
+        (A background task of the front: the audit trail costs a call no disk sync of its own.)"""
+        try:
+            while True:
+                batch = [await self._audit.get()]
+                while not self._audit.empty():
+                    batch.append(self._audit.get_nowait())
+                await self._write_batch(batch)
+        finally:
+            with anyio.CancelScope(shield=True):
+                rest = []
+                while not self._audit.empty():
+                    rest.append(self._audit.get_nowait())
+                await self._write_batch(rest)
+
+    async def _write_batch(self, batch: list[CallRecord]) -> None:
+        try:
+            await self._db(self._ledger.record_many, batch)
+        except LedgerError:
+            logger.exception("could not write %d call events to the audit trail", len(batch))
 
     # the Gate protocol
 
@@ -79,7 +106,7 @@ class PolicyGate:
         decision = await self._admit(policy, call, who, digest)
         if isinstance(decision, Denial):
             logger.info("denied %s: %s (rule %s)", call.name, decision.reason, decision.rule)
-            await self._db(self._ledger.record, record(decision="deny", rule=decision.rule, reason=decision.reason))
+            self._audit.put_nowait(record(decision="deny", rule=decision.rule, reason=decision.reason))
             return denial_result(decision)
         hold, price = decision.hold_id, decision.price
         try:
@@ -87,9 +114,7 @@ class PolicyGate:
         except UpstreamError as exc:
             if hold is not None:
                 await self._unanswered(hold, call.name, gone=exc.error.code == UPSTREAM_UNAVAILABLE)
-            await self._db(
-                self._ledger.record, record(decision="error", reason="upstream error", price=price, hold_id=hold)
-            )
+            self._audit.put_nowait(record(decision="error", reason="upstream error", price=price, hold_id=hold))
             raise
         except BaseException:
             # Cancelled after forwarding (the client gave up, the guard is stopping): the payment may
@@ -104,9 +129,7 @@ class PolicyGate:
             await self._db(self._ledger.settle, hold, price)
             spent = price
         latency = (time.perf_counter_ns() - started) // 1000
-        await self._db(
-            self._ledger.record, record(decision="allow", price=price, hold_id=hold, spent=spent, latency_us=latency)
-        )
+        self._audit.put_nowait(record(decision="allow", price=price, hold_id=hold, spent=spent, latency_us=latency))
         return result
 
     async def list_tools(self, session: Session, result: JSON) -> JSON:

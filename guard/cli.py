@@ -141,7 +141,7 @@ def run(
     ledger = open_ledger(ledger_url)
     try:
         gate = PolicyGate(source, ledger, source.policy.spec.server or spec.name)
-        background: list[Background] = [source.watch, partial(_heartbeat, ledger)]
+        background: list[Background] = [gate.write_audit, source.watch, partial(_heartbeat, ledger)]
         if address is None:
             status = _run_stdio(spec, gate, session, identity, background)
         else:

@@ -430,10 +430,23 @@ class Ledger:
 
     def record(self, call: CallRecord) -> int:
         """Append one evaluated call to the audit trail; returns its id."""
+        values = self._call_values(call)
+        with self._write() as conn:
+            row: Any = _run(conn, _INSERT_CALL + " RETURNING id", values).scalar_one()
+        return int(row)
+
+    def record_many(self, calls: Sequence[CallRecord]) -> None:
+        """Append several call events in one transaction (one disk sync for the lot), in order."""
+        rows = [self._call_values(call) for call in calls]
+        if rows:
+            with self._write() as conn:
+                _run(conn, _INSERT_CALL, rows)
+
+    def _call_values(self, call: CallRecord) -> dict[str, Any]:
         for money in (call.price, call.spent):
             if money is not None and not isinstance(money, Amount):
                 raise AmountError(f"a call record's price and spend must be Amounts, not {money!r}")
-        values = {
+        return {
             "at": self._now_us(),
             "session": call.session,
             "identity": call.identity,
@@ -449,16 +462,6 @@ class Ledger:
             "latency": call.latency_us,
             "digest": call.args_digest,
         }
-        with self._write() as conn:
-            row: Any = _run(
-                conn,
-                "INSERT INTO ledger_call_events (at_us, session, identity, tool, decision, rule, reason,"
-                " price, price_unit, hold_id, spent, spent_unit, latency_us, args_digest)"
-                " VALUES (:at, :session, :identity, :tool, :decision, :rule, :reason, :price, :price_unit,"
-                " :hold, :spent, :spent_unit, :latency, :digest) RETURNING id",
-                values,
-            ).scalar_one()
-        return int(row)
 
     def calls(self, *, last: int = 20, after_id: int | None = None) -> list[RecordedCall]:
         """The audit trail: the `last` call events (or every one after `after_id`), oldest first."""
@@ -898,6 +901,13 @@ class Ledger:
         except DBAPIError as exc:
             raise StorageError(f"the ledger could not be read: {exc.orig}") from exc
 
+
+_INSERT_CALL = (
+    "INSERT INTO ledger_call_events (at_us, session, identity, tool, decision, rule, reason,"
+    " price, price_unit, hold_id, spent, spent_unit, latency_us, args_digest)"
+    " VALUES (:at, :session, :identity, :tool, :decision, :rule, :reason, :price, :price_unit,"
+    " :hold, :spent, :spent_unit, :latency, :digest)"
+)
 
 _APPROVAL_COLUMNS = "id, subject, identity, action, digest, state, created_us, expires_us, decided_us"
 
