@@ -17,9 +17,18 @@ from decimal import Decimal
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    field_validator,
+    model_validator,
+)
 
-from ledgers import Amount, AmountError, Budget, LedgerError, RateLimit, Window
+from ledgers import Amount, AmountError, Budget, LedgerError, RateLimit, UnitMismatch, Window
 
 JSON = dict[str, Any]
 POLICY_VERSION = 1
@@ -246,21 +255,23 @@ class PolicySpec(_Spec):
     approvals: Approvals = Field(default_factory=Approvals)
     tools: dict[str, ToolRule] = Field(default_factory=dict)
 
-    @model_validator(mode="after")
-    def _one_rule_per_tool(self) -> PolicySpec:
+    @field_validator("tools")
+    @classmethod
+    def _one_rule_per_tool(cls, tools: dict[str, ToolRule]) -> dict[str, ToolRule]:
         seen: dict[str, str] = {}
-        for name in self.tools:
+        for name in tools:
             same = seen.setdefault(name.replace("_", "-"), name)
             if same != name:
-                raise ValueError(f"tools {same!r} and {name!r} name the same tool (kebab and snake case match)")
-        return self
+                raise ValueError(f"{same!r} and {name!r} name the same tool (kebab and snake case match)")
+        return tools
 
-    @model_validator(mode="after")
-    def _unique_budgets(self) -> PolicySpec:
-        names = [b.name for b in self.budgets]
+    @field_validator("budgets")
+    @classmethod
+    def _unique_budgets(cls, budgets: list[BudgetSpec]) -> list[BudgetSpec]:
+        names = [b.name for b in budgets]
         if dups := sorted({n for n in names if names.count(n) > 1}):
             raise ValueError(f"budget names must be unique; repeated: {', '.join(dups)}")
-        return self
+        return budgets
 
 
 # --- decisions ------------------------------------------------------------------------------------------
@@ -402,16 +413,28 @@ class Policy:
             if rule.price_from is not None and rule.price_unit is not None:
                 value = lookup(arguments, rule.price_from)
                 if value is not _MISSING:
-                    number = _whole_number(value, rule.price_from)
-                    return Amount.parse(f"{number} {rule.price_unit}")
+                    return _price(value, rule.price_from, rule.price_unit)
         cap = self.max_price(tool)
         if cap is not None:
             return cap
         raise PriceUnknown(f"the price of {tool} is unknown and the policy sets no max_price for it")
 
     def max_price(self, tool: str) -> Amount | None:
+        """The strictest per-call cap of the tool's rules and `"*"`.
+
+        Raises:
+            PriceUnknown: two caps in units that do not compare (sat and usd, say)."""
         caps = [Amount.parse(rule.max_price) for _, rule in self.rules(tool) if rule.max_price is not None]
-        return min(caps, key=lambda a: a.value) if caps else None
+        if not caps:
+            return None
+        try:
+            strictest = caps[0]
+            for cap in caps[1:]:
+                if cap.to(strictest.unit, rounding="up").value <= strictest.value:
+                    strictest = cap
+            return strictest
+        except UnitMismatch:
+            raise PriceUnknown(f"the max_price caps for {tool} are in units that do not compare") from None
 
     def budgets(self, tool: str, who: Who) -> list[Budget]:
         """Every budget covering `tool`, scoped to this caller."""
@@ -523,6 +546,17 @@ def _number(value: Any) -> Decimal | None:
             return None
         return number if number.is_finite() else None
     return None
+
+
+def _price(value: Any, path: str, unit: str) -> Amount:
+    """The number at `path` read as an amount of `unit` ("0.25" usd is 250 000 usd_micro)."""
+    number = _number(value)
+    if number is None or number < 0:
+        raise PriceUnknown(f"argument {'.'.join(_path_parts(path))} must be a number ≥ 0")
+    try:
+        return Amount.parse(f"{number:f} {unit}")
+    except AmountError as exc:
+        raise PriceUnknown(f"argument {'.'.join(_path_parts(path))}: {exc}") from None
 
 
 def _whole_number(value: Any, path: str) -> int:

@@ -91,24 +91,27 @@ def _read(text: str, file: str) -> _Document:
     raise PolicyError([Problem(file, line, column, "", f"not valid YAML: {what}")]) from None
 
 
-def _position(document: _Document, loc: tuple[Any, ...]) -> tuple[int, int, str]:
+def _position(document: _Document, loc: tuple[Any, ...], *, at_key: bool = False) -> tuple[int, int, str]:
     """Line, column and dotted path of the deepest node `loc` reaches (pydantic's union-member and
-    validator tags in `loc` are skipped)."""
-    node, path = document.node, []
-    best = node
+    validator tags in `loc` are skipped); with `at_key`, the position of the last key rather than its
+    value. A file only JSON could read has no positions: line 1, column 1, but still the path."""
+    node: Any = document.node
+    data: Any = document.data
+    path: list[str] = []
+    mark = node.start_mark if node is not None else None
     for part in loc:
-        if isinstance(node, yaml.MappingNode):
-            match = next((v for k, v in node.value if k.value == str(part)), None)
-            if match is None:
-                continue
-            node = best = match
+        if isinstance(data, dict) and part in data:
+            data = data[part]
+            if isinstance(node, yaml.MappingNode):
+                key, node = next(((k, v) for k, v in node.value if k.value == str(part)), (None, None))
+                mark = (key if at_key and key is not None else node).start_mark if node is not None else mark
             path.append(str(part))
-        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
-            if part >= len(node.value):
-                continue
-            node = best = node.value[part]
+        elif isinstance(data, list) and isinstance(part, int) and part < len(data):
+            data = data[part]
+            if isinstance(node, yaml.SequenceNode):
+                node = node.value[part]
+                mark = node.start_mark
             path.append(f"[{part}]")
-    mark = best.start_mark if best is not None else None
     dotted = ".".join(path).replace(".[", "[")
     return (mark.line + 1, mark.column + 1, dotted) if mark else (1, 1, dotted)
 
@@ -116,7 +119,8 @@ def _position(document: _Document, loc: tuple[Any, ...]) -> tuple[int, int, str]
 def _problems(exc: ValidationError, document: _Document) -> list[Problem]:
     problems: dict[tuple[int, int], Problem] = {}
     for error in exc.errors(include_input=False, include_url=False):
-        line, column, where = _position(document, tuple(error["loc"]))
+        extra = error["type"] == "extra_forbidden"
+        line, column, where = _position(document, tuple(error["loc"]), at_key=extra)
         message = error["msg"].removeprefix("Value error, ")
         if error["type"] == "missing":
             message = f"missing key {error['loc'][-1]!r}"
@@ -341,7 +345,7 @@ def _with_preset(data: dict[str, Any], document: _Document, seen: tuple[str, ...
     kept = {k: v for k, v in (base.get("tools") or {}).items() if k.replace("_", "-") not in mine_names}
     merged["tools"] = {**kept, **mine} if isinstance(mine, dict) else mine
     if "budgets" in base and "budgets" in data and isinstance(data["budgets"], list):
-        mine = {b.get("name") for b in data["budgets"] if isinstance(b, dict)}
+        mine = {b.get("name") for b in data["budgets"] if isinstance(b, dict) and isinstance(b.get("name"), str)}
         merged["budgets"] = [b for b in base["budgets"] if b.get("name") not in mine] + data["budgets"]
     merged.pop("preset", None)
     return merged
@@ -391,6 +395,6 @@ def load(path: str | Path) -> tuple[Policy, Format]:
 
 def dump(spec: PolicySpec) -> str:
     """A policy as guard's own YAML (what `guard policy convert` prints)."""
-    data = spec.model_dump(mode="json", exclude_defaults=True)
+    data = spec.model_dump(mode="json", exclude_unset=True)
     data = {"version": spec.version, "default": spec.default, **data}
     return str(yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=100))

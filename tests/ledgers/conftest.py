@@ -9,7 +9,6 @@ import pytest
 from sqlalchemy import create_engine, inspect, text
 
 
-
 class FakeClock:
     """A clock tests move by hand, forwards or backwards."""
 
