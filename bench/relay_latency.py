@@ -83,7 +83,7 @@ def _guard_params(profile: str | None, policy: str) -> StdioServerParameters:
     guard = [
         "run",
         "--policy",
-        str(ROOT / "bench/policy.yaml"),
+        policy,
         "--ledger",
         str(ledger),
         "--",
@@ -91,7 +91,7 @@ def _guard_params(profile: str | None, policy: str) -> StdioServerParameters:
         UPSTREAM,
     ]
     args = ["-c", PROFILE_GUARD, profile, *guard] if profile else ["-m", "guard", *guard]
-    return StdioServerParameters(command=sys.executable, args=args, cwd=str(ROOT), env=dict(os.environ))
+    return StdioServerParameters(command=sys.executable, args=args, cwd=str(ROOT))
 
 
 @asynccontextmanager
