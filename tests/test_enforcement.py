@@ -13,7 +13,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
+import httpx2
 import pytest
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
 
 from ledgers import Ledger
 
@@ -389,3 +393,60 @@ def test_every_decision_is_in_the_audit_trail_without_the_arguments(guard: RawGu
     assert all(len(e["arguments_digest"]) == 16 for e in events)
     assert macaroon not in tail.stdout
     assert macaroon not in "\n".join(guard.stderr)
+
+
+HTTP_POLICY = """\
+version: 1
+default: deny
+budgets:
+  - name: per-session
+    limit: 50 sat
+    scope: session
+tools:
+  buy:
+    pays: true
+    price_from: args.amount
+    price_unit: sat
+  browse:
+    rate_limit: {limit: 3/minute, scope: identity}
+"""
+ALICE, BOB = "alice-token-0123456789abcdef", "bob-token-0123456789abcdefgh"
+
+
+async def _http_session(url: str, token: str) -> Any:
+    http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"})
+    return http, Client(streamable_http_client(url, http_client=http), mode="legacy")
+
+
+@pytest.mark.anyio
+async def test_over_http_identity_limits_span_sessions_and_session_budgets_do_not(
+    http_guard: Any, tmp_path: Path
+) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(HTTP_POLICY)
+    tokens = tmp_path / "tokens.json"
+    tokens.write_text(json.dumps({"alice": ALICE, "bob": BOB}))
+    guard = http_guard(
+        ["--policy", str(policy), "--ledger", str(tmp_path / "ledger.db"), "--tokens", str(tokens), "--", *SHOP],
+        env={"SHOP_RECORD": str(tmp_path / "record.jsonl")},
+    )
+    results: dict[str, list[Any]] = {"alice-1": [], "alice-2": [], "bob": []}
+    with anyio.fail_after(WAIT_S):
+        for who, token in (("alice-1", ALICE), ("alice-2", ALICE), ("bob", BOB)):
+            http, client = await _http_session(guard.url, token)
+            async with http, client:
+                for _ in range(2):
+                    results[who].append(await client.call_tool("browse", {}))
+                results[who].append(await client.call_tool("buy", {"item": "tea", "amount": 30}))
+                results[who].append(await client.call_tool("buy", {"item": "jam", "amount": 30}))
+
+    def denied(result: Any) -> bool:
+        return bool(result.is_error and (result.structured_content or {}).get("denied"))
+
+    # alice's two sessions share her 3 browses a minute; bob has his own.
+    assert [denied(r) for r in results["alice-1"][:2] + results["alice-2"][:2]] == [False, False, False, True]
+    assert [denied(r) for r in results["bob"][:2]] == [False, False]
+    # Each session has its own 50 sat: one 30 sat purchase each, the second refused.
+    for who in results:
+        assert [denied(r) for r in results[who][2:]] == [False, True], who
+    assert (tmp_path / "record.jsonl").read_text().count("\n") == 3
