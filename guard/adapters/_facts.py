@@ -1,0 +1,90 @@
+"""What an adapter reads from a call and its result: plain facts, no MCP objects, no storage.
+
+An adapter is a pure function layer per upstream family (402-mcp, P402, Alby, Token Pilot, x402 over
+MCP): `prepare` runs before a call is forwarded (does it pay, what is the most it can spend, which
+payment is it, which balances must be fresh); `outcome` runs on the upstream's result (what was
+really paid, what balances and prices it revealed). The gate does the storage and the deciding.
+
+Observation keys (one convention, shared by adapters, the gate and reports):
+- `credits:<origin>`: a 402-mcp origin's credits (unit `credits:<origin>`; origin = scheme://host[:port]);
+- `p402:<session id>`: a P402 session's remaining budget (usd_micro) and status;
+- `wallet:<family>`: a wallet's balance (`wallet:alby`, sat);
+- `tokens:<session id>`: a Token Pilot token budget (unit `tokens`);
+- `quote:<url>`: the last price named for a resource (see `Quote`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+from ledgers import Amount, BalanceObservation
+
+JSON = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Quote:
+    """A price the upstream named for a resource before anything was paid (a 402 answer, a preview,
+    a discover), remembered so a later paying call for that resource has a price bound."""
+
+    resource: str  # the URL, as the call names it
+    amount: Amount
+    payment_id: str | None = None  # the invoice's payment hash, when there is one
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What a call is, before it is forwarded."""
+
+    pays: bool  # the call can move money
+    price: Amount | None = None  # the most it can spend, when the call itself says (invoice, amountSats, x402)
+    upto: bool = False  # `price` is a maximum; the settled amount may be lower (x402 `upto`)
+    payment_id: str | None = None  # idempotency key: a payment hash, an x402 nonce / payment identifier
+    quote_for: str | None = None  # no price in the call: a remembered quote for this resource bounds it
+    depends_on: tuple[str, ...] = ()  # observation keys that must be fresh and sufficient before paying
+    refuse: str | None = None  # the adapter cannot let this call pay (unknown asset, unreadable invoice)
+
+
+OutcomeState = Literal["paid", "not_paid", "unknown", "no_payment"]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What the upstream's answer says happened.
+
+    `state`: `paid` (settle at `spent`), `not_paid` (provably nothing left: void), `unknown` (the money
+    may have left: keep the hold in doubt), `no_payment` (a call that does not pay)."""
+
+    state: OutcomeState
+    spent: Amount | None = None
+    observations: tuple[BalanceObservation, ...] = ()
+    quotes: tuple[Quote, ...] = ()
+    payment_id: str | None = None  # learned from the answer (a 402's payment hash)
+    problem: str | None = None  # the answer could not be read as documented: flagged in the audit trail
+
+
+@dataclass(frozen=True)
+class Refresh:
+    """The upstream call that gives a fresh observation of a key (e.g. `l402-balance {origin}`)."""
+
+    tool: str
+    arguments: JSON
+
+
+class Adapter(Protocol):
+    """One upstream family. Tool names match in kebab and snake case."""
+
+    name: str
+
+    def knows(self, tool: str) -> bool:
+        """Whether `tool` is one of this family's tools."""
+        ...
+
+    def prepare(self, tool: str, arguments: JSON, meta: JSON | None) -> Prepared: ...
+
+    def outcome(self, tool: str, arguments: JSON, meta: JSON | None, result: JSON) -> Outcome: ...
+
+    def refresh(self, key: str) -> Refresh | None:
+        """How to refresh the observation `key`, or None if this adapter cannot."""
+        ...
