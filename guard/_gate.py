@@ -21,7 +21,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar
@@ -31,7 +31,7 @@ import anyio.to_thread
 
 from guard._policy import Denial, Limit, Policy, PriceUnknown, Who, args_digest
 from guard._policy_source import PolicySource
-from guard._relay import JSON, UPSTREAM_UNAVAILABLE, Forward, Session, ToolCall, UpstreamError
+from guard._relay import JSON, UPSTREAM_UNAVAILABLE, Forward, Session, SessionLink, ToolCall, UpstreamError
 from ledgers import (
     Amount,
     AmountError,
@@ -66,7 +66,7 @@ class PolicyGate:
         # Per client session: the upstream's tool names last listed, and how to tell the client that
         # the visible set changed.
         self._listed: dict[str, list[str]] = {}
-        self._listeners: dict[str, Callable[[], Awaitable[None]]] = {}
+        self._links: dict[str, SessionLink] = {}
         # Call events wait here for `write_audit`, which writes them in batches off the call's path.
         self._audit: asyncio.Queue[CallRecord] = asyncio.Queue()
         source.on_change(self._policy_changed)
@@ -141,11 +141,11 @@ class PolicyGate:
         policy = self._source.policy
         return {**result, "tools": [t for t in tools if isinstance(t, dict) and policy.visible(str(t.get("name")))]}
 
-    def subscribe(self, session: Session, tools_changed: Callable[[], Awaitable[None]]) -> Callable[[], None]:
-        self._listeners[session.id] = tools_changed
+    def subscribe(self, session: Session, link: SessionLink) -> Callable[[], None]:
+        self._links[session.id] = link
 
         def unsubscribe() -> None:
-            self._listeners.pop(session.id, None)
+            self._links.pop(session.id, None)
             self._listed.pop(session.id, None)
 
         return unsubscribe
@@ -253,10 +253,10 @@ class PolicyGate:
         for session_id, names in list(self._listed.items()):
             before = [n for n in names if old.visible(n)]
             after = [n for n in names if new.visible(n)]
-            notify = self._listeners.get(session_id)
-            if before != after and notify is not None:
+            link = self._links.get(session_id)
+            if before != after and link is not None:
                 try:
-                    await notify()
+                    await link.tools_changed()
                 except Exception:  # a client that went away must not stop the others hearing of it
                     logger.debug("could not tell session %s that its tools changed", session_id, exc_info=True)
 

@@ -87,9 +87,22 @@ class Gate(Protocol):
         """Return the `tools/list` result the client sees."""
         ...
 
-    def subscribe(self, session: Session, tools_changed: Callable[[], Awaitable[None]]) -> Callable[[], None]:
-        """Call `tools_changed()` when the tools this session may see change (a policy reload);
-        return how to unsubscribe."""
+    def subscribe(self, session: Session, link: SessionLink) -> Callable[[], None]:
+        """Keep `link` to reach this session while it lasts (to tell its client the tools changed, to
+        ask its upstream for a balance); return how to unsubscribe."""
+        ...
+
+
+class SessionLink(Protocol):
+    """What a gate may do with a live session besides answering its calls."""
+
+    async def tools_changed(self) -> None:
+        """Send the client `notifications/tools/list_changed`."""
+        ...
+
+    async def call(self, name: str, arguments: JSON) -> JSON:
+        """Make a `tools/call` of the guard's own on this session's upstream; return its result.
+        Raises `UpstreamError`."""
         ...
 
 
@@ -102,7 +115,7 @@ class OpenGate:
     async def list_tools(self, session: Session, result: JSON) -> JSON:
         return result
 
-    def subscribe(self, session: Session, tools_changed: Callable[[], Awaitable[None]]) -> Callable[[], None]:
+    def subscribe(self, session: Session, link: SessionLink) -> Callable[[], None]:
         return lambda: None
 
 
@@ -145,6 +158,8 @@ class Relay:
         self._progress: dict[types.ProgressToken, types.RequestId] = {}
         self._progress_of: dict[types.RequestId, types.ProgressToken] = {}
         self._gone: str | None = None
+        self._own_calls = 0  # tools/call the guard made itself (balance refreshes)
+        self._era_meta: JSON | None = None  # the client's 2026-07-28 protocol-version _meta, to copy
         self._answered = anyio.Event()  # set whenever a client request gets its answer
 
     async def run(self) -> str | None:
@@ -152,7 +167,7 @@ class Relay:
 
         Like an SDK server loop, the relay hangs up on the client when it is done.
         """
-        unsubscribe = self._gate.subscribe(self.session, self._tools_changed)
+        unsubscribe = self._gate.subscribe(self.session, self)
         try:
             await self._run()
         finally:
@@ -274,20 +289,11 @@ class Relay:
             )
             return
         call = ToolCall(self.session, request.id, name, arguments, meta)
+        if isinstance(meta, dict) and types.PROTOCOL_VERSION_META_KEY in meta:
+            self._era_meta = {types.PROTOCOL_VERSION_META_KEY: meta[types.PROTOCOL_VERSION_META_KEY]}
 
         async def forward() -> JSON:
-            if self._gone is not None:
-                raise UpstreamError(types.ErrorData(code=UPSTREAM_UNAVAILABLE, message=self._gone))
-            waiter = self._waiters[request.id] = asyncio.get_running_loop().create_future()
-            try:
-                await self._to_upstream(request)
-                reply = await waiter
-            finally:
-                self._waiters.pop(request.id, None)
-            if isinstance(reply, types.JSONRPCResponse):
-                return reply.result
-            gone = types.ErrorData(code=UPSTREAM_UNAVAILABLE, message=self._gone or self._upstream.failure())
-            raise UpstreamError(reply.error if reply else gone)
+            return await self._exchange(request)
 
         if metadata is not None:
             self._call_metadata[request.id] = metadata
@@ -360,9 +366,34 @@ class Relay:
             )
         return types.JSONRPCResponse(jsonrpc="2.0", id=response.id, result=result)
 
-    async def _tools_changed(self) -> None:
+    # what the gate may do besides answering calls (`SessionLink`)
+
+    async def tools_changed(self) -> None:
         note = types.JSONRPCNotification(jsonrpc="2.0", method="notifications/tools/list_changed")
         await self._send_client(note)
+
+    async def call(self, name: str, arguments: JSON) -> JSON:
+        self._own_calls += 1
+        params: JSON = {"name": name, "arguments": arguments}
+        if self._era_meta is not None:  # a 2026-07-28 upstream wants the protocol version on every request
+            params["_meta"] = self._era_meta
+        request = types.JSONRPCRequest(jsonrpc="2.0", id=f"guard-{self._own_calls}", method="tools/call", params=params)
+        return await self._exchange(request)
+
+    async def _exchange(self, request: types.JSONRPCRequest) -> JSON:
+        """Send a tools/call upstream and wait for its answer, which the relay keeps for itself."""
+        if self._gone is not None:
+            raise UpstreamError(types.ErrorData(code=UPSTREAM_UNAVAILABLE, message=self._gone))
+        waiter = self._waiters[request.id] = asyncio.get_running_loop().create_future()
+        try:
+            await self._to_upstream(request)
+            reply = await waiter
+        finally:
+            self._waiters.pop(request.id, None)
+        if isinstance(reply, types.JSONRPCResponse):
+            return reply.result
+        gone = types.ErrorData(code=UPSTREAM_UNAVAILABLE, message=self._gone or self._upstream.failure())
+        raise UpstreamError(reply.error if reply else gone)
 
     async def _upstream_gone(self) -> None:
         """Answer everything still pending with why the upstream went away, then end the relay."""

@@ -41,7 +41,7 @@ class RecordingGate:
         self.listed += 1
         return {**result, "tools": [t for t in result["tools"] if t["name"] != "crash"]}
 
-    def subscribe(self, session: Session, tools_changed: Any) -> Any:
+    def subscribe(self, session: Session, link: Any) -> Any:
         return lambda: None
 
 
