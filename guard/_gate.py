@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 import anyio
 import anyio.to_thread
 
+from guard._payments import Payments, Reading
 from guard._policy import Denial, Limit, Policy, PriceUnknown, Who, args_digest
 from guard._policy_source import PolicySource
 from guard._relay import JSON, UPSTREAM_UNAVAILABLE, Forward, Session, SessionLink, ToolCall, UpstreamError
@@ -54,15 +55,17 @@ T = TypeVar("T")
 class _Admitted:
     hold_id: int | None
     price: Amount | None
+    reading: Reading
 
 
 class PolicyGate:
     """Implements `Gate` with a policy (reloadable through its `PolicySource`) and a ledger."""
 
-    def __init__(self, source: PolicySource, ledger: Ledger, server: str) -> None:
+    def __init__(self, source: PolicySource, ledger: Ledger, server: str, payments: Payments | None = None) -> None:
         self._source = source
         self._ledger = ledger
         self._server = server
+        self._payments = payments or Payments(ledger, ())
         # Per client session: the upstream's tool names last listed, and how to tell the client that
         # the visible set changed.
         self._listed: dict[str, list[str]] = {}
@@ -123,13 +126,18 @@ class PolicyGate:
                 with anyio.CancelScope(shield=True):
                     await self._unanswered(hold, call.name, gone=True)
             raise
-        spent = None
-        if hold is not None and price is not None:
-            # Until an adapter reads what was actually paid, a paying call counts its full price.
-            await self._db(self._ledger.settle, hold, price)
-            spent = price
+        try:
+            settled = await self._payments.settle(call, decision.reading, result, hold, price)
+        except BaseException:
+            if hold is not None:  # the answer came, but the guard could not finish: keep it counted
+                with anyio.CancelScope(shield=True):
+                    await self._unanswered(hold, call.name, gone=True)
+            raise
         latency = (time.perf_counter_ns() - started) // 1000
-        self._audit.put_nowait(record(decision="allow", price=price, hold_id=hold, spent=spent, latency_us=latency))
+        flagged = f"flagged: {settled.problem}" if settled.problem else None
+        self._audit.put_nowait(
+            record(decision="allow", reason=flagged, price=price, hold_id=hold, spent=settled.spent, latency_us=latency)
+        )
         return result
 
     async def list_tools(self, session: Session, result: JSON) -> JSON:
@@ -178,16 +186,26 @@ class PolicyGate:
             if approval.state == "denied":
                 return Denial(where, f"the operator denied this call to {name}", approval_id=approval.id)
             approval_id = approval.id
+        reading = self._payments.read(call)
+        if reading.prepared is not None and reading.prepared.refuse is not None and reading.adapter is not None:
+            return Denial(f"adapters.{reading.adapter.name}", reading.prepared.refuse)
+        pays = reading.pays if reading.pays is not None else policy.pays(name)
         try:
             limits = policy.rate_limits(name, arguments, who)
             price = budgets = None
-            if policy.pays(name):
-                price = policy.price(name, arguments)
+            if pays:
+                price = await self._payments.price(policy, call, reading)
                 budgets, denial = self._budgets_for(policy, name, who, price)
                 if denial is not None:
                     return denial
         except PriceUnknown as exc:
             return Denial(f"tools.{name}", f"no price, no pay: {exc}")
+        if price is not None:
+            link = self._links.get(call.session.id)
+            denial = await self._payments.check_balances(policy, call, reading, price, link)
+            if denial is not None:
+                return denial
+        payment_id = reading.prepared.payment_id if reading.prepared is not None else None
         try:
             if price is not None and budgets is not None:
                 hold: int | None = await self._db(
@@ -195,6 +213,7 @@ class PolicyGate:
                         self._ledger.reserve,
                         budgets,
                         price,
+                        idempotency_key=payment_id,
                         rate_limits=[limit.rate for limit in limits],
                         session=who.session,
                         identity=who.identity,
@@ -216,7 +235,7 @@ class PolicyGate:
                 return Denial("approvals", str(exc), approval_id=approval_id)
         if hold is not None:
             await self._db(self._ledger.mark_forwarded, hold)
-        return _Admitted(hold, price)
+        return _Admitted(hold, price, reading)
 
     def _budgets_for(self, policy: Policy, name: str, who: Who, price: Amount) -> tuple[list[Budget], Denial | None]:
         cap = policy.max_price(name)

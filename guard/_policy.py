@@ -407,6 +407,19 @@ class Policy:
         Raises:
             PriceUnknown: no fixed price, no readable price argument and no max_price.
         """
+        fixed = self.fixed_price(tool, arguments)
+        if fixed is not None:
+            return fixed
+        cap = self.max_price(tool)
+        if cap is not None:
+            return cap
+        raise PriceUnknown(f"the price of {tool} is unknown and the policy sets no max_price for it")
+
+    def fixed_price(self, tool: str, arguments: JSON) -> Amount | None:
+        """The price the policy sets (`price`, or the argument at `price_from`), if any.
+
+        Raises:
+            PriceUnknown: the `price_from` argument is there but not an amount."""
         for _, rule in self.rules(tool):
             if rule.price is not None:
                 return Amount.parse(rule.price)
@@ -414,10 +427,7 @@ class Policy:
                 value = lookup(arguments, rule.price_from)
                 if value is not _MISSING:
                     return _price(value, rule.price_from, rule.price_unit)
-        cap = self.max_price(tool)
-        if cap is not None:
-            return cap
-        raise PriceUnknown(f"the price of {tool} is unknown and the policy sets no max_price for it")
+        return None
 
     def max_price(self, tool: str) -> Amount | None:
         """The strictest per-call cap of the tool's rules and `"*"`.

@@ -417,16 +417,19 @@ class Ledger:
             ).first()
         if row is None:
             return None
-        observation = BalanceObservation(
-            source=row.source,
-            key=row.key,
-            amount=Amount(row.amount, row.unit) if row.amount is not None else None,
-            status=row.status,
-            upstream_time=from_us(row.upstream_us) if row.upstream_us is not None else None,
-            upstream_stale=bool(row.upstream_stale) if row.upstream_stale is not None else None,
-            seen=from_us(row.seen_us),
-        )
-        return observation, (self._now_us() - row.seen_us) / US_PER_S
+        return _observation(row), (self._now_us() - row.seen_us) / US_PER_S
+
+    def observed(self) -> list[tuple[BalanceObservation, float]]:
+        """The newest observation of every key, with its age in seconds, oldest first."""
+        with self._read() as conn:
+            rows = _run(
+                conn,
+                "SELECT o.source, o.key, o.amount, o.unit, o.status, o.upstream_us, o.upstream_stale, o.seen_us"
+                " FROM ledger_observations o JOIN (SELECT key, MAX(id) AS id FROM ledger_observations GROUP BY key) n"
+                " ON o.id = n.id ORDER BY o.seen_us",
+            ).all()
+        now = self._now_us()
+        return [(_observation(row), (now - row.seen_us) / US_PER_S) for row in rows]
 
     def record(self, call: CallRecord) -> int:
         """Append one evaluated call to the audit trail; returns its id."""
@@ -900,6 +903,18 @@ class Ledger:
                     yield conn
         except DBAPIError as exc:
             raise StorageError(f"the ledger could not be read: {exc.orig}") from exc
+
+
+def _observation(row: Any) -> BalanceObservation:
+    return BalanceObservation(
+        source=row.source,
+        key=row.key,
+        amount=Amount(row.amount, row.unit) if row.amount is not None else None,
+        status=row.status,
+        upstream_time=from_us(row.upstream_us) if row.upstream_us is not None else None,
+        upstream_stale=bool(row.upstream_stale) if row.upstream_stale is not None else None,
+        seen=from_us(row.seen_us),
+    )
 
 
 _INSERT_CALL = (

@@ -1,0 +1,257 @@
+"""The money in calls: which adapter reads a call, its price bound, the balances it depends on, and
+what its answer says was paid. Adapters are pure; this is where their facts meet the ledger.
+
+- price, in order: the call's own (an invoice, `amountSats`, an x402 payment) → the policy's `price` /
+  `price_from` → a remembered quote for the resource → `max_price` → refused (no price, no pay);
+- balances a paying call depends on (a P402 session, a wallet): denied when exhausted, expired or
+  revoked, when below the price, or when stale and `on_stale: deny`; with `on_stale: refresh` the
+  guard first asks the upstream itself (the adapter names the call) and decides on the answer;
+- after the answer: observations and quotes are stored; the hold is settled at what was paid, voided
+  when provably nothing was, kept in doubt when unknown. An answer that cannot be read settles at the
+  reserved amount and is flagged.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import anyio.to_thread
+
+from guard._policy import Denial, Policy, PriceUnknown
+from guard._relay import SessionLink, ToolCall, UpstreamError
+from guard.adapters._facts import Adapter, Outcome, Prepared
+from ledgers import Amount, BalanceObservation, Ledger, LedgerError, UnitMismatch, Window
+from ledgers._time import US_PER_S
+
+logger = logging.getLogger("guard.payments")
+T = TypeVar("T")
+
+# Observation statuses that mean the balance cannot pay.
+DEAD = frozenset({"exhausted", "expired", "ended", "revoked", "not-found"})
+
+
+@dataclass(frozen=True)
+class Reading:
+    """An adapter's view of one call: who reads it and what it said before forwarding."""
+
+    adapter: Adapter | None
+    prepared: Prepared | None
+
+    @property
+    def pays(self) -> bool | None:
+        """True/False when an adapter knows; None when the policy's `pays` must decide."""
+        return self.prepared.pays if self.prepared is not None else None
+
+
+@dataclass(frozen=True)
+class Settled:
+    spent: Amount | None
+    state: str  # settled | voided | in_doubt | none
+    problem: str | None = None
+
+
+class Payments:
+    """Adapters (the upstream family's, and x402 which any server may speak) and the ledger."""
+
+    def __init__(self, ledger: Ledger, adapters: Sequence[Adapter], x402: Adapter | None = None) -> None:
+        self._ledger = ledger
+        self._adapters = list(adapters)
+        self._x402 = x402
+
+    # before forwarding
+
+    def read(self, call: ToolCall) -> Reading:
+        """The adapter that reads this call. An x402 payment in `_meta` wins: any server may speak it."""
+        if self._x402 is not None:
+            prepared = self._x402.prepare(call.name, call.arguments, call.meta)
+            if prepared.pays:
+                return Reading(self._x402, prepared)
+        for adapter in self._adapters:
+            if adapter.knows(call.name):
+                return Reading(adapter, adapter.prepare(call.name, call.arguments, call.meta))
+        return Reading(None, None)
+
+    async def price(self, policy: Policy, call: ToolCall, reading: Reading) -> Amount:
+        """The most this paying call can spend.
+
+        Raises:
+            PriceUnknown: no bound at all (no price, no pay)."""
+        prepared = reading.prepared
+        if prepared is not None and prepared.price is not None:
+            return prepared.price
+        fixed = policy.fixed_price(call.name, call.arguments)
+        if fixed is not None:
+            return fixed
+        if prepared is not None and prepared.quote_for is not None:
+            found = await _db(self._ledger.latest, f"quote:{prepared.quote_for}")
+            if found is not None and found[0].amount is not None:
+                return found[0].amount
+        return policy.price(call.name, call.arguments)
+
+    async def check_balances(
+        self, policy: Policy, call: ToolCall, reading: Reading, price: Amount, link: SessionLink | None
+    ) -> Denial | None:
+        """A denial when a balance this call depends on cannot pay it (refreshing first if allowed)."""
+        if reading.prepared is None or reading.adapter is None:
+            return None
+        stale_after = _seconds(policy.spec.balances.stale_after)
+        for key in reading.prepared.depends_on:
+            found = await _db(self._ledger.latest, key)
+            if _stale(found, stale_after) and policy.spec.balances.on_stale == "refresh" and link is not None:
+                if await self.refresh(reading.adapter, key, link):
+                    found = await _db(self._ledger.latest, key)
+            if found is None:
+                continue  # nothing known that says no: the budgets decide
+            observation, age = found
+            if _stale(found, stale_after):
+                why = (
+                    "the upstream marks it stale" if observation.upstream_stale else f"older than {_words(stale_after)}"
+                )
+                return Denial(
+                    "balances.stale_after",
+                    f"the balance {key} was seen {_words(age)} ago and is stale ({why}); the guard will not pay on it",
+                )
+            if observation.status in DEAD:
+                return Denial("balances", f"the balance {key} is {observation.status}")
+            if observation.amount is not None and _below(observation.amount, price):
+                return Denial(
+                    "balances",
+                    f"the balance {key} has {observation.amount} left, and this call may cost {price}",
+                    remaining=observation.amount.value,
+                    unit=observation.amount.unit,
+                )
+        return None
+
+    async def refresh(self, adapter: Adapter, key: str, link: SessionLink) -> bool:
+        """Ask the upstream for a fresh observation of `key`; store what it says. True if it answered."""
+        how = adapter.refresh(key)
+        if how is None:
+            return False
+        try:
+            result = await link.call(how.tool, how.arguments)
+        except UpstreamError as exc:
+            logger.warning("refreshing %s with %s failed: %s", key, how.tool, exc.error.message)
+            return False
+        outcome = adapter.outcome(how.tool, how.arguments, None, result)
+        await self._store(outcome)
+        if outcome.problem:
+            logger.warning("refreshing %s: %s", key, outcome.problem)
+        return True
+
+    # after the answer
+
+    async def settle(
+        self, call: ToolCall, reading: Reading, result: Any, hold: int | None, price: Amount | None
+    ) -> Settled:
+        """Store what the answer reveals; settle, void or keep in doubt the hold."""
+        outcome = self._outcome(call, reading, result)
+        await self._store(outcome)
+        if hold is None or price is None:
+            return Settled(None, "none", outcome.problem)
+        if outcome.state == "paid":
+            spent, problem = outcome.spent, outcome.problem
+            if spent is None:
+                spent = price  # the answer does not say: count the whole reservation
+            elif _below(price, spent):
+                problem = f"the upstream reported {spent}, more than the {price} reserved; counted at {price}"
+                spent = price
+            await _db(self._ledger.settle, hold, spent)
+            if problem:
+                logger.warning("%s: %s", call.name, problem)
+            return Settled(spent, "settled", problem)
+        if outcome.state in ("not_paid", "no_payment"):
+            await _db(self._ledger.void, hold)
+            return Settled(None, "voided", outcome.problem)
+        logger.warning("payment by %s is in doubt (hold %d): %s", call.name, hold, outcome.problem or "outcome unknown")
+        await _db(self._ledger.mark_in_doubt, hold)
+        return Settled(None, "in_doubt", outcome.problem)
+
+    def _outcome(self, call: ToolCall, reading: Reading, result: Any) -> Outcome:
+        try:
+            return self._read_outcome(call, reading, result)
+        except Exception:  # an adapter's bug must not lose the hold: it stays counted, in doubt
+            logger.exception("could not read the answer to %s", call.name)
+            return Outcome("unknown", problem="the guard could not read the upstream's answer")
+
+    def _read_outcome(self, call: ToolCall, reading: Reading, result: Any) -> Outcome:
+        if not isinstance(result, dict):
+            return Outcome("unknown", problem="the upstream's result is not an object")
+        if self._x402 is not None:
+            x402 = self._x402.outcome(call.name, call.arguments, call.meta, result)
+            if reading.adapter is self._x402 or x402.state != "no_payment" or x402.quotes:
+                return x402
+        if reading.adapter is not None:
+            return reading.adapter.outcome(call.name, call.arguments, call.meta, result)
+        # No adapter knows this tool: a policy-priced call counts its price when it answers.
+        return Outcome("paid")
+
+    async def _store(self, outcome: Outcome) -> None:
+        for observation in outcome.observations:
+            await _db(self._ledger.observe, observation)
+        for quote in outcome.quotes:
+            await _db(
+                self._ledger.observe,
+                BalanceObservation(source="quote", key=f"quote:{quote.resource}", amount=quote.amount, status="quote"),
+            )
+
+    # on a schedule
+
+    async def refresh_stale(self, policy: Policy, links: Callable[[], list[SessionLink]]) -> int:
+        """Refresh every known balance older than `refresh_every`, one at a time; return how many."""
+        every = policy.spec.balances.refresh_every
+        if every is None:
+            return 0
+        older_than = _seconds(every)
+        done = 0
+        for observation, age in await _db(self._ledger.observed):
+            if observation.key.startswith("quote:") or age < older_than:
+                continue
+            adapter = next((a for a in self._adapters if a.refresh(observation.key) is not None), None)
+            live = links()
+            if adapter is None or not live:
+                continue
+            try:
+                if await self.refresh(adapter, observation.key, live[0]):
+                    done += 1
+            except LedgerError:
+                logger.exception("could not store a refreshed balance for %s", observation.key)
+        return done
+
+
+def _stale(found: tuple[BalanceObservation, float] | None, stale_after: float) -> bool:
+    """Missing, older than `stale_after`, or marked stale by the upstream itself."""
+    if found is None:
+        return True
+    observation, age = found
+    return age > stale_after or bool(observation.upstream_stale)
+
+
+def _below(balance: Amount, price: Amount) -> bool:
+    """Whether `balance` is less than `price`; amounts that do not compare (credits and sat) are not."""
+    try:
+        return balance.to(price.unit, rounding="down").value < price.value
+    except UnitMismatch:
+        return False
+
+
+def _seconds(duration: str) -> float:
+    return Window.sliding(duration).length_us / US_PER_S
+
+
+def _words(seconds: float) -> str:
+    whole = int(seconds)
+    if whole < 120:
+        return f"{whole}s"
+    if whole < 7200:
+        return f"{whole // 60}m"
+    return f"{whole // 3600}h"
+
+
+async def _db(function: Callable[..., T], *args: Any) -> T:
+    return await anyio.to_thread.run_sync(function, *args)
+
+
+__all__ = ["DEAD", "Payments", "PriceUnknown", "Reading", "Settled"]
