@@ -266,6 +266,19 @@ class PolicyGate:
         else:
             await self._db(self._ledger.void, hold)
 
+    # schedules
+
+    async def refresh_balances(self) -> int:
+        """Ask the upstream again for every known balance older than `refresh_every` (a scheduled job)."""
+        try:
+            done = await self._payments.refresh_stale(self._source.policy, lambda: list(self._links.values()))
+        except Exception:  # a failed run is logged; the next one tries again
+            logger.exception("scheduled balance refresh failed")
+            return 0
+        if done:
+            logger.info("refreshed %d balance%s", done, "" if done == 1 else "s")
+        return done
+
     # reloads
 
     async def _policy_changed(self, old: Policy, new: Policy) -> None:

@@ -251,9 +251,23 @@ class PolicySpec(_Spec):
     server: str | None = Field(default=None, description="The upstream's name for budgets with scope: server.")
     timezone: Annotated[str, BeforeValidator(_timezone)] = "UTC"
     budgets: list[BudgetSpec] = Field(default_factory=list)
+    assets: dict[str, str] = Field(
+        default_factory=dict,
+        description="x402 assets the guard should price, by contract address: the unit (usdc, eurc, usdt, ...).",
+    )
     balances: Balances = Field(default_factory=Balances)
     approvals: Approvals = Field(default_factory=Approvals)
     tools: dict[str, ToolRule] = Field(default_factory=dict)
+
+    @field_validator("assets")
+    @classmethod
+    def _asset_units(cls, assets: dict[str, str]) -> dict[str, str]:
+        for address, unit in assets.items():
+            try:
+                Amount.parse(f"1 {unit}")
+            except AmountError as exc:
+                raise ValueError(f"asset {address}: {exc}") from None
+        return assets
 
     @field_validator("tools")
     @classmethod

@@ -22,10 +22,13 @@ from guard._errors import ConfigError, GuardError, UpstreamStartError
 from guard._gate import PolicyGate
 from guard._init_command import init
 from guard._ledger_commands import LedgerOption, ledger_app, open_ledger
+from guard._payments import Payments
 from guard._policy_commands import approvals_app, audit_app, policy_app
 from guard._policy_source import PolicySource
 from guard._relay import Background, Gate, Session
+from guard._schedule import run_schedule
 from guard._version import __version__
+from guard.adapters import family_adapters, x402_adapter
 from ledgers import DEFAULT_LEASE_S, Ledger, LedgerError
 
 logger = logging.getLogger("guard")
@@ -140,8 +143,15 @@ def run(
     # The ledger opens before serving: a guard that cannot account for spend must not start.
     ledger = open_ledger(ledger_url)
     try:
-        gate = PolicyGate(source, ledger, source.policy.spec.server or spec.name)
-        background: list[Background] = [gate.write_audit, source.watch, partial(_heartbeat, ledger)]
+        spec_ = source.policy.spec
+        payments = Payments(ledger, family_adapters(spec_.preset), x402_adapter(spec_.assets))
+        gate = PolicyGate(source, ledger, spec_.server or spec.name, payments)
+        background: list[Background] = [
+            gate.write_audit,
+            source.watch,
+            partial(_heartbeat, ledger),
+            partial(run_schedule, gate, source),
+        ]
         if address is None:
             status = _run_stdio(spec, gate, session, identity, background)
         else:
