@@ -144,16 +144,11 @@ async def _list_tools(spec: _upstream.UpstreamSpec, limit_s: float) -> Listing:
     Raises:
         UpstreamStartError: it cannot be started or reached, or did not answer in time.
     """
-    from mcp import Client, StdioServerParameters
+    from mcp import Client
 
-    server: StdioServerParameters | str
     stdio = isinstance(spec, _upstream.StdioUpstream)
     shown = f"`{spec.label}`" if stdio else spec.label
-    if isinstance(spec, _upstream.StdioUpstream):
-        # The SDK merges `env` over a minimal environment: pass the guard's own (API keys live there).
-        server = StdioServerParameters(command=spec.command[0], args=list(spec.command[1:]), env=dict(os.environ))
-    else:
-        server = spec.url
+    server = _upstream.client_target(spec)
     tools: list[types.Tool] = []
     try:
         with anyio.fail_after(limit_s):

@@ -9,9 +9,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ledgers import Amount, Ledger, LedgerError, default_path
+from ledgers import Amount, CallRecord, Ledger, LedgerError, default_path
 
 ledger_app = typer.Typer(help="Inspect the ledger and resolve holds in doubt.", no_args_is_help=True)
+holds_app = typer.Typer(help="Payments held against budgets: list, reconcile those in doubt.", no_args_is_help=True)
 
 LedgerOption = Annotated[
     Optional[str],  # noqa: UP045 - typer needs Optional here
@@ -78,15 +79,94 @@ def resolve(
     ledger_url: LedgerOption = None,
 ) -> None:
     """Settle a hold in doubt at what was really paid (0 releases it), once the outcome is known."""
+    _resolve(hold, _amount(paid, "--paid"), ledger_url)
+
+
+def _amount(text: str | None, option: str) -> Amount | None:
     try:
-        amount = Amount.parse(paid)
+        return Amount.parse(text) if text is not None else None
     except LedgerError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--paid") from None
+        raise typer.BadParameter(str(exc), param_hint=option) from None
+
+
+def _resolve(hold: int, paid: Amount | None, ledger_url: str | None) -> None:
+    """Resolve an in-doubt hold at `paid` (None: nothing was paid), and say so in the audit trail."""
     with open_ledger(ledger_url) as ledger:
         try:
+            info = ledger.hold(hold)
+            amount = paid if paid is not None else Amount(0, info.amount.unit)
             ledger.resolve(hold, amount)
         except LedgerError as exc:
             typer.echo(f"guard: error: {exc}", err=True)
             raise typer.Exit(1) from None
         phase = ledger.hold(hold).phase
+        what = f"settled at {amount}" if phase == "settled" else "voided: nothing was paid"
+        ledger.record(
+            CallRecord(
+                tool=info.tool or "?",
+                decision="resolve",
+                session=info.session,
+                identity=info.identity,
+                reason=f"an operator resolved hold {hold}: {what}",
+                hold_id=hold,
+                spent=amount if phase == "settled" else None,
+            )
+        )
     typer.echo(f"hold {hold} is {phase}" + (f" at {amount}" if phase == "settled" else ""))
+
+
+@holds_app.command("list")
+def holds_list(
+    ledger_url: LedgerOption = None,
+    in_doubt: Annotated[bool, typer.Option("--in-doubt", help="Only holds whose outcome is unknown.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+) -> None:
+    """Show open holds: reserved, forwarded (a call in flight) and in doubt (a payment that may have left)."""
+    with open_ledger(ledger_url) as ledger:
+        holds = ledger.open_holds("in_doubt" if in_doubt else None)
+    if as_json:
+        for h in holds:
+            entry = {
+                "id": h.id,
+                "phase": h.phase,
+                "amount": h.amount.value,
+                "unit": h.amount.unit,
+                "tool": h.tool,
+                "session": h.session,
+                "identity": h.identity,
+                "payment": h.idempotency_key,
+                "created": h.created.isoformat(),
+            }
+            typer.echo(json.dumps(entry))
+        return
+    if not holds:
+        typer.echo("no holds in doubt" if in_doubt else "no open holds")
+        return
+    table = Table("hold", "phase", "amount", "tool", "session", "payment", "since")
+    for h in holds:
+        table.add_row(
+            str(h.id),
+            h.phase,
+            str(h.amount),
+            h.tool or "",
+            h.session or "",
+            h.idempotency_key or "",
+            h.created.isoformat(timespec="seconds"),
+        )
+    Console().print(table)
+
+
+@holds_app.command("resolve")
+def holds_resolve(
+    hold: Annotated[int, typer.Argument(metavar="ID", help="The id of a hold in doubt (see `guard holds list`).")],
+    spent: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option("--spent", metavar="AMOUNT", help="What was really paid, e.g. '120 sat'."),
+    ] = None,
+    void: Annotated[bool, typer.Option("--void", help="Nothing was paid: release the hold.")] = False,
+    ledger_url: LedgerOption = None,
+) -> None:
+    """Reconcile a hold in doubt: `--spent AMOUNT` (what really left) or `--void` (nothing did)."""
+    if (spent is None) == (not void):
+        raise typer.BadParameter("give exactly one of --spent AMOUNT or --void", param_hint="--spent/--void")
+    _resolve(hold, _amount(spent, "--spent"), ledger_url)

@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from subprocess import PIPE
+from typing import Any
 
 import anyio
 import httpx
@@ -91,6 +92,17 @@ class HttpUpstream:
 
 
 UpstreamSpec = StdioUpstream | HttpUpstream
+
+
+def client_target(spec: UpstreamSpec) -> Any:
+    """What the SDK's `Client` connects to for this upstream (the guard's own calls: init, refresh).
+
+    A stdio upstream gets the guard's whole environment: the SDK would otherwise merge a minimal one."""
+    from mcp import StdioServerParameters
+
+    if isinstance(spec, StdioUpstream):
+        return StdioServerParameters(command=spec.command[0], args=list(spec.command[1:]), env=dict(os.environ))
+    return spec.url
 
 
 @dataclass

@@ -21,10 +21,11 @@ from guard import _logging, _upstream
 from guard._errors import ConfigError, GuardError, UpstreamStartError
 from guard._gate import PolicyGate
 from guard._init_command import init
-from guard._ledger_commands import LedgerOption, ledger_app, open_ledger
+from guard._ledger_commands import LedgerOption, holds_app, ledger_app, open_ledger
 from guard._payments import Payments
 from guard._policy_commands import approvals_app, audit_app, policy_app
 from guard._policy_source import PolicySource
+from guard._refresh_command import refresh, refresh_once
 from guard._relay import Background, Gate, Session
 from guard._schedule import run_schedule
 from guard._version import __version__
@@ -42,6 +43,8 @@ app = typer.Typer(
 )
 
 app.add_typer(ledger_app, name="ledger")
+app.add_typer(holds_app, name="holds")
+app.command("refresh", context_settings={"allow_interspersed_args": False})(refresh)
 app.add_typer(policy_app, name="policy")
 app.add_typer(approvals_app, name="approvals")
 app.add_typer(audit_app, name="audit")
@@ -119,6 +122,9 @@ def run(
         ),
     ] = None,
     ledger_url: LedgerOption = None,
+    refresh_only: Annotated[
+        bool, typer.Option("--refresh-only", help="Refresh the balances that are due once, then exit (for cron).")
+    ] = False,
 ) -> None:
     """Wrap an upstream MCP server: `guard run -- CMD [ARGS...]` or `guard run --upstream URL`."""
     try:
@@ -142,6 +148,16 @@ def run(
         raise typer.Exit(3) from None
     # The ledger opens before serving: a guard that cannot account for spend must not start.
     ledger = open_ledger(ledger_url)
+    if refresh_only:
+        try:
+            done = refresh_once(spec, source.policy, ledger, every=False)
+        except UpstreamStartError as exc:
+            typer.echo(f"guard: error: {exc}", err=True)
+            raise typer.Exit(3) from None
+        finally:
+            ledger.close()
+        typer.echo(f"refreshed {done} balance{'' if done == 1 else 's'}")
+        raise typer.Exit(0)
     try:
         spec_ = source.policy.spec
         payments = Payments(ledger, family_adapters(spec_.preset), x402_adapter(spec_.assets))

@@ -112,6 +112,9 @@ class HoldInfo:
     settled: Amount | None
     idempotency_key: str | None
     created: datetime
+    session: str | None = None
+    identity: str | None = None
+    tool: str | None = None
 
 
 @dataclass(frozen=True)
@@ -332,7 +335,8 @@ class Ledger:
         with self._read() as conn:
             row = _run(
                 conn,
-                "SELECT id, phase, unit, amount, settled, idempotency_key, created_us FROM ledger_holds WHERE id = :id",
+                "SELECT id, phase, unit, amount, settled, idempotency_key, created_us, session, identity, tool"
+                " FROM ledger_holds WHERE id = :id",
                 {"id": hold_id},
             ).first()
         if row is None:
@@ -345,6 +349,9 @@ class Ledger:
             settled,
             row.idempotency_key,
             from_us(row.created_us),
+            row.session,
+            row.identity,
+            row.tool,
         )
 
     def open_holds(self, phase: str | None = None) -> list[HoldInfo]:
