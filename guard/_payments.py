@@ -8,7 +8,8 @@ what its answer says was paid. Adapters are pure; this is where their facts meet
   guard first asks the upstream itself (the adapter names the call) and decides on the answer;
 - after the answer: observations and quotes are stored; the hold is settled at what was paid, voided
   when provably nothing was, kept in doubt when unknown. An answer that cannot be read settles at the
-  reserved amount and is flagged.
+  reserved amount and is flagged. An answer that proves an in-doubt payment was made (a credential
+  stored for its payment hash) settles that hold: reconciliation needs no human then.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import anyio.to_thread
 from guard._policy import Denial, Policy, PriceUnknown
 from guard._relay import SessionLink, ToolCall, UpstreamError
 from guard.adapters._facts import Adapter, Outcome, Prepared
-from ledgers import Amount, BalanceObservation, Ledger, LedgerError, UnitMismatch, Window
+from ledgers import Amount, BalanceObservation, CallRecord, Ledger, LedgerError, UnitMismatch, Window
 from ledgers._time import US_PER_S
 
 logger = logging.getLogger("guard.payments")
@@ -189,6 +190,8 @@ class Payments:
         return Outcome("paid")
 
     async def _store(self, outcome: Outcome) -> None:
+        for payment in outcome.proven_paid:
+            await self._reconcile(payment)
         for observation in outcome.observations:
             await _db(self._ledger.observe, observation)
         for quote in outcome.quotes:
@@ -196,6 +199,24 @@ class Payments:
                 self._ledger.observe,
                 BalanceObservation(source="quote", key=f"quote:{quote.resource}", amount=quote.amount, status="quote"),
             )
+
+    async def _reconcile(self, payment: str) -> None:
+        """An answer proves `payment` was made: a hold of it still in doubt settles at its amount."""
+        hold = await _db(self._ledger.hold_for_payment, payment)
+        if hold is None or hold.phase != "in_doubt":
+            return
+        await _db(self._ledger.resolve, hold.id, hold.amount)
+        logger.info("hold %d (payment %s) was in doubt; the upstream shows it paid: settled", hold.id, payment)
+        record = CallRecord(
+            tool=hold.tool or "?",
+            decision="resolve",
+            session=hold.session,
+            identity=hold.identity,
+            reason=f"hold {hold.id} reconciled: the upstream shows payment {payment} was made",
+            hold_id=hold.id,
+            spent=hold.amount,
+        )
+        await _db(self._ledger.record, record)
 
     # on a schedule
 

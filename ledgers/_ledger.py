@@ -354,6 +354,16 @@ class Ledger:
             row.tool,
         )
 
+    def hold_for_payment(self, idempotency_key: str) -> HoldInfo | None:
+        """The hold that is not voided for this payment (a payment hash, an x402 nonce), if any."""
+        with self._read() as conn:
+            hold_id = _run(
+                conn,
+                "SELECT id FROM ledger_holds WHERE idempotency_key = :k AND phase != 'voided'",
+                {"k": idempotency_key},
+            ).scalar()
+        return self.hold(int(hold_id)) if hold_id is not None else None
+
     def open_holds(self, phase: str | None = None) -> list[HoldInfo]:
         """Holds not yet resolved (reserved, forwarded, in doubt), oldest first."""
         phases = (phase,) if phase else ("reserved", "forwarded", "in_doubt")

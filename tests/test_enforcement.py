@@ -57,16 +57,25 @@ tools:
 class RawGuard:
     """A `guard run` over stdio, spoken to one JSON-RPC line at a time."""
 
-    def __init__(self, tmp: Path, policy: Path, *, session: str = "s1", extra: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        policy: Path,
+        *,
+        session: str = "s1",
+        extra: tuple[str, ...] = (),
+        upstream: list[str] = SHOP,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.ledger = tmp / "ledger.db"
         self.record = tmp / "shop-record.jsonl"
         command = [*GUARD, "run", "--policy", str(policy), "--ledger", str(self.ledger), "--session", session, *extra]
         self.process = subprocess.Popen(
-            [*command, "--", *SHOP],
+            [*command, "--", *upstream],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            env={**os.environ, "SHOP_RECORD": str(self.record)},
+            env={**os.environ, "SHOP_RECORD": str(self.record), **(env or {})},
         )
         self.lines: queue.Queue[bytes] = queue.Queue()
         self.stderr: list[str] = []

@@ -14,6 +14,7 @@ from ledgers import Amount, BalanceObservation, Budget, Ledger
 
 from .conftest import GUARD, ROOT, WAIT_S
 from .test_cli import plain
+from .test_enforcement import RawGuard
 
 FAKE_P402 = [sys.executable, str(ROOT / "tests/upstreams/fake_p402.py")]
 SESSION = "sess_0123456789abcdef01234567"
@@ -119,3 +120,46 @@ def test_guard_refresh_asks_the_upstream_for_a_due_balance_and_stores_the_answer
     observation, age = found
     assert (observation.amount, observation.status) == (Amount(3_750_000, "usd_micro"), "active")
     assert age < WAIT_S
+
+
+FAKE_402MCP = [sys.executable, str(ROOT / "tests/upstreams/fake_402mcp.py")]
+
+
+def test_a_payment_in_doubt_is_settled_when_the_upstream_shows_its_credential(tmp_path: Path) -> None:
+    payment = "ab" * 32
+    path = tmp_path / "ledger.db"
+    budget = Budget("per-session", Amount(5000, "sat"), "session:s1")
+    with Ledger.open(path) as ledger:
+        hold = ledger.reserve([budget], Amount(120, "sat"), idempotency_key=payment, session="s1", tool="l402-fetch")
+        ledger.mark_forwarded(hold)
+        ledger.mark_in_doubt(hold)
+    state = tmp_path / "fake.json"
+    origin = "https://paid.example.com"
+    credential = {
+        "origin": origin,
+        "macaroon": "AgEEbHNhdAJCAAD",
+        "preimage": "cd" * 32,
+        "paymentHash": payment,
+        "creditBalance": None,
+        "storedAt": "2026-11-21T10:00:00Z",
+        "lastUsed": "2026-11-21T10:00:00Z",
+        "server": None,
+    }
+    state.write_text(json.dumps({"credentials": {origin: credential}}))
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("version: 1\npreset: 402-mcp\n")
+
+    guard_process = RawGuard(tmp_path, policy, upstream=FAKE_402MCP, env={"FAKE_STATE": str(state)})
+    try:
+        listed = guard_process.call("l402-credentials")
+    finally:
+        guard_process.stop()
+
+    assert listed["isError"] is False
+    with Ledger.open(path) as ledger:
+        info = ledger.hold(hold)
+        events = ledger.calls(last=10)
+    assert (info.phase, info.settled) == ("settled", Amount(120, "sat"))
+    [resolved] = [e.call for e in events if e.call.decision == "resolve"]
+    assert resolved.hold_id == hold and resolved.spent == Amount(120, "sat")
+    assert "reconciled" in (resolved.reason or "")

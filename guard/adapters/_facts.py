@@ -61,6 +61,7 @@ class Outcome:
     observations: tuple[BalanceObservation, ...] = ()
     quotes: tuple[Quote, ...] = ()
     payment_id: str | None = None  # learned from the answer (a 402's payment hash)
+    proven_paid: tuple[str, ...] = ()  # payments this answer proves were made (a stored credential's hash)
     problem: str | None = None  # the answer could not be read as documented: flagged in the audit trail
 
 

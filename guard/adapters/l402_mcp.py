@@ -533,10 +533,14 @@ def _credentials_outcome(reading: Reading) -> Outcome:
     if not isinstance(data, dict) or not isinstance(data.get("credentials"), list):
         return _unreadable(False, reading)
     seen: dict[str, BalanceObservation] = {}
+    paid: list[str] = []
     for entry in data["credentials"]:
         if not isinstance(entry, dict):
             reading.problems.append("a credential is not an object")
             continue
+        proven = payment_hash(entry.get("paymentHash"))
+        if proven is not None and proven not in paid:
+            paid.append(proven)  # a credential is stored only once its invoice is paid
         origin = origin_of(entry.get("origin"))
         if origin is None:
             continue  # keyed by a service pubkey, not an origin
@@ -551,7 +555,7 @@ def _credentials_outcome(reading: Reading) -> Outcome:
         earlier = seen.get(key)
         if earlier is None or _later_or_same(observation.upstream_time, earlier.upstream_time):
             seen[key] = observation
-    return Outcome("no_payment", observations=tuple(seen.values()), problem=reading.problem())
+    return Outcome("no_payment", observations=tuple(seen.values()), proven_paid=tuple(paid), problem=reading.problem())
 
 
 def _later_or_same(new: datetime | None, old: datetime | None) -> bool:

@@ -933,6 +933,7 @@ def test_credentials_give_one_observation_per_origin_the_last_used_counting() ->
                 upstream_time=datetime(2025, 1, 3, tzinfo=UTC),
             ),
         ),
+        proven_paid=(HASH, OTHER_HASH),  # a stored credential proves its invoice was paid
     )
 
 
