@@ -127,7 +127,7 @@ class PolicyGate:
                     await self._unanswered(hold, call.name, gone=True)
             raise
         try:
-            settled = await self._payments.settle(call, decision.reading, result, hold, price)
+            settled = await self._payments.settle(policy, call, decision.reading, result, hold, price)
         except BaseException:
             if hold is not None:  # the answer came, but the guard could not finish: keep it counted
                 with anyio.CancelScope(shield=True):
@@ -206,6 +206,8 @@ class PolicyGate:
             if denial is not None:
                 return denial
         payment_id = reading.prepared.payment_id if reading.prepared is not None else None
+        depends_on = reading.prepared.depends_on if reading.prepared is not None else ()
+        balance_key = depends_on[0] if depends_on else None  # the balance this payment draws on
         try:
             if price is not None and budgets is not None:
                 hold: int | None = await self._db(
@@ -214,6 +216,7 @@ class PolicyGate:
                         budgets,
                         price,
                         idempotency_key=payment_id,
+                        balance_key=balance_key,
                         rate_limits=[limit.rate for limit in limits],
                         session=who.session,
                         identity=who.identity,

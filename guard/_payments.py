@@ -17,11 +17,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, TypeVar
 
 import anyio.to_thread
 
-from guard._policy import Denial, Policy, PriceUnknown
+from guard._policy import Denial, Policy, PriceUnknown, Who
 from guard._relay import SessionLink, ToolCall, UpstreamError
 from guard.adapters._facts import Adapter, Outcome, Prepared
 from ledgers import Amount, BalanceObservation, CallRecord, Ledger, LedgerError, UnitMismatch, Window
@@ -30,6 +31,9 @@ from ledgers._time import US_PER_S
 logger = logging.getLogger("guard.payments")
 T = TypeVar("T")
 
+# Balances of money the guard's payments draw on; their drops are explained by those payments. (An
+# origin's credits fall with every fetch that uses them: no payment of the guard's explains that.)
+MONEY_BALANCES = ("p402:", "wallet:")
 # Observation statuses that mean the balance cannot pay.
 DEAD = frozenset({"exhausted", "expired", "ended", "revoked", "not-found"})
 
@@ -57,8 +61,11 @@ class Settled:
 class Payments:
     """Adapters (the upstream family's, and x402 which any server may speak) and the ledger."""
 
-    def __init__(self, ledger: Ledger, adapters: Sequence[Adapter], x402: Adapter | None = None) -> None:
+    def __init__(
+        self, ledger: Ledger, adapters: Sequence[Adapter], x402: Adapter | None = None, server: str = "upstream"
+    ) -> None:
         self._ledger = ledger
+        self._server = server
         self._adapters = list(adapters)
         self._x402 = x402
 
@@ -102,7 +109,7 @@ class Payments:
         for key in reading.prepared.depends_on:
             found = await _db(self._ledger.latest, key)
             if _stale(found, stale_after) and policy.spec.balances.on_stale == "refresh" and link is not None:
-                if await self.refresh(reading.adapter, key, link):
+                if await self.refresh(reading.adapter, key, link, policy, _who(call, self._server)):
                     found = await _db(self._ledger.latest, key)
             if found is None:
                 continue  # nothing known that says no: the budgets decide
@@ -126,7 +133,7 @@ class Payments:
                 )
         return None
 
-    async def refresh(self, adapter: Adapter, key: str, link: SessionLink) -> bool:
+    async def refresh(self, adapter: Adapter, key: str, link: SessionLink, policy: Policy, who: Who) -> bool:
         """Ask the upstream for a fresh observation of `key`; store what it says. True if it answered."""
         how = adapter.refresh(key)
         if how is None:
@@ -137,7 +144,7 @@ class Payments:
             logger.warning("refreshing %s with %s failed: %s", key, how.tool, exc.error.message)
             return False
         outcome = adapter.outcome(how.tool, how.arguments, None, result)
-        await self._store(outcome)
+        await self._store(outcome, policy, who)
         if outcome.problem:
             logger.warning("refreshing %s: %s", key, outcome.problem)
         return True
@@ -145,11 +152,15 @@ class Payments:
     # after the answer
 
     async def settle(
-        self, call: ToolCall, reading: Reading, result: Any, hold: int | None, price: Amount | None
+        self, policy: Policy, call: ToolCall, reading: Reading, result: Any, hold: int | None, price: Amount | None
     ) -> Settled:
-        """Store what the answer reveals; settle, void or keep in doubt the hold."""
+        """Settle, void or keep in doubt the hold; then store what the answer reveals."""
         outcome = self._outcome(call, reading, result)
-        await self._store(outcome)
+        settled = await self._finish(call, outcome, hold, price)
+        await self._store(outcome, policy, _who(call, self._server))
+        return settled
+
+    async def _finish(self, call: ToolCall, outcome: Outcome, hold: int | None, price: Amount | None) -> Settled:
         if hold is None or price is None:
             return Settled(None, "none", outcome.problem)
         if outcome.state == "paid":
@@ -189,16 +200,59 @@ class Payments:
         # No adapter knows this tool: a policy-priced call counts its price when it answers.
         return Outcome("paid")
 
-    async def _store(self, outcome: Outcome) -> None:
+    async def _store(self, outcome: Outcome, policy: Policy, who: Who) -> None:
         for payment in outcome.proven_paid:
             await self._reconcile(payment)
         for observation in outcome.observations:
+            await self._explain(observation, policy, who)
             await _db(self._ledger.observe, observation)
         for quote in outcome.quotes:
             await _db(
                 self._ledger.observe,
                 BalanceObservation(source="quote", key=f"quote:{quote.resource}", amount=quote.amount, status="quote"),
             )
+
+    async def _explain(self, observation: BalanceObservation, policy: Policy, who: Who) -> None:
+        """Compare a balance with the last one seen: a drop the guard's own payments do not explain is
+        spend seen only in the balance (another route, a fee): recorded, and counted against budgets
+        with `include_external`. A rise is a top-up: recorded, never as negative spend."""
+        if observation.amount is None or not observation.key.startswith(MONEY_BALANCES):
+            return
+        found = await _db(self._ledger.latest, observation.key)
+        if found is None or found[0].amount is None or found[0].seen is None:
+            return
+        before = found[0].amount
+        try:
+            now = observation.amount.to(before.unit, rounding="down")
+            explained = sum(a.to(before.unit, rounding="up").value for a in await self._spent_from(found[0]))
+        except UnitMismatch:
+            return
+        drop = before.value - now.value
+        base = {"tool": observation.source, "session": who.session or None, "identity": who.identity}
+        if drop < 0:
+            rise = Amount(-drop, before.unit)
+            reason = f"{observation.key} rose by {rise} (a top-up)"
+            await _db(self._ledger.record, CallRecord(decision="topup", reason=reason, **base))  # type: ignore[arg-type]
+            return
+        external = drop - explained
+        if external <= 0:
+            return
+        spent = Amount(external, before.unit)
+        budgets = [b for b in policy.external_budgets(who) if _comparable(spent, b.limit)]
+        hold = await _db(
+            partial(self._ledger.charge, budgets, spent, balance_key=observation.key, tool=observation.source)
+        )
+        reason = (
+            f"{observation.key} fell by {Amount(drop, before.unit)}; the guard's payments explain "
+            f"{Amount(explained, before.unit)}: {spent} was spent another way"
+        )
+        logger.warning("external spend: %s", reason)
+        record = CallRecord(decision="external", reason=reason, hold_id=hold, spent=spent, **base)  # type: ignore[arg-type]
+        await _db(self._ledger.record, record)
+
+    async def _spent_from(self, previous: BalanceObservation) -> list[Amount]:
+        assert previous.seen is not None
+        return await _db(self._ledger.spent_from, previous.key, previous.seen)
 
     async def _reconcile(self, payment: str) -> None:
         """An answer proves `payment` was made: a hold of it still in doubt settles at its amount."""
@@ -235,11 +289,23 @@ class Payments:
             if adapter is None or not live:
                 continue
             try:
-                if await self.refresh(adapter, observation.key, live[0]):
+                if await self.refresh(adapter, observation.key, live[0], policy, Who("", None, self._server)):
                     done += 1
             except LedgerError:
                 logger.exception("could not store a refreshed balance for %s", observation.key)
         return done
+
+
+def _who(call: ToolCall, server: str) -> Who:
+    return Who(call.session.id, call.session.identity, server)
+
+
+def _comparable(amount: Amount, limit: Amount) -> bool:
+    try:
+        amount.to(limit.unit, rounding="up")
+    except UnitMismatch:
+        return False
+    return True
 
 
 def _stale(found: tuple[BalanceObservation, float] | None, stale_after: float) -> bool:

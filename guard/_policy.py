@@ -227,6 +227,9 @@ class BudgetSpec(_Spec):
     scope: Literal["session", "identity", "server", "global"] = "session"
     window: BudgetWindow = "session"
     tools: list[str] | None = Field(default=None, description="Paying tools it covers (default: every paying tool).")
+    include_external: StrictBool = Field(
+        default=False, description="Also count spend seen only in a balance (a drop guard's payments do not explain)."
+    )
 
 
 class Balances(_Spec):
@@ -459,6 +462,15 @@ class Policy:
             return strictest
         except UnitMismatch:
             raise PriceUnknown(f"the max_price caps for {tool} are in units that do not compare") from None
+
+    def external_budgets(self, who: Who) -> list[Budget]:
+        """Budgets that count spend seen only in balances (`include_external`), scoped to `who`; a
+        session-scoped one needs a session."""
+        return [
+            Budget(b.name, Amount.parse(b.limit), who.key(b.scope), Window.parse(b.window, self.spec.timezone))
+            for b in self.spec.budgets
+            if b.include_external and (b.scope != "session" or who.session)
+        ]
 
     def budgets(self, tool: str, who: Who) -> list[Budget]:
         """Every budget covering `tool`, scoped to this caller."""

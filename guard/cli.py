@@ -160,8 +160,9 @@ def run(
         raise typer.Exit(0)
     try:
         spec_ = source.policy.spec
-        payments = Payments(ledger, family_adapters(spec_.preset), x402_adapter(spec_.assets))
-        gate = PolicyGate(source, ledger, spec_.server or spec.name, payments)
+        server = spec_.server or spec.name
+        payments = Payments(ledger, family_adapters(spec_.preset), x402_adapter(spec_.assets), server)
+        gate = PolicyGate(source, ledger, server, payments)
         background: list[Background] = [
             gate.write_audit,
             source.watch,

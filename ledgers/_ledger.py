@@ -267,9 +267,11 @@ class Ledger:
         session: str | None = None,
         identity: str | None = None,
         tool: str | None = None,
+        balance_key: str | None = None,
     ) -> int:
         """Check every budget and rate limit and, in the same transaction, write the hold (and the
-        calls the rate limits count). Returns the hold id.
+        calls the rate limits count). `balance_key` names the balance the payment draws on (see
+        `spent_from`). Returns the hold id.
 
         Raises:
             BudgetExceeded / RateLimited: which rule, what remains, when to retry. Nothing written.
@@ -289,7 +291,7 @@ class Ledger:
             for budget, value in charges:
                 self._check_budget(conn, budget, value, now)
             mixed = any(b.limit.unit != amount.unit for b in budgets)
-            hold_id = self._insert_hold(conn, amount, idempotency_key, now, session, identity, tool, mixed)
+            hold_id = self._insert_hold(conn, amount, idempotency_key, now, session, identity, tool, mixed, balance_key)
             for budget, value in charges:
                 _run(
                     conn,
@@ -435,6 +437,48 @@ class Ledger:
         if row is None:
             return None
         return _observation(row), (self._now_us() - row.seen_us) / US_PER_S
+
+    def spent_from(self, balance_key: str, since: datetime) -> list[Amount]:
+        """What this ledger's payments took from a balance since a moment, one Amount per unit: settled
+        amounts, and in-doubt ones in full (they may have left)."""
+        with self._read() as conn:
+            rows: Any = _run(
+                conn,
+                "SELECT unit, SUM(CASE WHEN phase = 'settled' THEN settled ELSE amount END) FROM ledger_holds"
+                " WHERE balance_key = :k AND updated_us > :s AND phase IN ('settled', 'in_doubt') GROUP BY unit",
+                {"k": balance_key, "s": to_us(since)},
+            ).all()
+        return [Amount(int(row[1]), row[0]) for row in rows if row[1]]
+
+    def charge(
+        self,
+        budgets: Sequence[Budget],
+        amount: Amount,
+        *,
+        balance_key: str | None = None,
+        session: str | None = None,
+        tool: str | None = None,
+    ) -> int:
+        """Record spend that already happened (seen only in a balance): a settled hold counted against
+        `budgets`, never refused (the money is gone). Returns the hold id."""
+        charges = [(b, amount.to(b.limit.unit, rates=self._rates, rounding="up").value) for b in budgets]
+        with self._write(lock_keys=sorted({b.key for b in budgets})) as conn:
+            now = self._now_us()
+            mixed = any(b.limit.unit != amount.unit for b in budgets)
+            hold_id = self._insert_hold(conn, amount, None, now, session, None, tool, mixed, balance_key)
+            _run(
+                conn,
+                "UPDATE ledger_holds SET phase = 'settled', settled = :p, updated_us = :t WHERE id = :h",
+                {"p": amount.value, "t": now, "h": hold_id},
+            )
+            for budget, value in charges:
+                _run(
+                    conn,
+                    "INSERT INTO ledger_charges (hold_id, budget, unit, held, spent, created_us)"
+                    " VALUES (:h, :b, :u, 0, :v, :t)",
+                    {"h": hold_id, "b": budget.key, "u": budget.limit.unit, "v": value, "t": now},
+                )
+        return hold_id
 
     def observed(self) -> list[tuple[BalanceObservation, float]]:
         """The newest observation of every key, with its age in seconds, oldest first."""
@@ -759,6 +803,7 @@ class Ledger:
         identity: str | None,
         tool: str | None,
         mixed: bool,
+        balance_key: str | None = None,
     ) -> int:
         try:
             # Only PostgreSQL can race past _check_key (SQLite holds its write lock): only it needs a savepoint.
@@ -766,8 +811,8 @@ class Ledger:
                 hold_id: Any = _run(
                     conn,
                     "INSERT INTO ledger_holds (idempotency_key, phase, unit, amount, owner, session, identity,"
-                    " tool, mixed_units, created_us, updated_us)"
-                    " VALUES (:k, 'reserved', :u, :a, :o, :s, :i, :t, :m, :now, :now) RETURNING id",
+                    " tool, mixed_units, created_us, updated_us, balance_key)"
+                    " VALUES (:k, 'reserved', :u, :a, :o, :s, :i, :t, :m, :now, :now, :bk) RETURNING id",
                     {
                         "k": key,
                         "u": amount.unit,
@@ -778,6 +823,7 @@ class Ledger:
                         "t": tool,
                         "m": mixed,
                         "now": now,
+                        "bk": balance_key,
                     },
                 ).scalar_one()
         except IntegrityError:

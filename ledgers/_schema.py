@@ -199,7 +199,14 @@ def _v2(conn: Connection) -> None:
     SQLModel.metadata.create_all(conn, tables=[getattr(ApprovalRow, "__table__")])  # noqa: B009
 
 
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2]
+def _v3(conn: Connection) -> None:
+    """Holds name the balance a payment drew on (a P402 session, a wallet), so that balance's drops can
+    be explained by the payments guard made, and the rest recorded as spend seen only in the balance."""
+    conn.execute(text("ALTER TABLE ledger_holds ADD COLUMN balance_key VARCHAR"))
+    conn.execute(text("CREATE INDEX ledger_holds_balance_time ON ledger_holds (balance_key, updated_us)"))
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3]
 MIGRATION_LOCK = 0x6775617264  # "guard": the advisory lock key that serializes migrations
 SCHEMA_VERSION = len(MIGRATIONS)
 

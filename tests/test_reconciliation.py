@@ -1,5 +1,6 @@
-"""`guard holds list|resolve` (a human reconciles what is in doubt) and `guard refresh` (balances
-refreshed once, for cron), on real ledger files and a fake P402 upstream."""
+"""Reconciling what the guard counted with what happened: `guard holds list|resolve` (a human), proof
+in a later answer (a stored credential), spend seen only in a balance, and `guard refresh` (for cron);
+on real ledger files, with fake upstreams."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from ledgers import Amount, BalanceObservation, Budget, Ledger
+from ledgers import Amount, BalanceObservation, Budget, Ledger, Window
 
 from .conftest import GUARD, ROOT, WAIT_S
 from .test_cli import plain
@@ -163,3 +164,74 @@ def test_a_payment_in_doubt_is_settled_when_the_upstream_shows_its_credential(tm
     [resolved] = [e.call for e in events if e.call.decision == "resolve"]
     assert resolved.hold_id == hold and resolved.spent == Amount(120, "sat")
     assert "reconciled" in (resolved.reason or "")
+
+
+def test_a_balance_drop_the_guards_payments_do_not_explain_is_external_spend_and_counts_where_opted_in(
+    tmp_path: Path,
+) -> None:
+    state = tmp_path / "p402.json"
+    expires = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    session = {"id": SESSION, "status": "active", "total_usd": 5.0, "used_usd": 0.0, "expires_at": expires}
+    state.write_text(json.dumps({"sessions": {SESSION: session}, "chat_cost_usd": 0.25}))
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(
+        "version: 1\npreset: p402\nbudgets:\n"
+        "  - {name: counted, limit: 10 usd, scope: global, window: day}\n"
+        "  - {name: with-external, limit: 10 usd, scope: global, window: day, include_external: true}\n"
+    )
+    guard_process = RawGuard(tmp_path, policy, upstream=FAKE_P402, env={"FAKE_STATE": str(state)})
+    try:
+        guard_process.call("p402_get_session", session_id=SESSION)  # 5.00 left
+        chat = guard_process.call("p402_chat", message="hi", session_id=SESSION)  # 0.25, paid through the guard
+        # Meanwhile 1.00 usd is spent from the same session another way (the fake's own books).
+        books = json.loads(state.read_text())
+        books["sessions"][SESSION]["used_usd"] += 1.0
+        state.write_text(json.dumps(books))
+        guard_process.call("p402_get_session", session_id=SESSION)  # 3.75 left: 1.00 unexplained
+        guard_process.call("p402_get_session", session_id=SESSION)  # unchanged: nothing new
+    finally:
+        guard_process.stop()
+
+    assert chat["isError"] is False
+    with Ledger.open(path := tmp_path / "ledger.db") as ledger:
+        events = [e.call for e in ledger.calls(last=20)]
+        counted = ledger.usage(Budget("counted", Amount(10_000_000, "usd_micro"), "global", Window.calendar("day")))
+        wider = ledger.usage(Budget("with-external", Amount(10_000_000, "usd_micro"), "global", Window.calendar("day")))
+    [external] = [e for e in events if e.decision == "external"]
+    assert external.spent == Amount(1_000_000, "usd_micro")
+    assert external.reason == (
+        f"p402:{SESSION} fell by 1.25 usd; the guard's payments explain 0.25 usd: 1 usd was spent another way"
+    )
+    assert counted.spent == 250_000
+    assert wider.spent == 1_250_000
+    assert path.exists()
+
+
+def test_a_balance_that_rises_is_a_top_up_never_negative_spend(tmp_path: Path) -> None:
+    state = tmp_path / "p402.json"
+    expires = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    session = {"id": SESSION, "status": "active", "total_usd": 5.0, "used_usd": 2.0, "expires_at": expires}
+    state.write_text(json.dumps({"sessions": {SESSION: session}}))
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(
+        "version: 1\npreset: p402\nbudgets:\n"
+        "  - {name: with-external, limit: 10 usd, scope: global, window: day, include_external: true}\n"
+    )
+    guard_process = RawGuard(tmp_path, policy, upstream=FAKE_P402, env={"FAKE_STATE": str(state)})
+    try:
+        guard_process.call("p402_get_session", session_id=SESSION)  # 3.00 left
+        books = json.loads(state.read_text())
+        books["sessions"][SESSION]["total_usd"] = 8.0  # topped up by 3.00
+        state.write_text(json.dumps(books))
+        guard_process.call("p402_get_session", session_id=SESSION)  # 6.00 left
+    finally:
+        guard_process.stop()
+
+    with Ledger.open(tmp_path / "ledger.db") as ledger:
+        events = [e.call for e in ledger.calls(last=20)]
+        spent = ledger.usage(Budget("with-external", Amount(10_000_000, "usd_micro"), "global", Window.calendar("day")))
+    [topup] = [e for e in events if e.decision == "topup"]
+    assert topup.reason == f"p402:{SESSION} rose by 3 usd (a top-up)"
+    assert topup.spent is None
+    assert not [e for e in events if e.decision == "external"]
+    assert spent.spent == 0
