@@ -30,6 +30,7 @@ from guard._relay import Background, Gate, Session
 from guard._schedule import run_schedule
 from guard._version import __version__
 from guard.adapters import family_adapters, x402_adapter
+from guard.demo import demo
 from ledgers import DEFAULT_LEASE_S, Ledger, LedgerError
 
 logger = logging.getLogger("guard")
@@ -45,6 +46,7 @@ app = typer.Typer(
 app.add_typer(ledger_app, name="ledger")
 app.add_typer(holds_app, name="holds")
 app.command("refresh", context_settings={"allow_interspersed_args": False})(refresh)
+app.command("demo")(demo)
 app.add_typer(policy_app, name="policy")
 app.add_typer(approvals_app, name="approvals")
 app.add_typer(audit_app, name="audit")

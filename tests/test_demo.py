@@ -1,0 +1,27 @@
+"""`guard demo`: the README's first command shows a payment admitted, one denied, and the budget."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from ledgers import Ledger
+
+from .conftest import GUARD, WAIT_S
+
+
+def test_the_demo_admits_one_payment_denies_the_next_and_shows_the_budget(tmp_path: Path) -> None:
+    shown = subprocess.run(
+        [*GUARD, "demo", "--dir", str(tmp_path)], capture_output=True, text=True, timeout=WAIT_S, cwd=tmp_path
+    )
+
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    bought = [line for line in lines if "buy the" in line]
+    assert bought[0].startswith("ok ") and "satsPaid: 60" in bought[0]
+    assert bought[1].startswith("DENIED ") and "80 sat asked, 40 sat left of 100" in bought[1]
+    [session_budget] = [line for line in lines if line.startswith("per-session")]
+    assert session_budget.split()[1:7] == ["60", "sat", "0", "sat", "40", "sat"]
+    with Ledger.open(tmp_path / "ledger.db") as ledger:
+        decisions = [(e.call.tool, e.call.decision) for e in ledger.calls(last=10)]
+    assert decisions.count(("l402-fetch", "allow")) == 1 and decisions.count(("l402-fetch", "deny")) == 1
