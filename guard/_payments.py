@@ -161,6 +161,10 @@ class Payments:
         return settled
 
     async def _finish(self, call: ToolCall, outcome: Outcome, hold: int | None, price: Amount | None) -> Settled:
+        if hold is not None and outcome.payment_id is not None and outcome.state in ("paid", "unknown"):
+            # The answer names the payment (a 402's hash): no second payment of it while this one is open.
+            if not await _db(self._ledger.name_payment, hold, outcome.payment_id):
+                logger.warning("hold %d: payment %s is already held by another hold", hold, outcome.payment_id)
         if hold is None or price is None:
             return Settled(None, "none", outcome.problem)
         if outcome.state == "paid":

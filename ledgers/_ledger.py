@@ -356,6 +356,21 @@ class Ledger:
             row.tool,
         )
 
+    def name_payment(self, hold_id: int, idempotency_key: str) -> bool:
+        """Give a hold the payment id its answer revealed (a 402's payment hash), so that payment cannot
+        be made again while the hold is open and a later proof can find it. False when another open
+        or settled hold has that id already (the hold keeps none)."""
+        try:
+            with self._write() as conn, conn.begin_nested() if self._postgres else nullcontext():
+                named = _run(
+                    conn,
+                    "UPDATE ledger_holds SET idempotency_key = :k WHERE id = :h AND idempotency_key IS NULL",
+                    {"k": idempotency_key, "h": hold_id},
+                ).rowcount
+        except IntegrityError:
+            return False
+        return bool(named)
+
     def hold_for_payment(self, idempotency_key: str) -> HoldInfo | None:
         """The hold that is not voided for this payment (a payment hash, an x402 nonce), if any."""
         with self._read() as conn:

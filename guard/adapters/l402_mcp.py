@@ -319,14 +319,19 @@ def _fail_state(pays: bool) -> OutcomeState:
 
 
 def _unreadable(pays: bool, reading: Reading, payment_id: str | None = None) -> Outcome:
-    """An answer that does not say what happened: unknown for a paying call."""
+    """An answer that does not say what happened. For a paying call: an answer that cannot be read at
+    all (not JSON, not an object) counts as paid at the reservation (settled, flagged: no human needed
+    to release it); a failure, or an object in no documented shape, is unknown (kept in doubt)."""
     if reading.data is not None and not isinstance(reading.data, dict):
         reading.problems.append("the result is not a JSON object")
     elif isinstance(reading.data, dict) and reading.error:
         reading.problems.append("the call failed without saying whether it paid" if pays else "the call failed")
     elif isinstance(reading.data, dict):
         reading.problems.append("the result is not in a documented shape")
-    return Outcome("unknown" if pays else "no_payment", payment_id=payment_id, problem=reading.problem())
+    if not pays:
+        return Outcome("no_payment", payment_id=payment_id, problem=reading.problem())
+    unreadable = not reading.error and not isinstance(reading.data, dict)
+    return Outcome("paid" if unreadable else "unknown", payment_id=payment_id, problem=reading.problem())
 
 
 def _quote(resource: str | None, data: JSON, reading: Reading) -> Quote | None:
