@@ -232,6 +232,7 @@ class Payments:
         except UnitMismatch:
             return
         drop = before.value - now.value
+        explained -= await self._settle_by_balance(found[0], drop, explained)
         base = {"tool": observation.source, "session": who.session or None, "identity": who.identity}
         if drop < 0:
             rise = Amount(-drop, before.unit)
@@ -253,6 +254,39 @@ class Payments:
         logger.warning("external spend: %s", reason)
         record = CallRecord(decision="external", reason=reason, hold_id=hold, spent=spent, **base)  # type: ignore[arg-type]
         await _db(self._ledger.record, record)
+
+    async def _settle_by_balance(self, previous: BalanceObservation, drop: int, explained: int) -> int:
+        """Payments in doubt from this balance, proven by its drop: a drop of exactly everything counted
+        means they left (settled); a drop of only what was settled means they did not (voided). Returns
+        how much of `explained` was in-doubt money now voided."""
+        assert previous.seen is not None and previous.amount is not None
+        unit = previous.amount.unit
+        doubtful = [
+            h
+            for h in await _db(self._ledger.open_holds, "in_doubt")
+            if h.balance_key == previous.key and h.created >= previous.seen
+        ]
+        try:
+            in_doubt = sum(h.amount.to(unit, rounding="up").value for h in doubtful)
+        except UnitMismatch:
+            return 0
+        if not doubtful or drop not in (explained, explained - in_doubt):
+            return 0
+        paid = drop == explained
+        for hold in doubtful:
+            await _db(self._ledger.resolve, hold.id, hold.amount if paid else Amount(0, hold.amount.unit))
+            what = "left (settled)" if paid else "did not leave (voided)"
+            record = CallRecord(
+                tool=hold.tool or "?",
+                decision="resolve",
+                session=hold.session,
+                identity=hold.identity,
+                reason=f"hold {hold.id} reconciled: {previous.key} shows the payment {what}",
+                hold_id=hold.id,
+                spent=hold.amount if paid else None,
+            )
+            await _db(self._ledger.record, record)
+        return 0 if paid else in_doubt
 
     async def _spent_from(self, previous: BalanceObservation) -> list[Amount]:
         assert previous.seen is not None

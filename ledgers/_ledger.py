@@ -115,6 +115,7 @@ class HoldInfo:
     session: str | None = None
     identity: str | None = None
     tool: str | None = None
+    balance_key: str | None = None
 
 
 @dataclass(frozen=True)
@@ -337,8 +338,8 @@ class Ledger:
         with self._read() as conn:
             row = _run(
                 conn,
-                "SELECT id, phase, unit, amount, settled, idempotency_key, created_us, session, identity, tool"
-                " FROM ledger_holds WHERE id = :id",
+                "SELECT id, phase, unit, amount, settled, idempotency_key, created_us, session, identity, tool,"
+                " balance_key FROM ledger_holds WHERE id = :id",
                 {"id": hold_id},
             ).first()
         if row is None:
@@ -354,6 +355,7 @@ class Ledger:
             row.session,
             row.identity,
             row.tool,
+            row.balance_key,
         )
 
     def name_payment(self, hold_id: int, idempotency_key: str) -> bool:

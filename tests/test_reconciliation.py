@@ -235,3 +235,29 @@ def test_a_balance_that_rises_is_a_top_up_never_negative_spend(tmp_path: Path) -
     assert topup.spent is None
     assert not [e for e in events if e.decision == "external"]
     assert spent.spent == 0
+
+
+def test_a_payment_in_doubt_is_voided_when_the_balance_shows_it_never_left(tmp_path: Path) -> None:
+    state = tmp_path / "p402.json"
+    expires = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    session = {"id": SESSION, "status": "active", "total_usd": 5.0, "used_usd": 0.0, "expires_at": expires}
+    state.write_text(json.dumps({"sessions": {SESSION: session}, "chat_error": "router timed out"}))
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("version: 1\npreset: p402\n")
+    guard_process = RawGuard(tmp_path, policy, upstream=FAKE_P402, env={"FAKE_STATE": str(state)})
+    try:
+        guard_process.call("p402_get_session", session_id=SESSION)
+        failed = guard_process.call("p402_chat", message="hi", session_id=SESSION)  # outcome unknown
+        with Ledger.open(tmp_path / "ledger.db", recover=False) as ledger:
+            [doubtful] = ledger.open_holds("in_doubt")
+        guard_process.call("p402_get_session", session_id=SESSION)  # the balance did not move
+    finally:
+        guard_process.stop()
+
+    assert failed["isError"] is True
+    with Ledger.open(tmp_path / "ledger.db") as ledger:
+        assert ledger.hold(doubtful.id).phase == "voided"
+        events = [e.call for e in ledger.calls(last=20)]
+    [resolved] = [e for e in events if e.decision == "resolve"]
+    assert resolved.reason == f"hold {doubtful.id} reconciled: p402:{SESSION} shows the payment did not leave (voided)"
+    assert not [e for e in events if e.decision == "external"]
