@@ -48,6 +48,7 @@ from ledgers import (
 from ledgers._time import US_PER_S
 
 logger = logging.getLogger("guard.gate")
+AUDIT_GATHER_S = 0.05
 T = TypeVar("T")
 
 
@@ -80,6 +81,9 @@ class PolicyGate:
         try:
             while True:
                 batch = [await self._audit.get()]
+                # Gather what else comes in a moment: one write (one disk sync, one turn of the SQLite
+                # write lock that paying calls also need) for many events.
+                await anyio.sleep(AUDIT_GATHER_S)
                 while not self._audit.empty():
                     batch.append(self._audit.get_nowait())
                 await self._write_batch(batch)
