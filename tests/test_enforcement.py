@@ -4,11 +4,8 @@ to in raw JSON-RPC lines so the wire format itself is checked, with a real SQLit
 from __future__ import annotations
 
 import json
-import os
-import queue
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +18,8 @@ from mcp.client.streamable_http import streamable_http_client
 
 from ledgers import Ledger
 
-from .conftest import GUARD, INITIALIZE, ROOT, WAIT_S
+from .conftest import GUARD, ROOT, WAIT_S
+from .rawguard import RawGuard
 
 SHOP = [sys.executable, str(ROOT / "tests/upstreams/shop.py")]
 DENIAL_FIELDS = {"denied", "rule", "reason", "remaining", "unit", "retry_after_s", "approval_id"}
@@ -54,118 +52,17 @@ tools:
 """
 
 
-class RawGuard:
-    """A `guard run` over stdio, spoken to one JSON-RPC line at a time."""
+class ShopGuard(RawGuard):
+    """A RawGuard in front of tests/upstreams/shop.py, which records what it was paid (SHOP_RECORD)."""
 
-    def __init__(
-        self,
-        tmp: Path,
-        policy: Path,
-        *,
-        session: str = "s1",
-        extra: tuple[str, ...] = (),
-        upstream: list[str] = SHOP,
-        env: dict[str, str] | None = None,
-    ) -> None:
-        self.ledger = tmp / "ledger.db"
+    def __init__(self, tmp: Path, policy: Path, **options: Any) -> None:
         self.record = tmp / "shop-record.jsonl"
-        command = [*GUARD, "run", "--policy", str(policy), "--ledger", str(self.ledger), "--session", session, *extra]
-        self.process = subprocess.Popen(
-            [*command, "--", *upstream],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env={**os.environ, "SHOP_RECORD": str(self.record), **(env or {})},
-        )
-        self.lines: queue.Queue[bytes] = queue.Queue()
-        self.stderr: list[str] = []
-        self.stderr_events: queue.Queue[str] = queue.Queue()
-        self._readers = [
-            threading.Thread(target=self._read_stdout, daemon=True),
-            threading.Thread(target=self._read_stderr, daemon=True),
-        ]
-        for reader in self._readers:
-            reader.start()
-        self._ids = iter(range(1, 1_000_000))
-        self.notifications: list[dict[str, Any]] = []
-        self.request("initialize", INITIALIZE["params"])
-        self.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
-
-    def _read_stdout(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            self.lines.put(line)
-
-    def _read_stderr(self) -> None:
-        assert self.process.stderr is not None
-        for raw in self.process.stderr:
-            line = raw.decode(errors="replace").rstrip()
-            self.stderr.append(line)
-            self.stderr_events.put(line)
-
-    def send(self, message: dict[str, Any]) -> None:
-        assert self.process.stdin is not None
-        self.process.stdin.write(json.dumps(message).encode() + b"\n")
-        self.process.stdin.flush()
-
-    def raw_request(self, method: str, params: dict[str, Any] | None = None) -> bytes:
-        """Send a request; return the raw bytes of its answer line (notifications are kept aside)."""
-        request_id = next(self._ids)
-        self.send({"jsonrpc": "2.0", "id": request_id, "method": method, "params": params or {}})
-        while True:
-            line = self.lines.get(timeout=WAIT_S)
-            message = json.loads(line)
-            if message.get("id") == request_id and "method" not in message:
-                return line
-            self.notifications.append(message)
-
-    def request(self, method: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
-        return json.loads(self.raw_request(method, params))  # type: ignore[no-any-return]
-
-    def call(self, name: str, **arguments: Any) -> dict[str, Any]:
-        answer = self.request("tools/call", {"name": name, "arguments": arguments})
-        assert "result" in answer, answer
-        return answer["result"]  # type: ignore[no-any-return]
-
-    def wait_for_notification(self, method: str) -> dict[str, Any]:
-        for message in self.notifications:
-            if message.get("method") == method:
-                self.notifications.remove(message)
-                return message
-        while True:
-            message = json.loads(self.lines.get(timeout=WAIT_S))
-            if message.get("method") == method:
-                return message
-            self.notifications.append(message)
-
-    def wait_for_stderr(self, text: str) -> str:
-        for line in self.stderr:
-            if text in line:
-                return line
-        while True:
-            line = self.stderr_events.get(timeout=WAIT_S)
-            if text in line:
-                return line
+        super().__init__(tmp, policy, upstream=SHOP, env={"SHOP_RECORD": str(self.record)}, **options)
 
     def paid_by_shop(self) -> int:
         if not self.record.exists():
             return 0
         return sum(json.loads(line)["amount"] for line in self.record.read_text().splitlines())
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            assert self.process.stdin is not None
-            self.process.stdin.close()
-            try:
-                self.process.wait(WAIT_S)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(WAIT_S)
-        for reader in self._readers:
-            reader.join(WAIT_S)
-        for pipe in (self.process.stdout, self.process.stderr):
-            if pipe is not None:
-                pipe.close()
 
 
 @pytest.fixture
@@ -176,8 +73,8 @@ def policy_file(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def guard(tmp_path: Path, policy_file: Path) -> Iterator[RawGuard]:
-    running = RawGuard(tmp_path, policy_file)
+def guard(tmp_path: Path, policy_file: Path) -> Iterator[ShopGuard]:
+    running = ShopGuard(tmp_path, policy_file)
     yield running
     running.stop()
 
@@ -190,7 +87,7 @@ def denial(result: dict[str, Any]) -> dict[str, Any]:
     return result["structuredContent"]  # type: ignore[no-any-return]
 
 
-def test_a_denial_is_a_tool_result_with_is_error_a_readable_first_line_and_machine_fields(guard: RawGuard) -> None:
+def test_a_denial_is_a_tool_result_with_is_error_a_readable_first_line_and_machine_fields(guard: ShopGuard) -> None:
     raw = guard.raw_request("tools/call", {"name": "buy", "arguments": {"item": "Tea", "amount": 10}})
 
     assert b'"isError":true' in raw
@@ -213,7 +110,7 @@ def test_a_denial_is_a_tool_result_with_is_error_a_readable_first_line_and_machi
 def test_a_tool_the_policy_does_not_name_is_denied_and_hidden_under_default_deny(tmp_path: Path) -> None:
     policy = tmp_path / "policy.yaml"
     policy.write_text(POLICY.replace("  refuse:\n    pays: true\n    price: 30 sat\n", ""))
-    guard = RawGuard(tmp_path, policy)
+    guard = ShopGuard(tmp_path, policy)
     try:
         listed = [tool["name"] for tool in guard.request("tools/list")["result"]["tools"]]
         answer = denial(guard.call("refuse", amount=1))
@@ -225,7 +122,7 @@ def test_a_tool_the_policy_does_not_name_is_denied_and_hidden_under_default_deny
 
 
 def test_paying_calls_reserve_against_the_budget_and_the_ledger_matches_what_the_shop_was_paid(
-    guard: RawGuard,
+    guard: ShopGuard,
 ) -> None:
     assert guard.call("buy", item="tea", amount=40)["isError"] is False
     assert guard.call("buy", item="cake", amount=50)["isError"] is False
@@ -248,7 +145,7 @@ def test_paying_calls_reserve_against_the_budget_and_the_ledger_matches_what_the
 def test_a_paying_call_without_a_price_is_refused_and_never_forwarded(tmp_path: Path) -> None:
     policy = tmp_path / "policy.yaml"
     policy.write_text(POLICY.replace("    max_price: 60 sat\n", ""))
-    guard = RawGuard(tmp_path, policy)
+    guard = ShopGuard(tmp_path, policy)
     try:
         answer = denial(guard.call("buy", item="tea"))
     finally:
@@ -258,12 +155,12 @@ def test_a_paying_call_without_a_price_is_refused_and_never_forwarded(tmp_path: 
     assert guard.paid_by_shop() == 0
 
 
-def test_without_a_price_argument_a_paying_call_reserves_and_counts_its_max_price(guard: RawGuard) -> None:
+def test_without_a_price_argument_a_paying_call_reserves_and_counts_its_max_price(guard: ShopGuard) -> None:
     assert guard.call("buy", item="tea")["isError"] is False
     assert denial(guard.call("buy", item="jam", amount=50))["remaining"] == 40
 
 
-def test_an_upstream_that_dies_mid_payment_leaves_the_hold_in_doubt_and_counted(guard: RawGuard) -> None:
+def test_an_upstream_that_dies_mid_payment_leaves_the_hold_in_doubt_and_counted(guard: ShopGuard) -> None:
     answer = guard.request("tools/call", {"name": "die", "arguments": {"amount": 30}})
     guard.stop()
 
@@ -274,7 +171,7 @@ def test_an_upstream_that_dies_mid_payment_leaves_the_hold_in_doubt_and_counted(
     assert guard.paid_by_shop() == 30
 
 
-def test_an_upstream_json_rpc_error_voids_the_hold(guard: RawGuard) -> None:
+def test_an_upstream_json_rpc_error_voids_the_hold(guard: ShopGuard) -> None:
     answer = guard.request("tools/call", {"name": "refuse", "arguments": {"amount": 30}})
     guard.stop()
 
@@ -286,13 +183,13 @@ def test_an_upstream_json_rpc_error_voids_the_hold(guard: RawGuard) -> None:
 
 
 def test_rate_limits_are_durable_across_a_guard_restart(tmp_path: Path, policy_file: Path) -> None:
-    first = RawGuard(tmp_path, policy_file)
+    first = ShopGuard(tmp_path, policy_file)
     try:
         assert first.call("browse")["isError"] is False
         assert first.call("browse")["isError"] is False
     finally:
         first.stop()
-    second = RawGuard(tmp_path, policy_file)
+    second = ShopGuard(tmp_path, policy_file)
     try:
         refused = denial(second.call("browse"))
     finally:
@@ -306,7 +203,7 @@ def test_rate_limits_are_durable_across_a_guard_restart(tmp_path: Path, policy_f
 def test_an_approval_is_single_use_and_bound_to_the_exact_arguments(tmp_path: Path) -> None:
     policy = tmp_path / "policy.yaml"
     policy.write_text(POLICY.replace("  browse:\n    rate_limit: 2/minute\n", "  browse:\n    action: approve\n"))
-    guard = RawGuard(tmp_path, policy)
+    guard = ShopGuard(tmp_path, policy)
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
         command = [*GUARD, "approvals", *args, "--ledger", str(guard.ledger)]
@@ -337,7 +234,7 @@ def test_an_approval_is_single_use_and_bound_to_the_exact_arguments(tmp_path: Pa
 def test_a_denied_approval_refuses_the_retry(tmp_path: Path) -> None:
     policy = tmp_path / "policy.yaml"
     policy.write_text(POLICY.replace("  browse:\n    rate_limit: 2/minute\n", "  browse:\n    action: approve\n"))
-    guard = RawGuard(tmp_path, policy)
+    guard = ShopGuard(tmp_path, policy)
     try:
         asked = denial(guard.call("browse", q="shoes"))
         subprocess.run(
@@ -353,7 +250,7 @@ def test_a_denied_approval_refuses_the_retry(tmp_path: Path) -> None:
     assert retried["approval_id"] == asked["approval_id"]
 
 
-def test_a_valid_edit_takes_effect_and_tells_the_client_its_tools_changed(guard: RawGuard, policy_file: Path) -> None:
+def test_a_valid_edit_takes_effect_and_tells_the_client_its_tools_changed(guard: ShopGuard, policy_file: Path) -> None:
     assert guard.call("browse")["isError"] is False
     guard.request("tools/list")
     policy_file.write_text(POLICY.replace("  browse:\n    rate_limit: 2/minute\n", "  browse:\n    action: deny\n"))
@@ -365,7 +262,7 @@ def test_a_valid_edit_takes_effect_and_tells_the_client_its_tools_changed(guard:
 
 
 def test_an_invalid_edit_is_refused_and_the_previous_policy_and_counters_stay(
-    guard: RawGuard, policy_file: Path
+    guard: ShopGuard, policy_file: Path
 ) -> None:
     assert guard.call("browse")["isError"] is False
     policy_file.write_text(POLICY.replace("2/minute", "2/fortnight"))
@@ -382,7 +279,7 @@ def test_an_invalid_edit_is_refused_and_the_previous_policy_and_counters_stay(
     assert denial(guard.call("browse"))["rule"] == "tools.browse.rate_limit"
 
 
-def test_every_decision_is_in_the_audit_trail_without_the_arguments(guard: RawGuard) -> None:
+def test_every_decision_is_in_the_audit_trail_without_the_arguments(guard: ShopGuard) -> None:
     macaroon = "AgEEbHNhdAJCAADo3kx9aPQrstuvwxyzABCDEFGH12345678QRSTUVWXYZ"
     guard.call("buy", item="tea", amount=5)
     guard.call("buy", item=macaroon, amount=5)

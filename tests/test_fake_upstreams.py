@@ -466,6 +466,7 @@ async def test_p402_sessions_budget_and_chat(tmp_path: Path) -> None:
 def payment_for(
     required: dict[str, Any], nonce_byte: str, *, now: int = T0, value: str | None = None
 ) -> dict[str, Any]:
+    """A PaymentPayload for the first requirement, as fake_x402 verifies it (nonce: `nonce_byte` x 32)."""
     accepted = required["accepts"][0]
     return {
         "x402Version": 2,

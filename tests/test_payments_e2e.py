@@ -15,17 +15,14 @@ import hashlib
 import json
 import math
 import os
-import queue
 import subprocess
 import sys
-import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import anyio
 import bolt11
@@ -36,16 +33,17 @@ from mcp.client.streamable_http import streamable_http_client
 
 from ledgers import Amount, BalanceObservation, Budget, Ledger
 
-from .conftest import GUARD, INITIALIZE, ROOT, WAIT_S
+from .conftest import GUARD, ROOT, WAIT_S
+from .rawguard import JSON, RawGuard
+from .test_fake_upstreams import T0, payment_for
 
 UPSTREAMS = ROOT / "tests" / "upstreams"
-JSON = dict[str, Any]
 
 
 # --- a guard over stdio, in raw JSON-RPC -------------------------------------------------------------------
 
 
-class Guard:
+class Guard(RawGuard):
     """`guard run --policy P --ledger L --session S -- python tests/upstreams/<fake>.py` over stdio.
 
     The policy, ledger and the fake's state file live in `tmp`; a second Guard in the same `tmp`
@@ -61,100 +59,19 @@ class Guard:
         session: str = "s1",
         identity: str | None = None,
     ) -> None:
-        self.ledger = tmp / "ledger.db"
-        self.policy = tmp / "policy.yaml"
+        policy_file = tmp / "policy.yaml"
         self.state_file = tmp / f"{fake}-state.json"
-        self.policy.write_text(policy)
+        policy_file.write_text(policy)
         if state is not None:
             self.state_file.write_text(json.dumps(state))
-        command = [*GUARD, "run", "--policy", str(self.policy), "--ledger", str(self.ledger), "--session", session]
-        if identity is not None:
-            command += ["--identity", identity]
-        self.process = subprocess.Popen(
-            [*command, "--", sys.executable, str(UPSTREAMS / f"{fake}.py")],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env={**os.environ, "FAKE_STATE": str(self.state_file)},
+        super().__init__(
+            tmp,
+            policy_file,
+            upstream=[sys.executable, str(UPSTREAMS / f"{fake}.py")],
+            session=session,
+            extra=() if identity is None else ("--identity", identity),
+            env={"FAKE_STATE": str(self.state_file)},
         )
-        self.lines: queue.Queue[bytes] = queue.Queue()
-        self.stderr: list[str] = []
-        self._stderr_events: queue.Queue[str] = queue.Queue()
-        self._readers = [
-            threading.Thread(target=self._read_stdout, daemon=True),
-            threading.Thread(target=self._read_stderr, daemon=True),
-        ]
-        for reader in self._readers:
-            reader.start()
-        self._ids = iter(range(1, 1_000_000))
-        self._early: dict[Any, JSON] = {}  # answers that came before the one being waited for
-        self.request("initialize", cast(JSON, INITIALIZE["params"]))
-        self.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
-
-    def _read_stdout(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            self.lines.put(line)
-
-    def _read_stderr(self) -> None:
-        assert self.process.stderr is not None
-        for raw in self.process.stderr:
-            line = raw.decode(errors="replace").rstrip()
-            self.stderr.append(line)
-            self._stderr_events.put(line)
-
-    def send(self, message: JSON) -> None:
-        assert self.process.stdin is not None
-        self.process.stdin.write(json.dumps(message).encode() + b"\n")
-        self.process.stdin.flush()
-
-    def _send_request(self, method: str, params: JSON) -> int:
-        request_id = next(self._ids)
-        self.send({"jsonrpc": "2.0", "id": request_id, "method": method, "params": params})
-        return request_id
-
-    def _answer(self, request_id: int) -> JSON:
-        if request_id in self._early:
-            return self._early.pop(request_id)
-        deadline = time.monotonic() + WAIT_S
-        while True:
-            message = json.loads(self.lines.get(timeout=max(0.0, deadline - time.monotonic())))
-            if "method" in message:
-                continue  # a notification
-            if message.get("id") == request_id:
-                return message  # type: ignore[no-any-return]
-            self._early[message.get("id")] = message
-
-    def request(self, method: str, params: JSON | None = None) -> JSON:
-        return self._answer(self._send_request(method, params or {}))
-
-    def call(self, name: str, arguments: JSON | None = None, meta: JSON | None = None) -> JSON:
-        """A tools/call; its result (the guard's denial or the upstream's answer)."""
-        params: JSON = {"name": name, "arguments": arguments or {}}
-        if meta is not None:
-            params["_meta"] = meta
-        answer = self.request("tools/call", params)
-        assert "result" in answer, answer
-        return answer["result"]  # type: ignore[no-any-return]
-
-    def call_all(self, calls: list[tuple[str, JSON]]) -> list[JSON]:
-        """Send every call before reading any answer (distinct ids, all in flight at once)."""
-        ids = [self._send_request("tools/call", {"name": name, "arguments": args}) for name, args in calls]
-        answers = [self._answer(request_id) for request_id in ids]
-        for answer in answers:
-            assert "result" in answer, answer
-        return [answer["result"] for answer in answers]
-
-    def wait_for_stderr(self, text: str) -> str:
-        """The first stderr line containing `text` (waiting for it, bounded by WAIT_S)."""
-        for line in self.stderr:
-            if text in line:
-                return line
-        deadline = time.monotonic() + WAIT_S
-        while True:
-            line = self._stderr_events.get(timeout=max(0.0, deadline - time.monotonic()))
-            if text in line:
-                return line
 
     def edit_policy(self, policy: str) -> None:
         """Replace the policy file (as an editor does) and wait until the guard has reloaded it."""
@@ -166,21 +83,6 @@ class Guard:
     def state(self) -> JSON:
         """The fake's state file: its record of what it was paid."""
         return json.loads(self.state_file.read_text())  # type: ignore[no-any-return]
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            assert self.process.stdin is not None
-            self.process.stdin.close()
-            try:
-                self.process.wait(WAIT_S)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(WAIT_S)
-        for reader in self._readers:
-            reader.join(WAIT_S)
-        for pipe in (self.process.stdout, self.process.stderr):
-            if pipe is not None and not pipe.closed:
-                pipe.close()
 
 
 @pytest.fixture
@@ -754,29 +656,6 @@ budgets:
 tools:
   summarize: {}
 """
-T0 = 1_767_225_600  # 2026-01-01T00:00:00Z: the fake's clock
-PAYER = "0x857b06519E91e3A54538791bDbb0E22373e36b66"
-
-
-def x402_payment(required: JSON, nonce: str) -> JSON:
-    """A PaymentPayload for the first requirement, as fake_x402 verifies it."""
-    accepted = required["accepts"][0]
-    return {
-        "x402Version": 2,
-        "resource": required["resource"],
-        "accepted": accepted,
-        "payload": {
-            "signature": "0x" + "2d" * 65,
-            "authorization": {
-                "from": PAYER,
-                "to": accepted["payTo"],
-                "value": accepted["amount"],
-                "validAfter": str(T0 - 10),
-                "validBefore": str(T0 + 60),
-                "nonce": nonce,
-            },
-        },
-    }
 
 
 def test_x402_upto_reserves_the_accepted_amount_settles_at_the_receipt_and_a_replayed_nonce_is_refused(
@@ -785,7 +664,7 @@ def test_x402_upto_reserves_the_accepted_amount_settles_at_the_receipt_and_a_rep
     guard = start("fake_x402", X402_POLICY, state={"now": T0})
     text = {"text": "one two three four five"}  # 2000 + 200 per word: 3000 of at most 50000
     unpaid = guard.call("summarize", text)
-    payment = x402_payment(unpaid["structuredContent"], "0x" + "ab" * 32)
+    payment = payment_for(unpaid["structuredContent"], "ab")
     paid = guard.call("summarize", text, meta={"x402/payment": payment})
     replay = guard.call("summarize", text, meta={"x402/payment": payment})
     guard.stop()

@@ -14,8 +14,8 @@ from pathlib import Path
 from ledgers import Amount, BalanceObservation, Budget, Ledger, Window
 
 from .conftest import GUARD, ROOT, WAIT_S
+from .rawguard import RawGuard
 from .test_cli import plain
-from .test_enforcement import RawGuard
 
 FAKE_P402 = [sys.executable, str(ROOT / "tests/upstreams/fake_p402.py")]
 SESSION = "sess_0123456789abcdef01234567"

@@ -13,6 +13,7 @@ Environment:
 - FAKE_STATE: path of the JSON state file. Read at start and again before every call (so a test
   may edit it between calls, e.g. to move the clock), written atomically after every change.
   Without it the state lives in memory only.
+  (The state file, clock and stdio serving: tests/upstreams/_fake_state.py.)
 - FAKE_SNAKE_CASE=1: expose `l402_fetch`, `l402_balance`, ... instead of the kebab-case names.
 - MAX_AUTO_PAY_SATS (default 1000): the most one automatic payment may cost.
 - MAX_SPEND_PER_MINUTE_SATS (default 10000): rolling-minute cap; kept in memory, reset on restart.
@@ -50,30 +51,28 @@ State file keys (all optional; defaults are filled in and written back):
 from __future__ import annotations
 
 import base64
-import copy
 import hashlib
 import json
 import os
 import secrets
-import time
-from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import anyio
 import bolt11
 import mcp.types as types
-from mcp.server import Server, ServerRequestContext
-from mcp.server.stdio import stdio_server
+from mcp.server import ServerRequestContext
 from mcp.shared.exceptions import MCPError
+
+try:  # run as a script: this folder is sys.path[0]
+    from _fake_state import FakeState, clock, iso, knobs_for, parse_time, serve
+except ImportError:  # imported as tests.upstreams.fake_402mcp
+    from tests.upstreams._fake_state import FakeState, clock, iso, knobs_for, parse_time, serve
 
 JSON = dict[str, Any]
 
 MAX_AUTO_PAY_SATS = int(os.environ.get("MAX_AUTO_PAY_SATS", "1000"))
 MAX_SPEND_PER_MINUTE_SATS = int(os.environ.get("MAX_SPEND_PER_MINUTE_SATS", "10000"))
 SNAKE = os.environ.get("FAKE_SNAKE_CASE", "") not in ("", "0", "false")
-STATE_PATH = os.environ.get("FAKE_STATE") or None
 STALE_AFTER_S = 300
 INVOICE_EXPIRY_S = 3600
 # A throwaway node key: signs the fake invoices (payee pubkey is derived from it).
@@ -126,52 +125,7 @@ DEFAULTS: JSON = {
 
 # --- state -------------------------------------------------------------------------------------
 
-_state: JSON = {}
-
-
-def load_state() -> JSON:
-    """The current state: the file when there is one (a test may have edited it), else memory."""
-    global _state
-    if STATE_PATH and Path(STATE_PATH).exists():
-        text = Path(STATE_PATH).read_text()
-        _state = json.loads(text) if text.strip() else {}
-    for key, value in DEFAULTS.items():
-        _state.setdefault(key, copy.deepcopy(value))
-    return _state
-
-
-def save_state(state: JSON) -> None:
-    """Write the state atomically (tmp file + os.replace)."""
-    if not STATE_PATH:
-        return
-    tmp = f"{STATE_PATH}.{os.getpid()}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(state, f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, STATE_PATH)
-
-
-def parse_time(value: Any) -> float:
-    """Epoch seconds (a number or a numeric string) or ISO-8601."""
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
-
-
-def clock(state: JSON) -> float:
-    """The fake clock: state `now`, else FAKE_NOW, else real time (epoch seconds)."""
-    if state.get("now") is not None:
-        return parse_time(state["now"])
-    if os.environ.get("FAKE_NOW"):
-        return parse_time(os.environ["FAKE_NOW"])
-    return time.time()
-
-
-def iso(ts: float) -> str:
-    """JavaScript's `Date.toISOString()`: millisecond precision, `Z`."""
-    moment = datetime.fromtimestamp(ts, UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+STATE = FakeState(DEFAULTS)
 
 
 # --- the simulated paid web and wallet ---------------------------------------------------------
@@ -234,20 +188,6 @@ def new_challenge(state: JSON, url: str, sats: int) -> JSON:
     }
     state["challenges"][payment_hash] = challenge
     return challenge
-
-
-def knobs_for(state: JSON, *keys: str | None) -> set[str]:
-    """The scenario knobs that apply to any of `keys` (a URL, its origin, a payment hash) or "*"."""
-    found: set[str] = set()
-    for key in (*keys, "*"):
-        if key is None:
-            continue
-        value = state["outcomes"].get(key)
-        if isinstance(value, str):
-            found.add(value)
-        elif isinstance(value, list):
-            found.update(str(v) for v in value)
-    return found
 
 
 class SpendTracker:
@@ -1008,32 +948,17 @@ HANDLERS = {
 SCHEMAS = {exposed(name): (name, input_schema) for name, _, input_schema, _ in TOOL_SPECS}
 
 
-async def list_tools(
-    ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None
-) -> types.ListToolsResult:
-    return types.ListToolsResult(tools=TOOLS)
-
-
 async def call_tool(ctx: ServerRequestContext[Any], params: types.CallToolRequestParams) -> types.CallToolResult:
     if params.name not in SCHEMAS:
         raise MCPError(types.INVALID_PARAMS, f"Tool {params.name} not found")
     canonical, input_schema = SCHEMAS[params.name]
     arguments = dict(params.arguments or {})
     require(arguments, input_schema, params.name)
-    state = load_state()
+    state = STATE.load()
     answer = HANDLERS[canonical](state, arguments)
-    save_state(state)
+    STATE.save(state)
     return answer
 
 
-server = Server("402-mcp", version="4.2.1", on_list_tools=list_tools, on_call_tool=call_tool)
-
-
-async def main() -> None:
-    save_state(load_state())
-    async with stdio_server() as (read, write):
-        await server.run(read, write, server.create_initialization_options())
-
-
 if __name__ == "__main__":
-    anyio.run(main)
+    serve("402-mcp", "4.2.1", TOOLS, call_tool, STATE)

@@ -14,6 +14,7 @@ message as text with isError, as the TypeScript SDK reports a thrown error):
 Environment:
 - FAKE_STATE: path of the JSON state file. Read at start and before every call (a test may edit it
   between calls), written atomically after every change. Without it the state lives in memory.
+  (The state file, clock and stdio serving: tests/upstreams/_fake_state.py.)
 - FAKE_OLD_BALANCE=1: get_balance answers `{"balance": <msat>}`.
 - FAKE_NOW: the clock (epoch seconds or ISO-8601) when the state has no `now`.
 
@@ -32,25 +33,22 @@ State file keys (optional; defaults are filled in and written back):
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import os
 import secrets
-import time
-from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
-import anyio
 import bolt11
 import mcp.types as types
-from mcp.server import Server, ServerRequestContext
-from mcp.server.stdio import stdio_server
 from mcp.shared.exceptions import MCPError
 
+try:  # run as a script: this folder is sys.path[0]
+    from _fake_state import FakeState, clock, dispatch, iso, knobs_for, serve
+except ImportError:  # imported as tests.upstreams.fake_alby
+    from tests.upstreams._fake_state import FakeState, clock, dispatch, iso, knobs_for, serve
+
 JSON = dict[str, Any]
-STATE_PATH = os.environ.get("FAKE_STATE") or None
 OLD_BALANCE = os.environ.get("FAKE_OLD_BALANCE", "") not in ("", "0", "false")
 NODE_KEY = "22" * 32  # a throwaway key that signs the simulated servers' invoices
 
@@ -67,48 +65,7 @@ DEFAULTS: JSON = {
     "payments": [],
 }
 
-_state: JSON = {}
-
-
-def load_state() -> JSON:
-    global _state
-    if STATE_PATH and Path(STATE_PATH).exists():
-        text = Path(STATE_PATH).read_text()
-        _state = json.loads(text) if text.strip() else {}
-    for key, value in DEFAULTS.items():
-        _state.setdefault(key, copy.deepcopy(value))
-    return _state
-
-
-def save_state(state: JSON) -> None:
-    if not STATE_PATH:
-        return
-    tmp = f"{STATE_PATH}.{os.getpid()}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(state, f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, STATE_PATH)
-
-
-def parse_time(value: Any) -> float:
-    """Epoch seconds (a number or a numeric string) or ISO-8601."""
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
-
-
-def clock(state: JSON) -> float:
-    if state.get("now") is not None:
-        return parse_time(state["now"])
-    if os.environ.get("FAKE_NOW"):
-        return parse_time(os.environ["FAKE_NOW"])
-    return time.time()
-
-
-def iso(ts: float) -> str:
-    moment = datetime.fromtimestamp(ts, UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+STATE = FakeState(DEFAULTS)
 
 
 def make_invoice(state: JSON, sats: int, description: str) -> tuple[str, str]:
@@ -124,17 +81,6 @@ def make_invoice(state: JSON, sats: int, description: str) -> tuple[str, str]:
     )
     state["preimages"][payment_hash] = preimage.hex()
     return bolt11.encode(invoice, private_key=NODE_KEY), payment_hash
-
-
-def knobs_for(state: JSON, *keys: str | None) -> set[str]:
-    found: set[str] = set()
-    for key in (*keys, "*"):
-        value = state["outcomes"].get(key) if key is not None else None
-        if isinstance(value, str):
-            found.add(value)
-        elif isinstance(value, list):
-            found.update(str(v) for v in value)
-    return found
 
 
 class WalletError(Exception):
@@ -281,30 +227,5 @@ TOOLS = [
 HANDLERS = {"pay_invoice": tool_pay_invoice, "fetch_l402": tool_fetch_l402, "get_balance": tool_get_balance}
 
 
-async def list_tools(
-    ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None
-) -> types.ListToolsResult:
-    return types.ListToolsResult(tools=TOOLS)
-
-
-async def call_tool(ctx: ServerRequestContext[Any], params: types.CallToolRequestParams) -> types.CallToolResult:
-    handler = HANDLERS.get(params.name)
-    if handler is None:
-        raise MCPError(types.INVALID_PARAMS, f"Tool {params.name} not found")
-    state = load_state()
-    answer = handler(state, dict(params.arguments or {}))
-    save_state(state)
-    return answer
-
-
-server = Server("@getalby/mcp", version="1.0.0", on_list_tools=list_tools, on_call_tool=call_tool)
-
-
-async def main() -> None:
-    save_state(load_state())
-    async with stdio_server() as (read, write):
-        await server.run(read, write, server.create_initialization_options())
-
-
 if __name__ == "__main__":
-    anyio.run(main)
+    serve("@getalby/mcp", "1.0.0", TOOLS, dispatch(STATE, HANDLERS), STATE)

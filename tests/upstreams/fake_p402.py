@@ -17,6 +17,7 @@ to that session's `used_usd` (it may overshoot the total by the last call: remai
 Environment:
 - FAKE_STATE: path of the JSON state file. Read at start and before every call (a test may edit it
   between calls), written atomically after every change. Without it the state lives in memory.
+  (The state file, clock and stdio serving: tests/upstreams/_fake_state.py.)
 - FAKE_NOW: the clock (epoch seconds or ISO-8601) when the state has no `now`.
 - P402_API_KEY, P402_ROUTER_URL: accepted and ignored (P402_ROUTER_URL is echoed by p402_health).
 
@@ -33,23 +34,19 @@ State file keys (optional; defaults are filled in and written back):
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import secrets
-import time
-from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
-import anyio
 import mcp.types as types
-from mcp.server import Server, ServerRequestContext
-from mcp.server.stdio import stdio_server
-from mcp.shared.exceptions import MCPError
+
+try:  # run as a script: this folder is sys.path[0]
+    from _fake_state import FakeState, clock, dispatch, iso, parse_time, serve
+except ImportError:  # imported as tests.upstreams.fake_p402
+    from tests.upstreams._fake_state import FakeState, clock, dispatch, iso, parse_time, serve
 
 JSON = dict[str, Any]
-STATE_PATH = os.environ.get("FAKE_STATE") or None
 
 MODELS = [
     {"id": "gpt-4o-mini", "provider": "openai", "input_per_1k_usd": 0.00015, "output_per_1k_usd": 0.0006},
@@ -66,48 +63,7 @@ DEFAULTS: JSON = {
     "payments": [],
 }
 
-_state: JSON = {}
-
-
-def load_state() -> JSON:
-    global _state
-    if STATE_PATH and Path(STATE_PATH).exists():
-        text = Path(STATE_PATH).read_text()
-        _state = json.loads(text) if text.strip() else {}
-    for key, value in DEFAULTS.items():
-        _state.setdefault(key, copy.deepcopy(value))
-    return _state
-
-
-def save_state(state: JSON) -> None:
-    if not STATE_PATH:
-        return
-    tmp = f"{STATE_PATH}.{os.getpid()}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(state, f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, STATE_PATH)
-
-
-def parse_time(value: Any) -> float:
-    """Epoch seconds (a number or a numeric string) or ISO-8601."""
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
-
-
-def clock(state: JSON) -> float:
-    if state.get("now") is not None:
-        return parse_time(state["now"])
-    if os.environ.get("FAKE_NOW"):
-        return parse_time(os.environ["FAKE_NOW"])
-    return time.time()
-
-
-def iso(ts: float) -> str:
-    moment = datetime.fromtimestamp(ts, UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+STATE = FakeState(DEFAULTS)
 
 
 def usd(value: float) -> float:
@@ -337,30 +293,5 @@ HANDLERS = {
 }
 
 
-async def list_tools(
-    ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None
-) -> types.ListToolsResult:
-    return types.ListToolsResult(tools=TOOLS)
-
-
-async def call_tool(ctx: ServerRequestContext[Any], params: types.CallToolRequestParams) -> types.CallToolResult:
-    handler = HANDLERS.get(params.name)
-    if handler is None:
-        raise MCPError(types.INVALID_PARAMS, f"Tool {params.name} not found")
-    state = load_state()
-    answer = handler(state, dict(params.arguments or {}))
-    save_state(state)
-    return answer
-
-
-server = Server("p402-mcp-server", version="1.0.0", on_list_tools=list_tools, on_call_tool=call_tool)
-
-
-async def main() -> None:
-    save_state(load_state())
-    async with stdio_server() as (read, write):
-        await server.run(read, write, server.create_initialization_options())
-
-
 if __name__ == "__main__":
-    anyio.run(main)
+    serve("p402-mcp-server", "1.0.0", TOOLS, dispatch(STATE, HANDLERS), STATE)

@@ -11,6 +11,7 @@ lastEventMs}`. The effective threshold follows Token Pilot's adaptive curve (bur
 Environment:
 - FAKE_STATE: path of the JSON state file. Read at start and before every call (a test may edit it
   between calls), written atomically after every change. Without it the state lives in memory.
+  (The state file and stdio serving: tests/upstreams/_fake_state.py.)
 
 State file keys (optional; defaults are filled in and written back):
 - `budget_tokens` (100000), `base_threshold` (300), `adaptive` (true): the configuration.
@@ -20,46 +21,25 @@ State file keys (optional; defaults are filled in and written back):
 
 from __future__ import annotations
 
-import copy
 import json
-import os
-from pathlib import Path
 from typing import Any
 
-import anyio
 import mcp.types as types
-from mcp.server import Server, ServerRequestContext
-from mcp.server.stdio import stdio_server
+from mcp.server import ServerRequestContext
 from mcp.shared.exceptions import MCPError
 
+try:  # run as a script: this folder is sys.path[0]
+    from _fake_state import FakeState, serve
+except ImportError:  # imported as tests.upstreams.fake_token_pilot
+    from tests.upstreams._fake_state import FakeState, serve
+
 JSON = dict[str, Any]
-STATE_PATH = os.environ.get("FAKE_STATE") or None
 MIN_FLOOR_LINES = 50
 SEMANTICS = "burnFraction is hook-suppression pressure, NOT context-window occupancy. See session-budget.ts docs."
 
 DEFAULTS: JSON = {"budget_tokens": 100_000, "base_threshold": 300, "adaptive": True, "sessions": {}, "payments": []}
 
-_state: JSON = {}
-
-
-def load_state() -> JSON:
-    global _state
-    if STATE_PATH and Path(STATE_PATH).exists():
-        text = Path(STATE_PATH).read_text()
-        _state = json.loads(text) if text.strip() else {}
-    for key, value in DEFAULTS.items():
-        _state.setdefault(key, copy.deepcopy(value))
-    return _state
-
-
-def save_state(state: JSON) -> None:
-    if not STATE_PATH:
-        return
-    tmp = f"{STATE_PATH}.{os.getpid()}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(state, f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, STATE_PATH)
+STATE = FakeState(DEFAULTS)
 
 
 def effective_threshold(base: int, saved: int, budget: int, enabled: bool) -> int:
@@ -111,28 +91,13 @@ TOOLS = [
 ]
 
 
-async def list_tools(
-    ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None
-) -> types.ListToolsResult:
-    return types.ListToolsResult(tools=TOOLS)
-
-
 async def call_tool(ctx: ServerRequestContext[Any], params: types.CallToolRequestParams) -> types.CallToolResult:
     if params.name != "session_budget":
         raise MCPError(types.INVALID_PARAMS, f"Tool {params.name} not found")
-    state = load_state()
+    state = STATE.load()
     payload = session_budget(state, str((params.arguments or {}).get("sessionId") or ""))
     return types.CallToolResult(content=[types.TextContent(type="text", text=json.dumps(payload, indent=2))])
 
 
-server = Server("token-pilot", version="1.0.0", on_list_tools=list_tools, on_call_tool=call_tool)
-
-
-async def main() -> None:
-    save_state(load_state())
-    async with stdio_server() as (read, write):
-        await server.run(read, write, server.create_initialization_options())
-
-
 if __name__ == "__main__":
-    anyio.run(main)
+    serve("token-pilot", "1.0.0", TOOLS, call_tool, STATE)

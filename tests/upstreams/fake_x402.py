@@ -24,6 +24,7 @@ naming the reason; nothing is settled.
 Environment:
 - FAKE_STATE: path of the JSON state file. Read at start and before every call (a test may edit it
   between calls), written atomically after every change. Without it the state lives in memory.
+  (The state file, clock and stdio serving: tests/upstreams/_fake_state.py.)
 - FAKE_NOW: the clock (epoch seconds or ISO-8601) when the state has no `now`.
 - FAKE_X402_TEXT_WRAPPER=1: `content[0].text` uses the older spec's wrapper
   `{"x402/error": {"code": 402, "message", "data": PaymentRequired}}` instead of the bare object.
@@ -44,25 +45,23 @@ State file keys (optional; defaults are filled in and written back):
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import os
 import re
 import sys
-import time
-from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
-import anyio
 import mcp.types as types
-from mcp.server import Server, ServerRequestContext
-from mcp.server.stdio import stdio_server
+from mcp.server import ServerRequestContext
 from mcp.shared.exceptions import MCPError
 
+try:  # run as a script: this folder is sys.path[0]
+    from _fake_state import FakeState, clock, iso, knobs_for, serve
+except ImportError:  # imported as tests.upstreams.fake_x402
+    from tests.upstreams._fake_state import FakeState, clock, iso, knobs_for, serve
+
 JSON = dict[str, Any]
-STATE_PATH = os.environ.get("FAKE_STATE") or None
 TEXT_WRAPPER = os.environ.get("FAKE_X402_TEXT_WRAPPER", "") not in ("", "0", "false")
 PAYMENT_KEY = "x402/payment"
 RESPONSE_KEY = "x402/payment-response"
@@ -88,48 +87,7 @@ PRICED: dict[str, tuple[str, str, str]] = {
     "summarize": ("upto", "50000", "Summarize a text; priced by length, up to a maximum"),
 }
 
-_state: JSON = {}
-
-
-def load_state() -> JSON:
-    global _state
-    if STATE_PATH and Path(STATE_PATH).exists():
-        text = Path(STATE_PATH).read_text()
-        _state = json.loads(text) if text.strip() else {}
-    for key, value in DEFAULTS.items():
-        _state.setdefault(key, copy.deepcopy(value))
-    return _state
-
-
-def save_state(state: JSON) -> None:
-    if not STATE_PATH:
-        return
-    tmp = f"{STATE_PATH}.{os.getpid()}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(state, f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, STATE_PATH)
-
-
-def parse_time(value: Any) -> float:
-    """Epoch seconds (a number or a numeric string) or ISO-8601."""
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
-
-
-def clock(state: JSON) -> float:
-    if state.get("now") is not None:
-        return parse_time(state["now"])
-    if os.environ.get("FAKE_NOW"):
-        return parse_time(os.environ["FAKE_NOW"])
-    return time.time()
-
-
-def iso(ts: float) -> str:
-    moment = datetime.fromtimestamp(ts, UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+STATE = FakeState(DEFAULTS)
 
 
 # --- requirements and results ------------------------------------------------------------------
@@ -249,23 +207,6 @@ TOOLS = [
 ]
 
 
-async def list_tools(
-    ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None
-) -> types.ListToolsResult:
-    return types.ListToolsResult(tools=TOOLS)
-
-
-def knobs_for(state: JSON, *keys: str | None) -> set[str]:
-    found: set[str] = set()
-    for key in (*keys, "*"):
-        value = state["outcomes"].get(key) if key is not None else None
-        if isinstance(value, str):
-            found.add(value)
-        elif isinstance(value, list):
-            found.update(str(v) for v in value)
-    return found
-
-
 async def call_tool(ctx: ServerRequestContext[Any], params: types.CallToolRequestParams) -> types.CallToolResult:
     tool = params.name
     if tool not in {t.name for t in TOOLS}:
@@ -273,7 +214,7 @@ async def call_tool(ctx: ServerRequestContext[Any], params: types.CallToolReques
     arguments = dict(params.arguments or {})
     if tool not in PRICED:
         return types.CallToolResult(content=run_tool(tool, arguments))
-    state = load_state()
+    state = STATE.load()
     meta = dict(params.meta or {})
     payment = meta.get(PAYMENT_KEY)
     if payment is None:
@@ -317,7 +258,7 @@ async def call_tool(ctx: ServerRequestContext[Any], params: types.CallToolReques
             "reported": reported,
         }
     )
-    save_state(state)
+    STATE.save(state)
     if reported == "crash":
         sys.stderr.write("fake_x402: settled, now dying before answering\n")
         sys.stderr.flush()
@@ -334,14 +275,5 @@ async def call_tool(ctx: ServerRequestContext[Any], params: types.CallToolReques
     return types.CallToolResult(content=content, meta={RESPONSE_KEY: receipt})
 
 
-server = Server("x402-fake", version="1.0.0", on_list_tools=list_tools, on_call_tool=call_tool)
-
-
-async def main() -> None:
-    save_state(load_state())
-    async with stdio_server() as (read, write):
-        await server.run(read, write, server.create_initialization_options())
-
-
 if __name__ == "__main__":
-    anyio.run(main)
+    serve("x402-fake", "1.0.0", TOOLS, call_tool, STATE)
