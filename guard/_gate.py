@@ -30,7 +30,7 @@ import anyio
 import anyio.to_thread
 
 from guard._payments import Payments, Reading
-from guard._policy import Denial, Limit, Policy, PriceUnknown, Who, args_digest
+from guard._policy import Denial, Limit, Policy, PriceUnknown, Who, args_digest, seconds
 from guard._policy_source import PolicySource
 from guard._relay import JSON, UPSTREAM_UNAVAILABLE, Forward, Session, SessionLink, ToolCall, UpstreamError
 from ledgers import (
@@ -39,13 +39,12 @@ from ledgers import (
     ApprovalError,
     Budget,
     CallRecord,
+    HoldStateError,
     Ledger,
     LedgerError,
     Refused,
     UnitMismatch,
-    Window,
 )
-from ledgers._time import US_PER_S
 
 logger = logging.getLogger("guard.gate")
 AUDIT_GATHER_S = 0.05
@@ -178,7 +177,7 @@ class PolicyGate:
                     name,
                     digest,
                     identity=who.identity,
-                    expire_after_s=_seconds(policy.spec.approvals.expire_after),
+                    expire_after_s=seconds(policy.spec.approvals.expire_after),
                 )
             )
             if approval.state == "pending":
@@ -267,11 +266,14 @@ class PolicyGate:
     async def _unanswered(self, hold: int, tool: str, *, gone: bool) -> None:
         """A forwarded payment got no result: in doubt when it may have left, void when the upstream
         refused the request itself (a JSON-RPC error: the tool did not run)."""
-        if gone:
-            logger.warning("payment by %s is in doubt (hold %d): no answer from the upstream", tool, hold)
-            await self._db(self._ledger.mark_in_doubt, hold)
-        else:
-            await self._db(self._ledger.void, hold)
+        try:
+            if gone:
+                logger.warning("payment by %s is in doubt (hold %d): no answer from the upstream", tool, hold)
+                await self._db(self._ledger.mark_in_doubt, hold)
+            else:
+                await self._db(self._ledger.void, hold)
+        except HoldStateError:
+            pass  # already settled or voided: the answer was read before the failure
 
     # schedules
 
@@ -316,10 +318,6 @@ def _refused(exc: Refused, limits: list[Limit]) -> Denial:
 
 def _whole_seconds(seconds: float | None) -> float | None:
     return None if seconds is None else float(max(1, math.ceil(seconds)))
-
-
-def _seconds(duration: str) -> float:
-    return Window.sliding(duration).length_us / US_PER_S
 
 
 def denial_result(denial: Denial) -> JSON:

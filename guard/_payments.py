@@ -22,11 +22,10 @@ from typing import Any, TypeVar
 
 import anyio.to_thread
 
-from guard._policy import Denial, Policy, PriceUnknown, Who
+from guard._policy import Denial, Policy, PriceUnknown, Who, seconds
 from guard._relay import SessionLink, ToolCall, UpstreamError
 from guard.adapters._facts import Adapter, Outcome, Prepared
-from ledgers import Amount, BalanceObservation, CallRecord, Ledger, LedgerError, UnitMismatch, Window
-from ledgers._time import US_PER_S
+from ledgers import Amount, BalanceObservation, CallRecord, Ledger, LedgerError, UnitMismatch
 
 logger = logging.getLogger("guard.payments")
 T = TypeVar("T")
@@ -105,7 +104,7 @@ class Payments:
         """A denial when a balance this call depends on cannot pay it (refreshing first if allowed)."""
         if reading.prepared is None or reading.adapter is None:
             return None
-        stale_after = _seconds(policy.spec.balances.stale_after)
+        stale_after = seconds(policy.spec.balances.stale_after)
         for key in reading.prepared.depends_on:
             found = await _db(self._ledger.latest, key)
             if _stale(found, stale_after) and policy.spec.balances.on_stale == "refresh" and link is not None:
@@ -317,7 +316,7 @@ class Payments:
         every = policy.spec.balances.refresh_every
         if every is None:
             return 0
-        older_than = _seconds(every)
+        older_than = seconds(every)
         done = 0
         for observation, age in await _db(self._ledger.observed):
             if observation.key.startswith("quote:") or age < older_than:
@@ -360,10 +359,6 @@ def _below(balance: Amount, price: Amount) -> bool:
         return balance.to(price.unit, rounding="down").value < price.value
     except UnitMismatch:
         return False
-
-
-def _seconds(duration: str) -> float:
-    return Window.sliding(duration).length_us / US_PER_S
 
 
 def _words(seconds: float) -> str:

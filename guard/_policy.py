@@ -608,6 +608,11 @@ def _as_list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else [value]
 
 
+def seconds(duration: str) -> float:
+    """A policy duration (`5m`, `1h`) in seconds."""
+    return Window.sliding(duration).length_us / 1_000_000
+
+
 def args_digest(arguments: JSON) -> str:
     """A digest of the exact arguments (canonical JSON), for approvals and the audit trail. It never
     reveals the arguments themselves."""

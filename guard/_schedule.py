@@ -13,10 +13,8 @@ import anyio
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from guard._gate import PolicyGate
-from guard._policy import Policy
+from guard._policy import Policy, seconds
 from guard._policy_source import PolicySource
-from ledgers import Window
-from ledgers._time import US_PER_S
 
 logger = logging.getLogger("guard.schedule")
 
@@ -32,16 +30,16 @@ async def run_schedule(gate: PolicyGate, source: PolicySource) -> None:
             scheduler.remove_job(REFRESH_JOB)
         every = policy.spec.balances.refresh_every
         if every is not None:
-            seconds = Window.sliding(every).length_us / US_PER_S
+            interval = seconds(every)
             scheduler.add_job(
                 gate.refresh_balances,
                 "interval",
-                seconds=seconds,
-                jitter=max(1, int(seconds / 10)),
+                seconds=interval,
+                jitter=max(1, int(interval / 10)),
                 id=REFRESH_JOB,
                 max_instances=1,
                 coalesce=True,
-                misfire_grace_time=int(seconds),
+                misfire_grace_time=int(interval),
             )
 
     async def replan(old: Policy, new: Policy) -> None:
