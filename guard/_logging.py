@@ -36,5 +36,5 @@ def configure(level: str = "info", fmt: LogFormat = "text") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     # The SDK and HTTP stack are chatty at INFO; keep their noise for --log-level debug.
-    for name in ("mcp", "httpx", "httpx2", "uvicorn.access"):
+    for name in ("mcp", "httpx", "httpx2", "uvicorn.access", "apscheduler"):
         logging.getLogger(name).setLevel(max(root.level, logging.WARNING))

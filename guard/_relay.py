@@ -37,6 +37,8 @@ T = TypeVar("T")
 
 # A JSON-RPC error code of our own for "the upstream is gone" (in the implementation-defined range).
 UPSTREAM_UNAVAILABLE = -32003
+# The `_meta` keys of the 2026-07-28 per-request envelope.
+ENVELOPE_PREFIX = "io.modelcontextprotocol/"
 # How long requests in flight may take to answer once the client or the upstream has gone.
 CALL_DRAIN_S = 5.0
 
@@ -290,7 +292,8 @@ class Relay:
             return
         call = ToolCall(self.session, request.id, name, arguments, meta)
         if isinstance(meta, dict) and types.PROTOCOL_VERSION_META_KEY in meta:
-            self._era_meta = {types.PROTOCOL_VERSION_META_KEY: meta[types.PROTOCOL_VERSION_META_KEY]}
+            # The 2026-07-28 per-request envelope (version, client capabilities, client info).
+            self._era_meta = {k: v for k, v in meta.items() if k.startswith(ENVELOPE_PREFIX)}
 
         async def forward() -> JSON:
             return await self._exchange(request)

@@ -10,6 +10,10 @@ import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
+
+import anyio
+from mcp import Client, StdioServerParameters
 
 from ledgers import Amount, BalanceObservation, Budget, Ledger, Window
 
@@ -261,3 +265,35 @@ def test_a_payment_in_doubt_is_voided_when_the_balance_shows_it_never_left(tmp_p
     [resolved] = [e for e in events if e.decision == "resolve"]
     assert resolved.reason == f"hold {doubtful.id} reconciled: p402:{SESSION} shows the payment did not leave (voided)"
     assert not [e for e in events if e.decision == "external"]
+
+
+async def _chat_in_the_2026_era(tmp_path: Path, policy: Path, state: Path) -> Any:
+    guard_command = [
+        "run", "--policy", str(policy), "--ledger", str(tmp_path / "ledger.db"), "--", *FAKE_P402,
+    ]  # fmt: skip
+    server = StdioServerParameters(
+        command=GUARD[0], args=[*GUARD[1:], *guard_command], env={**os.environ, "FAKE_STATE": str(state)}
+    )
+    async with Client(server, mode="auto") as client:  # auto: the 2026-07-28 era, no initialize
+        return await client.call_tool("p402_chat", {"message": "hi", "session_id": SESSION})
+
+
+def test_in_the_2026_era_the_guards_own_balance_refresh_carries_the_request_envelope(tmp_path: Path) -> None:
+    state = tmp_path / "p402.json"
+    expires = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    session = {"id": SESSION, "status": "active", "total_usd": 5.0, "used_usd": 1.0, "expires_at": expires}
+    state.write_text(json.dumps({"sessions": {SESSION: session}}))
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("version: 1\npreset: p402\nbalances: {on_stale: refresh}\n")
+
+    async def run() -> Any:
+        with anyio.fail_after(WAIT_S):
+            return await _chat_in_the_2026_era(tmp_path, policy, state)
+
+    result = anyio.run(run)
+
+    assert result.is_error is False
+    with Ledger.open(tmp_path / "ledger.db") as ledger:
+        found = ledger.latest(f"p402:{SESSION}")
+    assert found is not None  # refreshed before the chat was admitted (the session was unknown)
+    assert (found[0].amount, found[0].status) == (Amount(4_000_000, "usd_micro"), "active")
