@@ -25,6 +25,7 @@ import yaml
 
 from guard import _upstream
 from guard._errors import ConfigError, UpstreamStartError
+from guard._options import UpstreamCommand, UpstreamUrl, default_policy_path, upstream_spec
 from guard._policy import Policy
 from guard._policy_files import PolicyError, parse, preset_text, presets
 from guard._redact import redact
@@ -48,14 +49,8 @@ class Listing:
 
 
 def init(
-    command: Annotated[
-        Optional[list[str]],  # noqa: UP045 - typer needs Optional here
-        typer.Argument(help="The upstream's stdio command, after `--`.", show_default=False),
-    ] = None,
-    upstream: Annotated[
-        Optional[str],  # noqa: UP045
-        typer.Option("--upstream", metavar="URL", help="Ask a streamable-HTTP upstream instead of a command."),
-    ] = None,
+    command: UpstreamCommand = None,
+    upstream: UpstreamUrl = None,
     preset: Annotated[
         Optional[str],  # noqa: UP045
         typer.Option("--preset", metavar="NAME", help="Start from this shipped preset (default: detected)."),
@@ -77,10 +72,9 @@ def init(
     """Write a starting policy from an upstream's tools: `guard init -- CMD [ARGS...]` or `guard init --upstream URL`.
 
     Tools a preset knows follow the preset; every other tool is denied until you allow it."""
-    from guard.cli import _upstream_spec, default_policy_path  # here: guard.cli imports this module
 
     try:
-        spec = _upstream_spec(command, upstream)
+        spec = upstream_spec(command, upstream)
         if preset is not None and preset not in presets():
             raise ConfigError(f"unknown preset {preset!r}; shipped presets: {', '.join(presets()) or '(none)'}")
         if timeout <= 0:

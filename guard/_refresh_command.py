@@ -4,8 +4,7 @@ runs to keep them fresh), and store the answers in the ledger."""
 from __future__ import annotations
 
 import logging
-from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import anyio
 import typer
@@ -14,6 +13,7 @@ from mcp import Client
 from guard import _upstream
 from guard._errors import ConfigError, UpstreamStartError
 from guard._ledger_commands import LedgerOption, open_ledger
+from guard._options import PolicyOption, UpstreamCommand, UpstreamUrl, policy_path, upstream_spec
 from guard._payments import Payments
 from guard._policy import Policy
 from guard._policy_source import PolicySource
@@ -66,27 +66,16 @@ def refresh_once(spec: _upstream.UpstreamSpec, policy: Policy, ledger: Ledger, *
 
 
 def refresh(
-    command: Annotated[
-        Optional[list[str]],  # noqa: UP045
-        typer.Argument(help="The upstream's stdio command, after `--`.", show_default=False),
-    ] = None,
-    upstream: Annotated[
-        Optional[str],  # noqa: UP045
-        typer.Option("--upstream", metavar="URL", help="A streamable-HTTP upstream instead of a command."),
-    ] = None,
-    policy_path: Annotated[
-        Optional[Path],  # noqa: UP045
-        typer.Option("--policy", envvar="GUARD_POLICY", metavar="FILE", help="The policy (balances.refresh_every)."),
-    ] = None,
+    command: UpstreamCommand = None,
+    upstream: UpstreamUrl = None,
+    policy_file: PolicyOption = None,
     every: Annotated[bool, typer.Option("--all", help="Refresh every known balance, due or not.")] = False,
     ledger_url: LedgerOption = None,
 ) -> None:
     """Ask the upstream once for each known balance older than `balances.refresh_every` (for cron)."""
-    from guard.cli import _policy_path, _upstream_spec
-
     try:
-        spec = _upstream_spec(command, upstream)
-        source = PolicySource.from_file(_policy_path(policy_path))
+        spec = upstream_spec(command, upstream)
+        source = PolicySource.from_file(policy_path(policy_file))
         spec.check()
     except ConfigError as exc:
         typer.echo(f"guard: error: {exc}", err=True)

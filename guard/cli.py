@@ -5,7 +5,6 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
-import os
 import re
 import sys
 import uuid
@@ -22,6 +21,7 @@ from guard._errors import ConfigError, GuardError, UpstreamStartError
 from guard._gate import PolicyGate
 from guard._init_command import init
 from guard._ledger_commands import LedgerOption, holds_app, ledger_app, open_ledger
+from guard._options import PolicyOption, UpstreamCommand, UpstreamUrl, policy_path, upstream_spec
 from guard._payments import Payments
 from guard._policy_commands import approvals_app, audit_app, policy_app
 from guard._policy_source import PolicySource
@@ -86,14 +86,8 @@ def root(
 
 @app.command(context_settings={"allow_interspersed_args": False})
 def run(
-    command: Annotated[
-        Optional[list[str]],  # noqa: UP045
-        typer.Argument(help="The upstream's stdio command, after `--`.", show_default=False),
-    ] = None,
-    upstream: Annotated[
-        Optional[str],  # noqa: UP045
-        typer.Option("--upstream", metavar="URL", help="Wrap a streamable-HTTP upstream instead of a command."),
-    ] = None,
+    command: UpstreamCommand = None,
+    upstream: UpstreamUrl = None,
     listen: Annotated[
         Optional[str],  # noqa: UP045
         typer.Option("--listen", metavar="[HOST:]PORT", help="Serve clients over streamable HTTP instead of stdio."),
@@ -114,15 +108,7 @@ def run(
         Optional[str],  # noqa: UP045
         typer.Option("--identity", metavar="NAME", help="Who the agent acts for (over HTTP: the token's name)."),
     ] = None,
-    policy_path: Annotated[
-        Optional[Path],  # noqa: UP045
-        typer.Option(
-            "--policy",
-            envvar="GUARD_POLICY",
-            metavar="FILE",
-            help="The policy file (default: $XDG_CONFIG_HOME/guard/policy.yaml). Reloaded when it changes.",
-        ),
-    ] = None,
+    policy_file: PolicyOption = None,
     ledger_url: LedgerOption = None,
     refresh_only: Annotated[
         bool, typer.Option("--refresh-only", help="Refresh the balances that are due once, then exit (for cron).")
@@ -130,10 +116,10 @@ def run(
 ) -> None:
     """Wrap an upstream MCP server: `guard run -- CMD [ARGS...]` or `guard run --upstream URL`."""
     try:
-        spec = _upstream_spec(command, upstream)
+        spec = upstream_spec(command, upstream)
         if session is not None and not SESSION_NAME.match(session):
             raise ConfigError(f"--session {session!r}: use letters, digits and _.@:- (at most 128)")
-        source = PolicySource.from_file(_policy_path(policy_path))
+        source = PolicySource.from_file(policy_path(policy_file))
         tokens = _tokens(token, tokens_file, identity) if listen is not None else {}
         address = _listen_address(listen) if listen is not None else None
         if address is not None and not tokens and not _is_loopback(address[0]):
@@ -189,23 +175,6 @@ def run(
     raise typer.Exit(status)
 
 
-def _policy_path(given: Path | None) -> Path:
-    if given is not None:
-        return given
-    default = default_policy_path()
-    if not default.exists():
-        raise ConfigError(
-            f"no policy: give --policy FILE (or GUARD_POLICY), or write {default};"
-            " `guard init -- CMD` writes a starting policy from the upstream's tools"
-        )
-    return default
-
-
-def default_policy_path() -> Path:
-    config = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    return Path(config) / "guard" / "policy.yaml"
-
-
 async def _heartbeat(ledger: Ledger) -> None:
     """Tell guards sharing the ledger that this one is alive (they recover a silent one's holds)."""
     while True:
@@ -232,18 +201,6 @@ def _run_stdio(
         typer.echo(f"guard: error: {failure}", err=True)
         return 1
     return 0
-
-
-def _upstream_spec(command: list[str] | None, url: str | None) -> _upstream.UpstreamSpec:
-    if command and url:
-        raise ConfigError("give either --upstream URL or a command after `--`, not both")
-    if url:
-        if not re.match(r"^https?://", url):
-            raise ConfigError(f"--upstream {url!r}: expected an http:// or https:// URL")
-        return _upstream.HttpUpstream(url)
-    if command:
-        return _upstream.StdioUpstream(tuple(command))
-    raise ConfigError("no upstream: give a command after `--` (guard run -- CMD ARGS) or --upstream URL")
 
 
 def _listen_address(listen: str) -> tuple[str, int]:
