@@ -107,7 +107,12 @@ class PolicyGate:
         who = Who(call.session.id, call.session.identity, self._server)
         digest = args_digest(call.arguments)
         record = partial(
-            CallRecord, tool=call.name, session=call.session.id, identity=call.session.identity, args_digest=digest[:16]
+            CallRecord,
+            tool=call.name,
+            session=call.session.id,
+            identity=call.session.identity,
+            args_digest=digest[:16],
+            server=self._server,
         )
         decision = await self._admit(policy, call, who, digest)
         if isinstance(decision, Denial):
@@ -224,6 +229,8 @@ class PolicyGate:
                         session=who.session,
                         identity=who.identity,
                         tool=name,
+                        server=who.server,
+                        resource=reading.prepared.paid_for if reading.prepared is not None else None,
                     )
                 )
             else:

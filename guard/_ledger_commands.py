@@ -107,6 +107,7 @@ def _resolve(hold: int, paid: Amount | None, ledger_url: str | None) -> None:
                 decision="resolve",
                 session=info.session,
                 identity=info.identity,
+                server=info.server,
                 reason=f"an operator resolved hold {hold}: {what}",
                 hold_id=hold,
                 spent=amount if phase == "settled" else None,

@@ -232,7 +232,12 @@ class Payments:
             return
         drop = before.value - now.value
         explained -= await self._settle_by_balance(found[0], drop, explained)
-        base = {"tool": observation.source, "session": who.session or None, "identity": who.identity}
+        base = {
+            "tool": observation.source,
+            "session": who.session or None,
+            "identity": who.identity,
+            "server": who.server,
+        }
         if drop < 0:
             rise = Amount(-drop, before.unit)
             reason = f"{observation.key} rose by {rise} (a top-up)"
@@ -244,7 +249,14 @@ class Payments:
         spent = Amount(external, before.unit)
         budgets = [b for b in policy.external_budgets(who) if _comparable(spent, b.limit)]
         hold = await _db(
-            partial(self._ledger.charge, budgets, spent, balance_key=observation.key, tool=observation.source)
+            partial(
+                self._ledger.charge,
+                budgets,
+                spent,
+                balance_key=observation.key,
+                tool=observation.source,
+                server=who.server,
+            )
         )
         reason = (
             f"{observation.key} fell by {Amount(drop, before.unit)}; the guard's payments explain "
@@ -280,6 +292,7 @@ class Payments:
                 decision="resolve",
                 session=hold.session,
                 identity=hold.identity,
+                server=hold.server,
                 reason=f"hold {hold.id} reconciled: {previous.key} shows the payment {what}",
                 hold_id=hold.id,
                 spent=hold.amount if paid else None,
@@ -303,6 +316,7 @@ class Payments:
             decision="resolve",
             session=hold.session,
             identity=hold.identity,
+            server=hold.server,
             reason=f"hold {hold.id} reconciled: the upstream shows payment {payment} was made",
             hold_id=hold.id,
             spent=hold.amount,

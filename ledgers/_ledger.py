@@ -22,6 +22,7 @@ import os
 import re
 import secrets
 import socket
+import sqlite3
 import threading
 import time
 import uuid
@@ -45,10 +46,11 @@ from ledgers._errors import (
     LedgerError,
     PaymentInFlight,
     RateLimited,
+    SchemaError,
     StorageError,
 )
 from ledgers._money import Amount, Rates, check_value
-from ledgers._schema import migrate
+from ledgers._schema import SCHEMA_VERSION, migrate, schema_version
 from ledgers._time import US_PER_S, Clock, SystemClock, Window, from_us, to_us
 
 logger = logging.getLogger("ledgers")
@@ -116,6 +118,8 @@ class HoldInfo:
     identity: str | None = None
     tool: str | None = None
     balance_key: str | None = None
+    server: str | None = None
+    resource: str | None = None
 
 
 @dataclass(frozen=True)
@@ -130,6 +134,29 @@ class Usage:
     @property
     def remaining(self) -> int:
         return max(0, self.budget.limit.value - self.spent - self.held)
+
+
+@dataclass(frozen=True)
+class BudgetState:
+    """A budget as operators see it: its use in the current window, split by how sure it is.
+
+    `held` counts open holds not in doubt; `in_doubt` those whose payment may or may not have left."""
+
+    budget: Budget
+    spent: int
+    held: int
+    in_doubt: int
+    window_start: datetime | None  # None: the session's whole life
+    resets_at: datetime | None  # when a calendar window starts again (None: session or sliding)
+    last_used: datetime | None
+
+    @property
+    def used(self) -> int:
+        return self.spent + self.held + self.in_doubt
+
+    @property
+    def remaining(self) -> int:
+        return max(0, self.budget.limit.value - self.used)
 
 
 @dataclass(frozen=True)
@@ -178,6 +205,7 @@ class CallRecord:
     spent: Amount | None = None
     latency_us: int | None = None
     args_digest: str | None = None
+    server: str | None = None
 
 
 @dataclass(frozen=True)
@@ -195,8 +223,13 @@ class Ledger:
     Thread-safe: one engine, one connection per operation. Every method is synchronous; call it
     from a worker thread in async code."""
 
-    def __init__(self, engine: Engine, clock: Clock, *, owner: str, rates: Rates | None, lease_s: float) -> None:
+    def __init__(
+        self, engine: Engine, clock: Clock, *, owner: str, rates: Rates | None, lease_s: float, read_only: bool = False
+    ) -> None:
         self._engine = engine
+        self._read_only = read_only
+        # Budget definitions this process has stored (see `_define_budgets`): one write per definition.
+        self._defined: set[tuple[str, int, str, str, str]] = set()
         self._clock = clock
         self._rates = rates
         self._lease_us = int(lease_s * US_PER_S)
@@ -214,14 +247,21 @@ class Ledger:
         rates: Rates | None = None,
         lease_s: float = DEFAULT_LEASE_S,
         recover: bool = True,
+        read_only: bool = False,
     ) -> Ledger:
         """Open (creating or upgrading) the ledger at `url`: a SQLAlchemy URL, a file path, or None for
         `default_path()`. Then recover what crashed processes left open (see the module doc).
 
+        `read_only`: for operators' views next to a running guard: nothing is created, upgraded,
+        registered or recovered, and no write lock is ever taken (SQLite's WAL readers never block
+        the writer). A ledger that does not exist yet reads as empty.
+
         Raises:
-            SchemaError: the ledger was written by a newer release.
+            SchemaError: the ledger was written by a newer release (or, read-only, by an older one).
             StorageError: the database cannot be reached or created.
         """
+        if read_only:
+            return cls._open_read_only(url, clock or SystemClock(), rates)
         engine = _engine(url)
         ledger = cls(engine, clock or SystemClock(), owner=uuid.uuid4().hex, rates=rates, lease_s=lease_s)
         try:
@@ -237,9 +277,39 @@ class Ledger:
             raise
         return ledger
 
+    @classmethod
+    def _open_read_only(cls, url: str | os.PathLike[str] | None, clock: Clock, rates: Rates | None) -> Ledger:
+        if _sqlite_file_missing(url):
+            engine = _engine("sqlite://")  # nothing there yet: an empty ledger in memory
+            with engine.begin() as conn:
+                migrate(conn)
+        else:
+            engine = _engine(url)
+        ledger = cls(engine, clock, owner="reader", rates=rates, lease_s=DEFAULT_LEASE_S, read_only=True)
+        try:
+            with ledger._read() as conn:
+                found = schema_version(conn)
+                if found == 0:
+                    engine.dispose()
+                    engine = _engine("sqlite://")
+                    with engine.begin() as empty:
+                        migrate(empty)
+                    ledger._engine = engine
+                elif found != SCHEMA_VERSION:
+                    raise SchemaError(
+                        f"the ledger's schema is version {found}, this release reads version {SCHEMA_VERSION}:"
+                        + (" upgrade guard" if found > SCHEMA_VERSION else " start `guard run` once to upgrade it")
+                    )
+                ledger._last_us = _latest_stored_us(conn) if found else 0
+        except Exception:
+            engine.dispose()
+            raise
+        return ledger
+
     def close(self) -> None:
-        with self._write() as conn:
-            _run(conn, "DELETE FROM ledger_owners WHERE id = :id", {"id": self.owner})
+        if not self._read_only:
+            with self._write() as conn:
+                _run(conn, "DELETE FROM ledger_owners WHERE id = :id", {"id": self.owner})
         self._engine.dispose()
 
     def __enter__(self) -> Ledger:
@@ -269,10 +339,13 @@ class Ledger:
         identity: str | None = None,
         tool: str | None = None,
         balance_key: str | None = None,
+        server: str | None = None,
+        resource: str | None = None,
     ) -> int:
         """Check every budget and rate limit and, in the same transaction, write the hold (and the
         calls the rate limits count). `balance_key` names the balance the payment draws on (see
-        `spent_from`). Returns the hold id.
+        `spent_from`); `server` and `resource` (a URL without its query) are for reports. Returns
+        the hold id.
 
         Raises:
             BudgetExceeded / RateLimited: which rule, what remains, when to retry. Nothing written.
@@ -292,7 +365,9 @@ class Ledger:
             for budget, value in charges:
                 self._check_budget(conn, budget, value, now)
             mixed = any(b.limit.unit != amount.unit for b in budgets)
-            hold_id = self._insert_hold(conn, amount, idempotency_key, now, session, identity, tool, mixed, balance_key)
+            where = _Where(session, identity, tool, balance_key, server, resource)
+            hold_id = self._insert_hold(conn, amount, idempotency_key, now, where, mixed)
+            defined = self._define_budgets(conn, budgets, now)
             for budget, value in charges:
                 _run(
                     conn,
@@ -301,6 +376,7 @@ class Ledger:
                     {"h": hold_id, "b": budget.key, "u": budget.limit.unit, "v": value, "t": now},
                 )
             self._count_calls(conn, rate_limits, now)
+        self._defined |= defined
         return hold_id
 
     def hit(self, rate_limits: Sequence[RateLimit]) -> None:
@@ -339,7 +415,7 @@ class Ledger:
             row = _run(
                 conn,
                 "SELECT id, phase, unit, amount, settled, idempotency_key, created_us, session, identity, tool,"
-                " balance_key FROM ledger_holds WHERE id = :id",
+                " balance_key, server, resource FROM ledger_holds WHERE id = :id",
                 {"id": hold_id},
             ).first()
         if row is None:
@@ -356,6 +432,8 @@ class Ledger:
             row.identity,
             row.tool,
             row.balance_key,
+            row.server,
+            row.resource,
         )
 
     def name_payment(self, hold_id: int, idempotency_key: str) -> bool:
@@ -475,6 +553,7 @@ class Ledger:
         balance_key: str | None = None,
         session: str | None = None,
         tool: str | None = None,
+        server: str | None = None,
     ) -> int:
         """Record spend that already happened (seen only in a balance): a settled hold counted against
         `budgets`, never refused (the money is gone). Returns the hold id."""
@@ -482,7 +561,9 @@ class Ledger:
         with self._write(lock_keys=sorted({b.key for b in budgets})) as conn:
             now = self._now_us()
             mixed = any(b.limit.unit != amount.unit for b in budgets)
-            hold_id = self._insert_hold(conn, amount, None, now, session, None, tool, mixed, balance_key)
+            where = _Where(session, None, tool, balance_key, server, None)
+            hold_id = self._insert_hold(conn, amount, None, now, where, mixed)
+            defined = self._define_budgets(conn, budgets, now)
             _run(
                 conn,
                 "UPDATE ledger_holds SET phase = 'settled', settled = :p, updated_us = :t WHERE id = :h",
@@ -495,6 +576,7 @@ class Ledger:
                     " VALUES (:h, :b, :u, 0, :v, :t)",
                     {"h": hold_id, "b": budget.key, "u": budget.limit.unit, "v": value, "t": now},
                 )
+        self._defined |= defined
         return hold_id
 
     def observed(self) -> list[tuple[BalanceObservation, float]]:
@@ -508,6 +590,79 @@ class Ledger:
             ).all()
         now = self._now_us()
         return [(_observation(row), (now - row.seen_us) / US_PER_S) for row in rows]
+
+    # operators' views
+
+    def budget_states(self, *, session: str | None = None, idle_after_s: float = 86_400) -> list[BudgetState]:
+        """Budgets in use, by name then scope. A budget is listed while its current window has spend or
+        holds, or (a session's budget, whose window never ends) while it was charged within
+        `idle_after_s` or holds money. With `session`: every budget that session was charged to."""
+        now = self._now_us()
+        columns = "key, name, scope, limit_value, unit, window_spec, timezone"
+        with self._read() as conn:
+            if session is None:
+                rows = _run(conn, f"SELECT {columns} FROM ledger_budgets ORDER BY name, scope").all()
+            else:
+                rows = _run(
+                    conn,
+                    f"SELECT {columns} FROM ledger_budgets WHERE scope = :scope OR key IN (SELECT c.budget"
+                    " FROM ledger_charges c JOIN ledger_holds h ON h.id = c.hold_id WHERE h.session = :s)"
+                    " ORDER BY name, scope",
+                    {"scope": f"session:{session}", "s": session},
+                ).all()
+            doubted: dict[str, int] = dict(
+                _run(  # type: ignore[arg-type]
+                    conn,
+                    "SELECT c.budget, SUM(c.held) FROM ledger_charges c JOIN ledger_holds h ON h.id = c.hold_id"
+                    " WHERE h.phase = 'in_doubt' GROUP BY c.budget",
+                ).all()
+            )
+            states = []
+            for row in rows:
+                window = Window.parse(row.window_spec, row.timezone)
+                start = window.start_us(now)
+                held, spent = self._sums(conn, row.key, start)
+                last = _run(
+                    conn, "SELECT MAX(created_us) FROM ledger_charges WHERE budget = :b", {"b": row.key}
+                ).scalar()
+                in_doubt = int(doubted.get(row.key) or 0)
+                if session is None and not held:
+                    idle = last is None or (window.kind == "session" and last < now - idle_after_s * US_PER_S)
+                    if idle or (window.kind != "session" and not spent):
+                        continue
+                end = window.end_us(now)
+                states.append(
+                    BudgetState(
+                        budget=Budget(row.name, Amount(int(row.limit_value), row.unit), row.scope, window),
+                        spent=spent,
+                        held=held - in_doubt,
+                        in_doubt=in_doubt,
+                        window_start=from_us(start) if window.kind != "session" else None,
+                        resets_at=from_us(end) if end is not None else None,
+                        last_used=from_us(last) if last is not None else None,
+                    )
+                )
+        return states
+
+    def claim_alert(self, key: str, kind: str) -> bool:
+        """Claim the right to send the alert `key` (once, among every process sharing the ledger)."""
+        with self._write() as conn:
+            claimed = _run(
+                conn,
+                "INSERT INTO ledger_alerts (key, kind, state, created_us, attempts)"
+                " VALUES (:k, :kind, 'sending', :t, 0) ON CONFLICT (key) DO NOTHING",
+                {"k": key, "kind": kind, "t": self._now_us()},
+            ).rowcount
+        return bool(claimed)
+
+    def alert_done(self, key: str, *, sent: bool, attempts: int) -> None:
+        """Record how sending a claimed alert ended."""
+        with self._write() as conn:
+            _run(
+                conn,
+                "UPDATE ledger_alerts SET state = :s, done_us = :t, attempts = :a WHERE key = :k",
+                {"s": "sent" if sent else "failed", "t": self._now_us(), "a": attempts, "k": key},
+            )
 
     def record(self, call: CallRecord) -> int:
         """Append one evaluated call to the audit trail; returns its id."""
@@ -542,13 +697,14 @@ class Ledger:
             "spent_unit": call.spent.unit if call.spent else None,
             "latency": call.latency_us,
             "digest": call.args_digest,
+            "server": call.server,
         }
 
     def calls(self, *, last: int = 20, after_id: int | None = None) -> list[RecordedCall]:
         """The audit trail: the `last` call events (or every one after `after_id`), oldest first."""
         columns = (
             "id, at_us, session, identity, tool, decision, rule, reason, price, price_unit, hold_id,"
-            " spent, spent_unit, latency_us, args_digest"
+            " spent, spent_unit, latency_us, args_digest, server"
         )
         with self._read() as conn:
             if after_id is not None:
@@ -577,6 +733,7 @@ class Ledger:
                     spent=Amount(row.spent, row.spent_unit) if row.spent is not None else None,
                     latency_us=row.latency_us,
                     args_digest=row.args_digest,
+                    server=row.server,
                 ),
             )
             for row in rows
@@ -811,16 +968,7 @@ class Ledger:
         return int(held), int(spent)
 
     def _insert_hold(
-        self,
-        conn: Connection,
-        amount: Amount,
-        key: str | None,
-        now: int,
-        session: str | None,
-        identity: str | None,
-        tool: str | None,
-        mixed: bool,
-        balance_key: str | None = None,
+        self, conn: Connection, amount: Amount, key: str | None, now: int, where: _Where, mixed: bool
     ) -> int:
         try:
             # Only PostgreSQL can race past _check_key (SQLite holds its write lock): only it needs a savepoint.
@@ -828,19 +976,21 @@ class Ledger:
                 hold_id: Any = _run(
                     conn,
                     "INSERT INTO ledger_holds (idempotency_key, phase, unit, amount, owner, session, identity,"
-                    " tool, mixed_units, created_us, updated_us, balance_key)"
-                    " VALUES (:k, 'reserved', :u, :a, :o, :s, :i, :t, :m, :now, :now, :bk) RETURNING id",
+                    " tool, mixed_units, created_us, updated_us, balance_key, server, resource)"
+                    " VALUES (:k, 'reserved', :u, :a, :o, :s, :i, :t, :m, :now, :now, :bk, :sv, :r) RETURNING id",
                     {
                         "k": key,
                         "u": amount.unit,
                         "a": amount.value,
                         "o": self.owner,
-                        "s": session,
-                        "i": identity,
-                        "t": tool,
+                        "s": where.session,
+                        "i": where.identity,
+                        "t": where.tool,
                         "m": mixed,
                         "now": now,
-                        "bk": balance_key,
+                        "bk": where.balance_key,
+                        "sv": where.server,
+                        "r": where.resource,
                     },
                 ).scalar_one()
         except IntegrityError:
@@ -849,6 +999,34 @@ class Ledger:
                 f"payment {key} is already in progress: paying again could pay twice", rule="idempotency"
             ) from None
         return int(hold_id)
+
+    def _define_budgets(
+        self, conn: Connection, budgets: Sequence[Budget], now: int
+    ) -> set[tuple[str, int, str, str, str]]:
+        """Store the definitions of `budgets` this process has not stored yet (operators' views read
+        them); returns them, to be remembered once the transaction commits."""
+        new = {(b.key, b.limit.value, b.limit.unit, b.window.text, b.window.timezone) for b in budgets} - self._defined
+        by_key = {b.key: b for b in budgets}
+        for key, limit, unit, window, timezone in sorted(new):
+            budget = by_key[key]
+            values = {
+                "k": key,
+                "n": budget.name,
+                "s": budget.scope,
+                "l": limit,
+                "u": unit,
+                "w": window,
+                "z": timezone,
+                "t": now,
+            }
+            _run(
+                conn,
+                "INSERT INTO ledger_budgets (key, name, scope, limit_value, unit, window_spec, timezone, defined_us)"
+                " VALUES (:k, :n, :s, :l, :u, :w, :z, :t) ON CONFLICT (key) DO UPDATE SET limit_value = :l,"
+                " unit = :u, window_spec = :w, timezone = :z, defined_us = :t",
+                values,
+            )
+        return new
 
     def _count_calls(self, conn: Connection, rate_limits: Sequence[RateLimit], now: int) -> None:
         for rate in rate_limits:
@@ -959,6 +1137,8 @@ class Ledger:
             conn.close()
 
     def _begin_write(self) -> Connection:
+        if self._read_only:
+            raise StorageError("this ledger was opened read-only")
         for attempt in range(BUSY_RETRIES):
             conn = self._engine.connect()
             try:
@@ -985,6 +1165,18 @@ class Ledger:
             raise StorageError(f"the ledger could not be read: {exc.orig}") from exc
 
 
+@dataclass(frozen=True)
+class _Where:
+    """Who made a payment, where it went: a hold's descriptive columns."""
+
+    session: str | None
+    identity: str | None
+    tool: str | None
+    balance_key: str | None
+    server: str | None
+    resource: str | None
+
+
 def _observation(row: Any) -> BalanceObservation:
     return BalanceObservation(
         source=row.source,
@@ -999,9 +1191,9 @@ def _observation(row: Any) -> BalanceObservation:
 
 _INSERT_CALL = (
     "INSERT INTO ledger_call_events (at_us, session, identity, tool, decision, rule, reason,"
-    " price, price_unit, hold_id, spent, spent_unit, latency_us, args_digest)"
+    " price, price_unit, hold_id, spent, spent_unit, latency_us, args_digest, server)"
     " VALUES (:at, :session, :identity, :tool, :decision, :rule, :reason, :price, :price_unit,"
-    " :hold, :spent, :spent_unit, :latency, :digest)"
+    " :hold, :spent, :spent_unit, :latency, :digest, :server)"
 )
 
 _APPROVAL_COLUMNS = "id, subject, identity, action, digest, state, created_us, expires_us, decided_us"
@@ -1086,6 +1278,17 @@ def _process_start(pid: int) -> str:
         return ""
 
 
+def _sqlite_file_missing(url: str | os.PathLike[str] | None) -> bool:
+    if url is None:
+        return not default_path().exists()
+    text = str(url)
+    if "://" not in text:
+        return not Path(text).exists()
+    if text.startswith("sqlite:///") and len(text) > len("sqlite:///"):
+        return not Path(text[len("sqlite:///") :].split("?")[0]).exists()
+    return False
+
+
 def _engine(url: str | os.PathLike[str] | None) -> Engine:
     if url is None:
         path = default_path()
@@ -1117,8 +1320,17 @@ def _engine(url: str | os.PathLike[str] | None) -> Engine:
 def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
     cursor = dbapi_connection.cursor()
     # FULL: NORMAL may lose a committed hold on power loss. WAL: readers never block the writer.
-    for pragma in ("journal_mode=WAL", "synchronous=FULL", "busy_timeout=30000", "foreign_keys=ON"):
-        cursor.execute(f"PRAGMA {pragma}")
+    for pragma in ("busy_timeout=30000", "journal_mode=WAL", "synchronous=FULL", "foreign_keys=ON"):
+        for attempt in range(BUSY_RETRIES):
+            try:
+                cursor.execute(f"PRAGMA {pragma}")
+                break
+            except sqlite3.OperationalError as exc:
+                # Switching a new file to WAL while another process does may report busy at once,
+                # without waiting on the busy timeout.
+                if "locked" not in str(exc) or attempt == BUSY_RETRIES - 1:
+                    raise
+                time.sleep(0.01 * (attempt + 1))
     cursor.close()
 
 
@@ -1139,6 +1351,7 @@ def _safe_url(url: str) -> str:
 __all__ = [
     "BalanceObservation",
     "Budget",
+    "BudgetState",
     "CallRecord",
     "HoldInfo",
     "Ledger",

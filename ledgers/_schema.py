@@ -184,6 +184,35 @@ class ApprovalRow(SQLModel, table=True):
     decided_us: int | None = Field(default=None, sa_column=_big(nullable=True))
 
 
+class BudgetRow(SQLModel, table=True):
+    """A budget as last defined (limit, window) for one scope key, so operators' views need no policy.
+    Added by `_v4`; written when a guard first charges it, and again when its definition changes."""
+
+    __tablename__ = "ledger_budgets"
+    key: str = Field(primary_key=True)  # Budget.key: "budget:<name>@<scope>"
+    name: str
+    scope: str
+    limit_value: int = Field(sa_column=_big(nullable=False))
+    unit: str
+    window_spec: str  # as `Window.parse` reads it: session, 24h, day, week, month
+    timezone: str
+    defined_us: int = Field(sa_column=_big(nullable=False))
+
+
+class AlertRow(SQLModel, table=True):
+    """An alert claimed for sending (once per key: a budget's threshold in one window period, a hold in
+    doubt). Added by `_v4`. The primary key makes guards sharing a ledger send each alert once."""
+
+    __tablename__ = "ledger_alerts"
+    __table_args__ = (CheckConstraint("state IN ('sending', 'sent', 'failed')", name="alert_state"),)
+    key: str = Field(primary_key=True)
+    kind: str
+    state: str
+    created_us: int = Field(sa_column=_big(nullable=False))
+    done_us: int | None = Field(default=None, sa_column=_big(nullable=True))
+    attempts: int = 0
+
+
 # Versioned migrations: MIGRATIONS[n] takes a schema at version n to n + 1. Never edit a released
 # step; append a new one. Version 1 is the first release's schema.
 def _v1(conn: Connection) -> None:
@@ -206,7 +235,18 @@ def _v3(conn: Connection) -> None:
     conn.execute(text("CREATE INDEX ledger_holds_balance_time ON ledger_holds (balance_key, updated_us)"))
 
 
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3]
+def _v4(conn: Connection) -> None:
+    """Operators' views: budgets' definitions, which server and resource a payment was for, the server
+    of a call event, alerts sent; indexes for reports over a period and views of one session."""
+    conn.execute(text("ALTER TABLE ledger_holds ADD COLUMN server VARCHAR"))
+    conn.execute(text("ALTER TABLE ledger_holds ADD COLUMN resource VARCHAR"))
+    conn.execute(text("ALTER TABLE ledger_call_events ADD COLUMN server VARCHAR"))
+    conn.execute(text("CREATE INDEX ledger_holds_created ON ledger_holds (created_us)"))
+    conn.execute(text("CREATE INDEX ledger_holds_session ON ledger_holds (session)"))
+    SQLModel.metadata.create_all(conn, tables=[getattr(t, "__table__") for t in (BudgetRow, AlertRow)])  # noqa: B009
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3, _v4]
 MIGRATION_LOCK = 0x6775617264  # "guard": the advisory lock key that serializes migrations
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -127,6 +127,13 @@ class Window:
             nxt = (local.date().replace(day=28) + timedelta(days=4)).replace(day=1)
         return to_us(datetime(nxt.year, nxt.month, nxt.day, tzinfo=ZoneInfo(self.timezone)))
 
+    @property
+    def text(self) -> str:
+        """The window as `Window.parse` reads it back (with `timezone`): session, 24h, day, ..."""
+        if self.kind == "calendar":
+            return str(self.period)
+        return str(self) if self.kind == "sliding" else "session"
+
     def __str__(self) -> str:
         if self.kind == "sliding":
             for suffix, size in sorted(_DURATION_US.items(), key=lambda kv: -kv[1]):

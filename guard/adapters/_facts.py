@@ -15,8 +15,9 @@ Observation keys (one convention, shared by adapters, the gate and reports):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
+from urllib.parse import urlsplit, urlunsplit
 
 from ledgers import Amount, BalanceObservation
 
@@ -44,6 +45,26 @@ class Prepared:
     quote_for: str | None = None  # no price in the call: a remembered quote for this resource bounds it
     depends_on: tuple[str, ...] = ()  # observation keys that must be fresh and sufficient before paying
     refuse: str | None = None  # the adapter cannot let this call pay (unknown asset, unreadable invoice)
+    # What is paid for, a URL: descriptive only (reports show it without its query, `paid_for`).
+    resource: str | None = field(default=None, compare=False)
+
+    @property
+    def paid_for(self) -> str | None:
+        """The resource this payment is for, as reports show it: a URL without credentials or query."""
+        url = self.resource or self.quote_for
+        return public_url(url) if url else None
+
+
+def public_url(url: str) -> str:
+    """`url` without user info, query or fragment (where API keys and tokens travel)."""
+    parts = urlsplit(url.strip())
+    if not parts.scheme or not parts.netloc:
+        return url.split("?", 1)[0].split("#", 1)[0][:200]
+    host = parts.hostname or ""
+    netloc = f"[{host}]" if ":" in host else host
+    if parts.port is not None:
+        netloc += f":{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))[:500]
 
 
 OutcomeState = Literal["paid", "not_paid", "unknown", "no_payment"]

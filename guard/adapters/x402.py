@@ -66,8 +66,14 @@ class X402:
         if not _carries_payment(meta):
             return Prepared(pays=False)
         payment = self._read_payment((meta or {})[PAYMENT])
+        resource = dig((meta or {})[PAYMENT], "resource", "url")
         return Prepared(
-            pays=True, price=payment.price, upto=payment.upto, payment_id=payment.payment_id, refuse=payment.refuse
+            pays=True,
+            price=payment.price,
+            upto=payment.upto,
+            payment_id=payment.payment_id,
+            refuse=payment.refuse,
+            resource=resource if isinstance(resource, str) and resource else None,
         )
 
     def outcome(self, tool: str, arguments: JSON, meta: JSON | None, result: JSON) -> Outcome:

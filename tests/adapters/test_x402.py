@@ -187,6 +187,13 @@ def test_a_payment_names_its_price_unit_and_id(pay: JSON, prepared: Prepared) ->
     assert ADAPTER.prepare("financial_analysis", {}, meta(pay)) == prepared
 
 
+def test_a_payment_names_the_resource_it_pays_for_without_its_query() -> None:
+    pay = payment() | {"resource": {"url": "https://api.example/report?key=sk_live_secret#top"}}
+    prepared = ADAPTER.prepare("financial_analysis", {}, meta(pay))
+    assert prepared.paid_for == "https://api.example/report"
+    assert ADAPTER.prepare("t", {}, meta(payment())).paid_for == "mcp://tool/financial_analysis"
+
+
 def test_a_payment_without_a_nonce_is_keyed_by_a_hash_of_the_whole_payment_never_the_signature() -> None:
     prepared = ADAPTER.prepare("t", {}, meta(SVM_PAYMENT))
     assert prepared == Prepared(pays=True, price=usdc(10_000), payment_id=canonical_sha256(SVM_PAYMENT))
