@@ -21,10 +21,10 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import anyio
 import anyio.to_thread
@@ -51,6 +51,14 @@ AUDIT_GATHER_S = 0.05
 T = TypeVar("T")
 
 
+class CallWatcher(Protocol):
+    """Told of every decided call as it is recorded (metrics, alerts). Must not block or raise."""
+
+    def call_done(self, call: CallRecord, upstream_s: float | None) -> None:
+        """`upstream_s`: how long the upstream took to answer (None when the call was not forwarded)."""
+        ...
+
+
 @dataclass(frozen=True)
 class _Admitted:
     hold_id: int | None
@@ -61,8 +69,16 @@ class _Admitted:
 class PolicyGate:
     """Implements `Gate` with a policy (reloadable through its `PolicySource`) and a ledger."""
 
-    def __init__(self, source: PolicySource, ledger: Ledger, server: str, payments: Payments | None = None) -> None:
+    def __init__(
+        self,
+        source: PolicySource,
+        ledger: Ledger,
+        server: str,
+        payments: Payments | None = None,
+        watchers: Sequence[CallWatcher] = (),
+    ) -> None:
         self._source = source
+        self._watchers = list(watchers)
         self._ledger = ledger
         self._server = server
         self._payments = payments or Payments(ledger, ())
@@ -117,15 +133,17 @@ class PolicyGate:
         decision = await self._admit(policy, call, who, digest)
         if isinstance(decision, Denial):
             logger.info("denied %s: %s (rule %s)", call.name, decision.reason, decision.rule)
-            self._audit.put_nowait(record(decision="deny", rule=decision.rule, reason=decision.reason))
+            self._note(record(decision="deny", rule=decision.rule, reason=decision.reason))
             return denial_result(decision)
         hold, price = decision.hold_id, decision.price
+        forwarded = time.perf_counter()
         try:
             result = await forward()
         except UpstreamError as exc:
             if hold is not None:
                 await self._unanswered(hold, call.name, gone=exc.error.code == UPSTREAM_UNAVAILABLE)
-            self._audit.put_nowait(record(decision="error", reason="upstream error", price=price, hold_id=hold))
+            error = record(decision="error", reason="upstream error", price=price, hold_id=hold)
+            self._note(error, time.perf_counter() - forwarded)
             raise
         except BaseException:
             # Cancelled after forwarding (the client gave up, the guard is stopping): the payment may
@@ -134,6 +152,7 @@ class PolicyGate:
                 with anyio.CancelScope(shield=True):
                     await self._unanswered(hold, call.name, gone=True)
             raise
+        upstream_s = time.perf_counter() - forwarded
         try:
             settled = await self._payments.settle(policy, call, decision.reading, result, hold, price)
         except BaseException:
@@ -143,10 +162,20 @@ class PolicyGate:
             raise
         latency = (time.perf_counter_ns() - started) // 1000
         flagged = f"flagged: {settled.problem}" if settled.problem else None
-        self._audit.put_nowait(
-            record(decision="allow", reason=flagged, price=price, hold_id=hold, spent=settled.spent, latency_us=latency)
+        allowed = record(
+            decision="allow", reason=flagged, price=price, hold_id=hold, spent=settled.spent, latency_us=latency
         )
+        self._note(allowed, upstream_s)
         return result
+
+    def _note(self, call: CallRecord, upstream_s: float | None = None) -> None:
+        """Queue a call event for the audit trail, and tell the watchers."""
+        self._audit.put_nowait(call)
+        for watcher in self._watchers:
+            try:
+                watcher.call_done(call, upstream_s)
+            except Exception:  # a watcher's bug must not fail the call it watches
+                logger.exception("a call watcher failed")
 
     async def list_tools(self, session: Session, result: JSON) -> JSON:
         tools = result.get("tools")

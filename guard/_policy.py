@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
@@ -79,6 +80,22 @@ def _timezone(text: Any) -> str:
         ZoneInfo(_str(text, "an IANA time zone such as UTC or Europe/Paris"))
     except (ZoneInfoNotFoundError, ValueError):
         raise ValueError("expected an IANA time zone such as UTC or Europe/Paris") from None
+    return str(text)
+
+
+_CLOCK = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
+
+
+def _clock_time(text: Any) -> str:
+    if _CLOCK.match(_str(text, 'a time of day such as "23:55"')) is None:
+        raise ValueError('expected a time of day HH:MM, such as "23:55" (quote it in YAML)')
+    return str(text)
+
+
+def _webhook(text: Any) -> str:
+    parts = urlsplit(_str(text, "an http:// or https:// URL"))
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("expected an http:// or https:// URL")
     return str(text)
 
 
@@ -238,6 +255,29 @@ class Balances(_Spec):
     refresh_every: Duration | None = "2m"
 
 
+ReportFormat = Literal["md", "html", "json", "csv"]
+
+
+class ReportSpec(_Spec):
+    at: Annotated[str, BeforeValidator(_clock_time)] | None = Field(
+        default=None,
+        description='When `guard run` writes the nightly report, "HH:MM" in the policy\'s timezone (default: never).',
+    )
+    dir: str | None = Field(default=None, description="Where reports go (default: $XDG_DATA_HOME/guard/reports).")
+    formats: list[ReportFormat] = Field(default_factory=lambda: list[ReportFormat](["md"]), min_length=1)
+
+
+class AlertsSpec(_Spec):
+    webhook: Annotated[str, BeforeValidator(_webhook)] = Field(
+        description="Where alert events are POSTed as JSON (never logged: it may carry a secret)."
+    )
+    thresholds: list[Annotated[Decimal, Field(gt=0, le=1)]] = Field(
+        default_factory=lambda: [Decimal("0.5"), Decimal("0.8"), Decimal("1.0")],
+        description="Fractions of a budget's limit that send an alert, once per budget and window period.",
+    )
+    in_doubt: StrictBool = Field(default=True, description="Also alert on each payment newly in doubt.")
+
+
 class Approvals(_Spec):
     expire_after: Duration = Field(default="1h", description="An undecided or unused approval lapses after this.")
 
@@ -260,6 +300,11 @@ class PolicySpec(_Spec):
     )
     balances: Balances = Field(default_factory=Balances)
     approvals: Approvals = Field(default_factory=Approvals)
+    report: ReportSpec = Field(default_factory=ReportSpec)
+    alerts: AlertsSpec | None = None
+    expose_budget_tool: StrictBool = Field(
+        default=False, description="List guard's own read-only tool `guard-budget`: the caller's budgets."
+    )
     tools: dict[str, ToolRule] = Field(default_factory=dict)
 
     @field_validator("assets")

@@ -240,6 +240,8 @@ def _v4(conn: Connection) -> None:
     of a call event, alerts sent; indexes for reports over a period and views of one session."""
     conn.execute(text("ALTER TABLE ledger_holds ADD COLUMN server VARCHAR"))
     conn.execute(text("ALTER TABLE ledger_holds ADD COLUMN resource VARCHAR"))
+    # Spend seen only in a balance (recorded by `Ledger.charge`), not a payment the guard made.
+    conn.execute(text("ALTER TABLE ledger_holds ADD COLUMN external BOOLEAN NOT NULL DEFAULT false"))
     conn.execute(text("ALTER TABLE ledger_call_events ADD COLUMN server VARCHAR"))
     conn.execute(text("CREATE INDEX ledger_holds_created ON ledger_holds (created_us)"))
     conn.execute(text("CREATE INDEX ledger_holds_session ON ledger_holds (session)"))
