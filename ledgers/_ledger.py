@@ -50,7 +50,7 @@ from ledgers._errors import (
     StorageError,
 )
 from ledgers._money import Amount, Rates, check_value
-from ledgers._schema import SCHEMA_VERSION, migrate, schema_version
+from ledgers._schema import PHASES, SCHEMA_VERSION, migrate, schema_version
 from ledgers._time import US_PER_S, Clock, SystemClock, Window, from_us, to_us
 
 logger = logging.getLogger("ledgers")
@@ -566,8 +566,8 @@ class Ledger:
             defined = self._define_budgets(conn, budgets, now)
             _run(
                 conn,
-                "UPDATE ledger_holds SET phase = 'settled', settled = :p, updated_us = :t WHERE id = :h",
-                {"p": amount.value, "t": now, "h": hold_id},
+                "UPDATE ledger_holds SET phase = 'settled', settled = :p, updated_us = :t, external = :x WHERE id = :h",
+                {"p": amount.value, "t": now, "h": hold_id, "x": True},
             )
             for budget, value in charges:
                 _run(
@@ -643,6 +643,12 @@ class Ledger:
                     )
                 )
         return states
+
+    def hold_counts(self) -> dict[str, int]:
+        """How many holds are in each phase (every phase named, zero included)."""
+        with self._read() as conn:
+            rows = _run(conn, "SELECT phase, COUNT(*) FROM ledger_holds GROUP BY phase").all()
+        return {phase: 0 for phase in PHASES} | {str(row[0]): int(row[1]) for row in rows}
 
     def claim_alert(self, key: str, kind: str) -> bool:
         """Claim the right to send the alert `key` (once, among every process sharing the ledger)."""
