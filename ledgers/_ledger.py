@@ -648,7 +648,7 @@ class Ledger:
         """How many holds are in each phase (every phase named, zero included)."""
         with self._read() as conn:
             rows = _run(conn, "SELECT phase, COUNT(*) FROM ledger_holds GROUP BY phase").all()
-        return {phase: 0 for phase in PHASES} | {str(row[0]): int(row[1]) for row in rows}
+        return {phase: 0 for phase in PHASES} | {str(phase): int(count) for phase, count in rows}
 
     def claim_alert(self, key: str, kind: str) -> bool:
         """Claim the right to send the alert `key` (once, among every process sharing the ledger)."""
