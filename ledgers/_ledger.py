@@ -647,7 +647,7 @@ class Ledger:
     def hold_counts(self) -> dict[str, int]:
         """How many holds are in each phase (every phase named, zero included)."""
         with self._read() as conn:
-            rows = _run(conn, "SELECT phase, COUNT(*) FROM ledger_holds GROUP BY phase").all()
+            rows: Any = _run(conn, "SELECT phase, COUNT(*) FROM ledger_holds GROUP BY phase").all()
         return {phase: 0 for phase in PHASES} | {str(phase): int(count) for phase, count in rows}
 
     def claim_alert(self, key: str, kind: str) -> bool:
