@@ -34,6 +34,15 @@ def open_ledger(url: str | None) -> Ledger:
         raise typer.Exit(4) from None
 
 
+def open_reader(url: str | None) -> Ledger:
+    """Open the ledger read-only (never blocks a running guard; a missing file reads as empty), or exit 4."""
+    try:
+        return Ledger.open(url, read_only=True)
+    except LedgerError as exc:
+        typer.echo(f"guard: error: ledger: {exc}", err=True)
+        raise typer.Exit(4) from None
+
+
 @ledger_app.command("status")
 def status(
     ledger_url: LedgerOption = None,

@@ -17,8 +17,9 @@ import anyio.to_thread
 import typer
 
 from guard import _logging, _upstream
+from guard._budget_command import budget_app
 from guard._errors import ConfigError, GuardError, UpstreamStartError
-from guard._gate import PolicyGate
+from guard._gate import CallWatcher, PolicyGate
 from guard._init_command import init
 from guard._ledger_commands import LedgerOption, holds_app, ledger_app, open_ledger
 from guard._options import PolicyOption, UpstreamCommand, UpstreamUrl, policy_path, upstream_spec
@@ -43,6 +44,7 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
+app.add_typer(budget_app, name="budget")
 app.add_typer(ledger_app, name="ledger")
 app.add_typer(holds_app, name="holds")
 app.command("refresh", context_settings={"allow_interspersed_args": False})(refresh)
@@ -150,7 +152,14 @@ def run(
         spec_ = source.policy.spec
         server = spec_.server or spec.name
         payments = Payments(ledger, family_adapters(spec_.preset), x402_adapter(spec_.assets), server)
-        gate = PolicyGate(source, ledger, server, payments)
+        watchers: list[CallWatcher] = []
+        metrics = None
+        if address is not None:  # HTTP mode serves Prometheus metrics at /metrics
+            from guard._metrics import PrometheusMetrics
+
+            metrics = PrometheusMetrics(ledger)
+            watchers.append(metrics)
+        gate = PolicyGate(source, ledger, server, payments, watchers=watchers)
         background: list[Background] = [
             gate.write_audit,
             source.watch,
@@ -162,7 +171,7 @@ def run(
         else:
             from guard._http_front import serve_http
 
-            serve_http(spec, gate, address[0], address[1], tokens, identity, background)
+            serve_http(spec, gate, address[0], address[1], tokens, identity, background, metrics)
             status = 0
     except UpstreamStartError as exc:
         typer.echo(f"guard: error: {exc}", err=True)

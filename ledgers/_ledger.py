@@ -594,11 +594,12 @@ class Ledger:
     # operators' views
 
     def budget_states(self, *, session: str | None = None, idle_after_s: float = 86_400) -> list[BudgetState]:
-        """Budgets in use, by name then scope. A budget is listed while its current window has spend or
-        holds, or (a session's budget, whose window never ends) while it was charged within
-        `idle_after_s` or holds money. With `session`: every budget that session was charged to."""
+        """Budgets in use, by name then scope, as last defined by a guard. A budget is listed while its
+        current window has spend or holds, or (a session's budget, whose window never ends) while it was
+        charged within `idle_after_s` or holds money. With `session`: every budget that session was
+        charged to, in use or not."""
         now = self._now_us()
-        columns = "key, name, scope, limit_value, unit, window_spec, timezone"
+        columns = "name, scope, limit_value, unit, window_spec, timezone"
         with self._read() as conn:
             if session is None:
                 rows = _run(conn, f"SELECT {columns} FROM ledger_budgets ORDER BY name, scope").all()
@@ -610,38 +611,54 @@ class Ledger:
                     " ORDER BY name, scope",
                     {"scope": f"session:{session}", "s": session},
                 ).all()
-            doubted: dict[str, int] = dict(
-                _run(  # type: ignore[arg-type]
-                    conn,
-                    "SELECT c.budget, SUM(c.held) FROM ledger_charges c JOIN ledger_holds h ON h.id = c.hold_id"
-                    " WHERE h.phase = 'in_doubt' GROUP BY c.budget",
-                ).all()
-            )
-            states = []
-            for row in rows:
-                window = Window.parse(row.window_spec, row.timezone)
-                start = window.start_us(now)
-                held, spent = self._sums(conn, row.key, start)
-                last = _run(
-                    conn, "SELECT MAX(created_us) FROM ledger_charges WHERE budget = :b", {"b": row.key}
-                ).scalar()
-                in_doubt = int(doubted.get(row.key) or 0)
-                if session is None and not held:
-                    idle = last is None or (window.kind == "session" and last < now - idle_after_s * US_PER_S)
-                    if idle or (window.kind != "session" and not spent):
-                        continue
-                end = window.end_us(now)
-                states.append(
-                    BudgetState(
-                        budget=Budget(row.name, Amount(int(row.limit_value), row.unit), row.scope, window),
-                        spent=spent,
-                        held=held - in_doubt,
-                        in_doubt=in_doubt,
-                        window_start=from_us(start) if window.kind != "session" else None,
-                        resets_at=from_us(end) if end is not None else None,
-                        last_used=from_us(last) if last is not None else None,
-                    )
+            budgets = [
+                Budget(r.name, Amount(int(r.limit_value), r.unit), r.scope, Window.parse(r.window_spec, r.timezone))
+                for r in rows
+            ]
+            states = self._states(conn, budgets, now)
+        if session is not None:
+            return states
+        idle_since = now - int(idle_after_s * US_PER_S)
+        return [
+            s
+            for s in states
+            if s.held
+            or s.in_doubt
+            or (s.spent if s.budget.window.kind != "session" else _us(s.last_used) >= idle_since)
+        ]
+
+    def states(self, budgets: Sequence[Budget]) -> list[BudgetState]:
+        """These budgets (as the policy defines them now) in their current windows."""
+        with self._read() as conn:
+            return self._states(conn, budgets, self._now_us())
+
+    def _states(self, conn: Connection, budgets: Sequence[Budget], now: int) -> list[BudgetState]:
+        # Few holds are ever in doubt: read them all once, and split them by budget and window here.
+        doubtful: Any = _run(
+            conn,
+            "SELECT c.budget, c.created_us, c.held FROM ledger_holds h JOIN ledger_charges c ON c.hold_id = h.id"
+            " WHERE h.phase = 'in_doubt'",
+        ).all()
+        states = []
+        for budget in budgets:
+            start = budget.window.start_us(now)
+            held, spent = self._sums(conn, budget.key, start)
+            in_doubt = sum(int(d.held) for d in doubtful if d.budget == budget.key and d.created_us >= start)
+            last = _run(
+                conn, "SELECT MAX(created_us) FROM ledger_charges WHERE budget = :b", {"b": budget.key}
+            ).scalar()
+            end = budget.window.end_us(now)
+            states.append(
+                BudgetState(
+                    budget=budget,
+                    spent=spent,
+                    held=held - in_doubt,
+                    in_doubt=in_doubt,
+                    window_start=from_us(start) if budget.window.kind != "session" else None,
+                    resets_at=from_us(end) if end is not None else None,
+                    last_used=from_us(last) if last is not None else None,
                 )
+            )
         return states
 
     def hold_counts(self) -> dict[str, int]:
@@ -1181,6 +1198,10 @@ class _Where:
     balance_key: str | None
     server: str | None
     resource: str | None
+
+
+def _us(moment: datetime | None) -> int:
+    return to_us(moment) if moment is not None else 0
 
 
 def _observation(row: Any) -> BalanceObservation:

@@ -1,0 +1,55 @@
+"""Budgets and balances as operators and agents read them: plain JSON-ready dicts, one shape for
+`guard budget show --json` and the agent's `guard-budget` tool. Money stays integers with a unit."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from ledgers import BalanceObservation, BudgetState
+
+JSON = dict[str, Any]
+
+
+def budget_fields(state: BudgetState) -> JSON:
+    budget = state.budget
+    return {
+        "name": budget.name,
+        "scope": budget.scope,
+        "window": budget.window.text,
+        "timezone": budget.window.timezone if budget.window.kind == "calendar" else None,
+        "window_start": _iso(state.window_start),
+        "resets_at": _iso(state.resets_at),
+        "unit": budget.limit.unit,
+        "limit": budget.limit.value,
+        "spent": state.spent,
+        "held": state.held,
+        "in_doubt": state.in_doubt,
+        "remaining": state.remaining,
+        "percent_used": percent(state.used, budget.limit.value),
+        "last_used": _iso(state.last_used),
+    }
+
+
+def balance_fields(observation: BalanceObservation, age_s: float, stale_after_s: float) -> JSON:
+    amount = observation.amount
+    return {
+        "key": observation.key,
+        "source": observation.source,
+        "amount": amount.value if amount is not None else None,
+        "unit": amount.unit if amount is not None else None,
+        "status": observation.status,
+        "seen": _iso(observation.seen),
+        "age_s": int(age_s),
+        # The same test a paying call meets (`Payments.check_balances`): too old, or stale by the upstream's word.
+        "stale": age_s > stale_after_s or bool(observation.upstream_stale),
+    }
+
+
+def percent(used: int, limit: int) -> int:
+    """Whole percent used, rounded down (a budget at 99.9% is not yet at 100%); a zero limit is 100% used."""
+    return used * 100 // limit if limit else 100
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.isoformat(timespec="seconds") if moment is not None else None
