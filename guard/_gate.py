@@ -29,6 +29,7 @@ from typing import Any, Protocol, TypeVar
 import anyio
 import anyio.to_thread
 
+from guard._budget_view import budget_fields
 from guard._payments import Payments, Reading
 from guard._policy import Denial, Limit, Policy, PriceUnknown, Who, args_digest, seconds
 from guard._policy_source import PolicySource
@@ -38,6 +39,7 @@ from ledgers import (
     AmountError,
     ApprovalError,
     Budget,
+    BudgetState,
     CallRecord,
     HoldStateError,
     Ledger,
@@ -130,6 +132,11 @@ class PolicyGate:
             args_digest=digest[:16],
             server=self._server,
         )
+        if call.name == BUDGET_TOOL and policy.spec.expose_budget_tool:
+            # guard's own tool: answered here, never forwarded, paying nothing.
+            states = await self._db(self._ledger.states, policy.caller_budgets(who))
+            self._note(record(decision="allow", reason="answered by guard"))
+            return budget_result(states)
         decision = await self._admit(policy, call, who, digest)
         if isinstance(decision, Denial):
             logger.info("denied %s: %s (rule %s)", call.name, decision.reason, decision.rule)
@@ -184,7 +191,11 @@ class PolicyGate:
         names = [t["name"] for t in tools if isinstance(t, dict) and isinstance(t.get("name"), str)]
         self._listed[session.id] = names
         policy = self._source.policy
-        return {**result, "tools": [t for t in tools if isinstance(t, dict) and policy.visible(str(t.get("name")))]}
+        visible = [t for t in tools if isinstance(t, dict) and policy.visible(str(t.get("name")))]
+        if policy.spec.expose_budget_tool:
+            # guard's own tool replaces an upstream tool of the same name (calls to that name never reach it).
+            visible = [t for t in visible if t.get("name") != BUDGET_TOOL] + [BUDGET_TOOL_DEFINITION]
+        return {**result, "tools": visible}
 
     def subscribe(self, session: Session, link: SessionLink) -> Callable[[], None]:
         self._links[session.id] = link
@@ -328,8 +339,8 @@ class PolicyGate:
 
     async def _policy_changed(self, old: Policy, new: Policy) -> None:
         for session_id, names in list(self._listed.items()):
-            before = [n for n in names if old.visible(n)]
-            after = [n for n in names if new.visible(n)]
+            before = [n for n in names if old.visible(n)] + [BUDGET_TOOL] * old.spec.expose_budget_tool
+            after = [n for n in names if new.visible(n)] + [BUDGET_TOOL] * new.spec.expose_budget_tool
             link = self._links.get(session_id)
             if before != after and link is not None:
                 try:
@@ -340,6 +351,35 @@ class PolicyGate:
     async def _db(self, function: Callable[..., T], *args: Any) -> T:
         """Run a (synchronous) ledger call off the event loop."""
         return await anyio.to_thread.run_sync(function, *args)
+
+
+BUDGET_TOOL = "guard-budget"
+BUDGET_TOOL_DEFINITION: JSON = {
+    "name": BUDGET_TOOL,
+    "title": "Your budgets (guard)",
+    "description": (
+        "Read-only, free. The spending budgets guard enforces for you: for each, what is left, spent and held,"
+        " in which unit, and when it resets. Call it before paying to plan what you can afford."
+    ),
+    "inputSchema": {"type": "object", "properties": {}, "additionalProperties": False},
+    "annotations": {"readOnlyHint": True, "destructiveHint": False, "idempotentHint": True, "openWorldHint": False},
+}
+
+
+def budget_result(states: list[BudgetState]) -> JSON:
+    """The `guard-budget` answer: a line per budget the model can read, and the same as data."""
+    lines = [
+        f"{s.budget.name} ({s.budget.scope}, per {s.budget.window}): {_quantity(s.remaining, s.budget.limit.unit)}"
+        f" left of {s.budget.limit}; spent {_quantity(s.spent, s.budget.limit.unit)},"
+        f" held {_quantity(s.held + s.in_doubt, s.budget.limit.unit)}"
+        + (f"; resets at {s.resets_at.isoformat(timespec='seconds')}" if s.resets_at else "")
+        for s in states
+    ]
+    return {
+        "content": [{"type": "text", "text": "\n".join(lines) or "No budgets apply to you: guard denies paying tools without one."}],
+        "structuredContent": {"budgets": [budget_fields(s) for s in states]},
+        "isError": False,
+    }
 
 
 def _refused(exc: Refused, limits: list[Limit]) -> Denial:

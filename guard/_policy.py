@@ -512,7 +512,7 @@ class Policy:
         """Budgets that count spend seen only in balances (`include_external`), scoped to `who`; a
         session-scoped one needs a session."""
         return [
-            Budget(b.name, Amount.parse(b.limit), who.key(b.scope), Window.parse(b.window, self.spec.timezone))
+            self._scoped(b, who)
             for b in self.spec.budgets
             if b.include_external and (b.scope != "session" or who.session)
         ]
@@ -520,11 +520,16 @@ class Policy:
     def budgets(self, tool: str, who: Who) -> list[Budget]:
         """Every budget covering `tool`, scoped to this caller."""
         names = {tool, tool.replace("_", "-"), tool.replace("-", "_")}
-        return [
-            Budget(b.name, Amount.parse(b.limit), who.key(b.scope), Window.parse(b.window, self.spec.timezone))
-            for b in self.spec.budgets
-            if b.tools is None or names & set(b.tools)
-        ]
+        return [self._scoped(b, who) for b in self.spec.budgets if b.tools is None or names & set(b.tools)]
+
+    def caller_budgets(self, who: Who) -> list[Budget]:
+        """Every budget, scoped to this caller (what the `guard-budget` tool shows)."""
+        return [self._scoped(b, who) for b in self.spec.budgets]
+
+    def _scoped(self, spec: BudgetSpec, who: Who) -> Budget:
+        return Budget(
+            spec.name, Amount.parse(spec.limit), who.key(spec.scope), Window.parse(spec.window, self.spec.timezone)
+        )
 
 
 # --- argument paths and conditions ----------------------------------------------------------------------

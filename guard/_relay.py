@@ -309,6 +309,10 @@ class Relay:
             logger.exception("gate failed on tools/call %s", name)
             await self._reply_error(request.id, types.INTERNAL_ERROR, f"guard could not evaluate the call to {name}")
         else:
+            if isinstance(meta, dict) and types.PROTOCOL_VERSION_META_KEY in meta and "resultType" not in result:
+                # The 2026-07-28 wire requires every result to say its type; the gate's own answers (a
+                # denial, guard-budget) are complete results.
+                result = {**result, "resultType": "complete"}
             await self._send_client(types.JSONRPCResponse(jsonrpc="2.0", id=request.id, result=result))
         finally:
             self._call_metadata.pop(request.id, None)
