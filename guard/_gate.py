@@ -366,6 +366,9 @@ BUDGET_TOOL_DEFINITION: JSON = {
 }
 
 
+NO_BUDGETS = "No budgets apply to you: guard denies paying tools without one."
+
+
 def budget_result(states: list[BudgetState]) -> JSON:
     """The `guard-budget` answer: a line per budget the model can read, and the same as data."""
     lines = [
@@ -376,7 +379,7 @@ def budget_result(states: list[BudgetState]) -> JSON:
         for s in states
     ]
     return {
-        "content": [{"type": "text", "text": "\n".join(lines) or "No budgets apply to you: guard denies paying tools without one."}],
+        "content": [{"type": "text", "text": "\n".join(lines) or NO_BUDGETS}],
         "structuredContent": {"budgets": [budget_fields(s) for s in states]},
         "isError": False,
     }
