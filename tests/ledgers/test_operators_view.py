@@ -139,5 +139,5 @@ def test_a_ledger_of_an_older_schema_is_not_read_but_named(tmp_path: Path) -> No
     with engine.begin() as conn:
         conn.execute(text("UPDATE ledger_meta SET value = '3' WHERE key = 'schema_version'"))
     engine.dispose()
-    with pytest.raises(SchemaError, match="version 3.*start `guard run` once"):
+    with pytest.raises(SchemaError, match=r"version 3.*start `guard run` once"):
         Ledger.open(path, read_only=True)
