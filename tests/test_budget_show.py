@@ -1,0 +1,140 @@
+"""`guard budget show`: budgets in use and the balances guard decides on, as JSON, as plain columns when
+piped, on SQLite and PostgreSQL, on an empty ledger, and next to a running writer."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ledgers import Amount, BalanceObservation, Budget, Ledger, Window
+
+from .conftest import GUARD, WAIT_S
+
+DAILY = Budget("daily", Amount(1000, "sat"), "global", Window.calendar("day"))
+SESSION = Budget("per-session", Amount(100, "sat"), "session:s1")
+
+
+def budget_show(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*GUARD, "budget", "show", *args],
+        capture_output=True,
+        text=True,
+        timeout=WAIT_S,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def shown(*args: str) -> dict[str, Any]:
+    result = budget_show(*args, "--json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)  # type: ignore[no-any-return]
+
+
+def some_spend(url: str) -> None:
+    with Ledger.open(url) as ledger:
+        ledger.settle(ledger.reserve([SESSION, DAILY], Amount(30, "sat"), session="s1", tool="buy"), Amount(30, "sat"))
+        doubtful = ledger.reserve([SESSION, DAILY], Amount(20, "sat"), session="s1", tool="buy")
+        ledger.mark_forwarded(doubtful)
+        ledger.mark_in_doubt(doubtful)
+        ledger.reserve([Budget("per-session", Amount(100, "sat"), "session:s2")], Amount(5, "sat"), session="s2")
+        ledger.observe(BalanceObservation("p402", "p402:sess_1", Amount(4_500_000, "usd_micro"), status="active"))
+        ledger.observe(BalanceObservation("quote", "quote:https://x.example/a", Amount(10, "sat"), status="quote"))
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return str(tmp_path / "ledger.db")
+    from tests.ledgers.conftest import reset_postgres
+
+    postgres = str(request.getfixturevalue("postgres_url"))
+    reset_postgres(postgres)
+    return postgres
+
+
+def test_json_has_a_row_per_budget_and_scope_and_the_latest_balances(url: str) -> None:
+    some_spend(url)
+    view = shown("--ledger", url)
+    rows = {(b["name"], b["scope"]): b for b in view["budgets"]}
+    assert set(rows) == {("daily", "global"), ("per-session", "session:s1"), ("per-session", "session:s2")}
+    daily = rows[("daily", "global")]
+    assert {k: daily[k] for k in ("unit", "limit", "spent", "held", "in_doubt", "remaining", "percent_used")} == {
+        "unit": "sat",
+        "limit": 1000,
+        "spent": 30,
+        "held": 0,
+        "in_doubt": 20,
+        "remaining": 950,
+        "percent_used": 5,
+    }
+    assert daily["window"] == "day" and daily["resets_at"].startswith(daily["window_start"][:4])
+    s2 = rows[("per-session", "session:s2")]
+    assert (s2["held"], s2["remaining"], s2["percent_used"], s2["resets_at"]) == (5, 95, 5, None)
+    # Balances: the latest per key, never a remembered quote; amounts stay integers with their unit.
+    (balance,) = view["balances"]
+    assert {k: balance[k] for k in ("key", "amount", "unit", "status", "stale")} == {
+        "key": "p402:sess_1",
+        "amount": 4_500_000,
+        "unit": "usd_micro",
+        "status": "active",
+        "stale": False,
+    }
+
+
+def test_a_session_shows_only_the_budgets_it_was_charged_to(url: str) -> None:
+    some_spend(url)
+    view = shown("--ledger", url, "--session", "s2")
+    assert [(b["name"], b["scope"]) for b in view["budgets"]] == [("per-session", "session:s2")]
+    assert view["session"] == "s2"
+
+
+def test_piped_output_is_plain_columns_with_a_bar(tmp_path: Path) -> None:
+    path = str(tmp_path / "ledger.db")
+    some_spend(path)
+    result = budget_show("--ledger", path)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == [
+        "budget", "scope", "window", "resets", "unit", "limit", "spent", "held", "in_doubt", "remaining", "used",
+    ]  # fmt: skip
+    (s1,) = [line for line in lines if "session:s1" in line]
+    assert s1.split()[4:10] == ["sat", "100", "30", "0", "20", "50"]
+    assert s1.endswith("[####....] 50%")
+    assert "\x1b[" not in result.stdout and "┃" not in result.stdout  # no colour, no box drawing
+    assert "p402:sess_1" in result.stdout and "4.5 usd" in result.stdout
+
+
+def test_an_empty_or_missing_ledger_shows_nothing_in_use(tmp_path: Path) -> None:
+    missing = tmp_path / "none" / "ledger.db"
+    view = shown("--ledger", str(missing))
+    assert (view["budgets"], view["balances"]) == ([], [])
+    assert not missing.exists()  # reading never creates a ledger
+    Ledger.open(tmp_path / "empty.db").close()
+    assert budget_show("--ledger", str(tmp_path / "empty.db")).stdout.startswith("No budgets in use.")
+
+
+def test_stale_follows_the_policys_stale_after(tmp_path: Path) -> None:
+    path = str(tmp_path / "ledger.db")
+    some_spend(path)
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("version: 1\nbalances: {stale_after: 1s}\n")
+    fresh = shown("--ledger", path, "--policy", str(policy))
+    assert fresh["stale_after_s"] == 1
+    with Ledger.open(path) as ledger:
+        ledger.observe(BalanceObservation("p402", "p402:sess_2", Amount(1, "usd_micro"), upstream_stale=True))
+    marked = {b["key"]: b["stale"] for b in shown("--ledger", path, "--policy", str(policy))["balances"]}
+    assert marked["p402:sess_2"] is True  # the upstream itself says stale
+
+
+def test_a_bad_policy_is_named_and_nothing_is_shown(tmp_path: Path) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("version: 1\nbalances: {stale_after: soon}\n")
+    result = budget_show("--ledger", str(tmp_path / "l.db"), "--policy", str(policy))
+    assert result.returncode == 2
+    assert f"{policy}:2" in result.stderr and "stale_after" in result.stderr
+    assert result.stdout == ""
