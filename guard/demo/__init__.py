@@ -3,7 +3,7 @@
 It writes a policy (the 402-mcp preset and a 100 sat budget per session) and a SQLite ledger into a
 fresh directory, starts `guard run` over stdio with the simulated server (`guard.demo.server`) behind
 it, and drives it as an agent would through the mcp SDK's client: a price preview, a paid fetch that
-the budget admits, a second one it denies. Then it shows what the ledger counted.
+the budget admits, a second one it denies. Then it shows what the ledger counted, as `guard budget show` does.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import anyio
 import typer
 from mcp import Client, StdioServerParameters
 
-from ledgers import Budget, Ledger
+from guard._budget_command import show
 
 POLICY = """\
 # Written by `guard demo`: the 402-mcp preset, with a small budget so the second purchase is refused.
@@ -93,17 +93,6 @@ def _gist(text: str) -> str:
 
 
 def _show_budget(policy_path: Path, ledger_path: Path) -> None:
-    from guard._policy import Who
-    from guard._policy_files import load
-
-    policy, _ = load(policy_path)
-    who = Who("demo", None, "demo")
-    typer.echo("budget           spent     held  remaining  limit")
-    with Ledger.open(ledger_path) as ledger:
-        for budget in policy.budgets("l402-fetch", who):
-            usage = ledger.usage(Budget(budget.name, budget.limit, budget.scope, budget.window))
-            unit = budget.limit.unit
-            typer.echo(
-                f"{budget.name:14} {usage.spent:>7} {unit} {usage.held:>4} {unit} {usage.remaining:>6} {unit}"
-                f"  {budget.limit} per {budget.window} ({budget.scope})"
-            )
+    """What an operator would run: `guard budget show --ledger LEDGER`."""
+    typer.echo(f"$ guard budget show --ledger {ledger_path}")
+    show(ledger_url=str(ledger_path), policy_file=policy_path)
