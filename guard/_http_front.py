@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
+import anyio.to_thread
 import mcp_types as types
 import uvicorn
 from anyio.abc import TaskGroup, TaskStatus
@@ -33,16 +34,19 @@ from mcp.shared.inbound import ERROR_CODE_HTTP_STATUS, MCP_PROTOCOL_VERSION_HEAD
 from mcp.shared.message import SessionMessage
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import PlainTextResponse, Response
 from starlette.types import Receive, Scope, Send
 
 from guard import _upstream
 from guard._errors import UpstreamStartError
+from guard._metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from guard._metrics import PrometheusMetrics
 from guard._relay import UPSTREAM_UNAVAILABLE, Background, ClientPort, Gate, Relay, Session
 
 logger = logging.getLogger("guard.http")
 
 MCP_PATH = "/mcp"
+METRICS_PATH = "/metrics"
 SESSION_IDLE_TIMEOUT_S = 30 * 60
 MAX_BODY_BYTES = 4 * 1024 * 1024
 
@@ -54,7 +58,8 @@ class _LegacySession:
 
 
 class HttpFront:
-    """An ASGI app: bearer-token check, era routing, one relay per client session."""
+    """An ASGI app: bearer-token check, era routing, one relay per client session; `/metrics` when
+    given `metrics`."""
 
     def __init__(
         self,
@@ -64,8 +69,10 @@ class HttpFront:
         identity: str | None,
         security: TransportSecuritySettings,
         background: Sequence[Background] = (),
+        metrics: PrometheusMetrics | None = None,
     ) -> None:
         self._background = background
+        self._metrics = metrics
         self._spec = spec
         self._gate = gate
         self._tokens = tokens
@@ -93,6 +100,9 @@ class HttpFront:
             await self._lifespan(receive, send)
             return
         if scope["type"] != "http":
+            return
+        if self._metrics is not None and scope["path"].rstrip("/") == METRICS_PATH:
+            await self._metrics_request(self._metrics, Request(scope, receive), scope, receive, send)
             return
         if scope["path"].rstrip("/") != MCP_PATH:
             await _json_error(404, types.INVALID_REQUEST, f"Not Found: the MCP endpoint is {MCP_PATH}")(
@@ -134,6 +144,24 @@ class HttpFront:
         response = _json_error(401, types.INVALID_REQUEST, f"Unauthorized: {reason}")
         response.headers["WWW-Authenticate"] = 'Bearer realm="guard"'
         return None, response
+
+    async def _metrics_request(
+        self, metrics: PrometheusMetrics, request: Request, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        """`GET /metrics`: the same bearer tokens and DNS-rebinding protection as the MCP endpoint."""
+        _, refusal = self._authenticate(request)
+        if refusal is None:
+            refusal = await TransportSecurityMiddleware(self._security).validate_request(request)
+        if refusal is None and request.method != "GET":
+            refusal = PlainTextResponse(
+                f"Method Not Allowed: {METRICS_PATH} answers GET", status_code=405, headers={"Allow": "GET"}
+            )
+        if refusal is not None:
+            await refusal(scope, receive, send)
+            return
+        # A scrape reads the ledger (holds by state): never on the event loop.
+        body = await anyio.to_thread.run_sync(metrics.exposition)
+        await Response(body, headers={"content-type": METRICS_CONTENT_TYPE})(scope, receive, send)
 
     # handshake era: one relay per session
 
@@ -455,9 +483,12 @@ def serve_http(
     tokens: dict[str, str],
     identity: str | None,
     background: Sequence[Background] = (),
+    metrics: PrometheusMetrics | None = None,
 ) -> None:
-    """Serve until interrupted."""
-    front = HttpFront(spec, gate, tokens, identity, security_settings(host, port, tokens), background)
+    """Serve until interrupted; with `metrics`, also Prometheus metrics at `/metrics`."""
+    front = HttpFront(spec, gate, tokens, identity, security_settings(host, port, tokens), background, metrics)
     logger.info("serving MCP over streamable HTTP at http://%s:%d%s, upstream %s", host, port, MCP_PATH, spec.label)
+    if metrics is not None:
+        logger.info("serving Prometheus metrics at http://%s:%d%s", host, port, METRICS_PATH)
     config = uvicorn.Config(front, host=host, port=port, log_config=None, lifespan="on", timeout_graceful_shutdown=5)
     uvicorn.Server(config).run()
