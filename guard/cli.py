@@ -17,6 +17,7 @@ import anyio.to_thread
 import typer
 
 from guard import _logging, _upstream
+from guard._alerts import Alerter
 from guard._budget_command import budget_app
 from guard._errors import ConfigError, GuardError, UpstreamStartError
 from guard._gate import CallWatcher, PolicyGate
@@ -28,7 +29,8 @@ from guard._policy_commands import approvals_app, audit_app, policy_app
 from guard._policy_source import PolicySource
 from guard._refresh_command import refresh, refresh_once
 from guard._relay import Background, Gate, Session
-from guard._schedule import run_schedule
+from guard._report_command import report
+from guard._schedule import NightlyReport, run_schedule
 from guard._version import __version__
 from guard.adapters import family_adapters, x402_adapter
 from guard.demo import demo
@@ -53,6 +55,7 @@ app.add_typer(policy_app, name="policy")
 app.add_typer(approvals_app, name="approvals")
 app.add_typer(audit_app, name="audit")
 app.command("init", context_settings={"allow_interspersed_args": False})(init)
+app.command("report")(report)
 
 HEARTBEAT_S = DEFAULT_LEASE_S / 3
 SESSION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@:-]{0,127}$")
@@ -152,7 +155,8 @@ def run(
         spec_ = source.policy.spec
         server = spec_.server or spec.name
         payments = Payments(ledger, family_adapters(spec_.preset), x402_adapter(spec_.assets), server)
-        watchers: list[CallWatcher] = []
+        alerter = Alerter(source, ledger, server)  # always: a reload may add `alerts:`
+        watchers: list[CallWatcher] = [alerter]
         metrics = None
         if address is not None:  # HTTP mode serves Prometheus metrics at /metrics
             from guard._metrics import PrometheusMetrics
@@ -164,7 +168,8 @@ def run(
             gate.write_audit,
             source.watch,
             partial(_heartbeat, ledger),
-            partial(run_schedule, gate, source),
+            partial(run_schedule, gate, source, NightlyReport(ledger)),
+            alerter.run,
         ]
         if address is None:
             status = _run_stdio(spec, gate, session, identity, background)

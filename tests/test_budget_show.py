@@ -14,6 +14,7 @@ import pytest
 from ledgers import Amount, BalanceObservation, Budget, Ledger, Window
 
 from .conftest import GUARD, WAIT_S
+from .scripted_run import EXTERNAL_SPEND, INVOICE_SATS, POLICY_ALBY, ScriptedRun, scripted_run
 
 DAILY = Budget("daily", Amount(1000, "sat"), "global", Window.calendar("day"))
 SESSION = Budget("per-session", Amount(100, "sat"), "session:s1")
@@ -138,3 +139,40 @@ def test_a_bad_policy_is_named_and_nothing_is_shown(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert f"{policy}:2" in result.stderr and "stale_after" in result.stderr
     assert result.stdout == ""
+
+
+# --- golden: the ledger real guards left after tests/scripted_run.py --------------------------------------
+
+GOLDEN = Path(__file__).parent / "golden" / "budget-show.json"
+VOLATILE = ("window_start", "resets_at", "last_used", "seen", "age_s")
+
+
+@pytest.fixture(scope="module")
+def scripted(tmp_path_factory: pytest.TempPathFactory) -> ScriptedRun:
+    return scripted_run(tmp_path_factory.mktemp("scripted"))
+
+
+def normalised(view: dict[str, Any]) -> dict[str, Any]:
+    """The view without what changes from run to run: times, ages and the ledger's path."""
+    fixed = {**view, "ledger": "<ledger>", "at": "<now>"}
+    for rows in ("budgets", "balances"):
+        fixed[rows] = [
+            {k: (f"<{k}>" if k in VOLATILE and v is not None else v) for k, v in r.items()} for r in view[rows]
+        ]
+    return fixed
+
+
+def test_budget_show_json_matches_its_golden_file_and_the_fakes_record(scripted: ScriptedRun) -> None:
+    view = shown("--ledger", str(scripted.ledger), "--policy", str(POLICY_ALBY))
+    if os.environ.get("GUARD_UPDATE_GOLDEN") == "1":
+        GOLDEN.write_text(json.dumps(normalised(view), indent=2) + "\n")
+    assert normalised(view) == json.loads(GOLDEN.read_text()), "GUARD_UPDATE_GOLDEN=1 rewrites the golden file"
+    # The sums agree with what the fake upstreams themselves say they were paid.
+    rows = {(b["name"], b["scope"]): b for b in view["budgets"]}
+    daily = rows[("daily", "global")]
+    assert daily["spent"] + daily["in_doubt"] == scripted.paid("paid") + scripted.paid("unknown") - INVOICE_SATS
+    assert daily["in_doubt"] == scripted.paid("unknown")
+    wallet = rows[("wallet", "session:carol-1")]
+    assert wallet["spent"] == INVOICE_SATS + EXTERNAL_SPEND  # include_external: the 1 000 sat spent elsewhere
+    per_session = sum(b["spent"] + b["in_doubt"] for (name, _), b in rows.items() if name == "per-session")
+    assert per_session == daily["spent"] + daily["in_doubt"]

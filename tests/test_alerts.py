@@ -1,0 +1,489 @@
+"""Threshold alerts: POSTed once per budget, threshold and window period (and once per hold in doubt) to a
+real HTTP receiver on 127.0.0.1, retried with backoff, never in a tool call's way, once among guards
+sharing a ledger (SQLite file and PostgreSQL)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.to_thread
+import pytest
+
+from guard import Session, ToolCall
+from guard._alerts import Alerter
+from guard._gate import PolicyGate
+from guard._policy_files import parse
+from guard._policy_source import PolicySource
+from ledgers import Amount, Budget, Ledger, Window
+from tests.conftest import ROOT, WAIT_S, free_port
+from tests.ledgers.conftest import FakeClock, reset_postgres
+from tests.ledgers.helpers import query
+from tests.rawguard import RawGuard
+
+JSON = dict[str, Any]
+# A webhook's path is its secret (Slack's are): it must never reach a log.
+SECRET_PATH = "/hooks/T0001/B0002/s3cr3t-path"
+SAT = "sat"
+DAILY = Budget("daily", Amount(100, SAT), "global", Window.calendar("day"))
+
+
+@dataclass
+class Received:
+    path: str
+    event: JSON
+
+
+class Receiver:
+    """A webhook on 127.0.0.1 that records every POST before answering it with the next of `statuses`
+    (200 once they run out). With `hang`, each request waits until `release` is set (bounded)."""
+
+    def __init__(self) -> None:
+        self.statuses: list[int] = []
+        self.hang = False
+        self.release = threading.Event()
+        self._requests: queue.Queue[Received] = queue.Queue()
+        self._lock = threading.Lock()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                receiver._requests.put(Received(self.path, json.loads(body)))
+                with receiver._lock:
+                    status = receiver.statuses.pop(0) if receiver.statuses else 200
+                if receiver.hang:
+                    receiver.release.wait(WAIT_S)
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.01,), daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_port}{SECRET_PATH}?token=q-secret"
+
+    @property
+    def origin(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_port}"
+
+    def taken(self) -> list[JSON]:
+        """Every event received since the last look (without waiting)."""
+        events = []
+        while not self._requests.empty():
+            received = self._requests.get_nowait()
+            assert received.path == SECRET_PATH + "?token=q-secret"
+            events.append(received.event)
+        return events
+
+    def next(self) -> JSON:
+        """The next event received (waiting for it, bounded)."""
+        try:
+            return self._requests.get(timeout=WAIT_S).event
+        except queue.Empty:
+            raise AssertionError(f"the receiver got no request within {WAIT_S}s") from None
+
+    async def next_async(self) -> JSON:
+        return await anyio.to_thread.run_sync(self.next)
+
+    def close(self) -> None:
+        self.release.set()
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(WAIT_S)
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    running = Receiver()
+    yield running
+    running.close()
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()  # 2026-11-21 12:00 UTC
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty ledger's URL: a SQLite file in tmp_path, or the test PostgreSQL server, emptied."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'ledger.db'}"
+    url = str(request.getfixturevalue("postgres_url"))
+    reset_postgres(url)
+    return url
+
+
+@pytest.fixture
+def ledger(ledger_url: str, clock: FakeClock) -> Iterator[Ledger]:
+    opened = Ledger.open(ledger_url, clock=clock)
+    yield opened
+    opened.close()
+
+
+def policy_text(
+    webhook: str | None, *, window: str = "day", scope: str = "global", thresholds: str = "[0.5, 0.8, 1.0]"
+) -> str:
+    alerts = f"alerts:\n  webhook: '{webhook}'\n  thresholds: {thresholds}\n" if webhook else ""
+    return f"""\
+version: 1
+budgets:
+  - name: daily
+    limit: 100 sat
+    scope: {scope}
+    window: {window}
+{alerts}tools:
+  buy:
+    pays: true
+    price_from: args.amount
+    price_unit: sat
+"""
+
+
+def source_for(webhook: str | None, **options: Any) -> PolicySource:
+    policy, _ = parse(policy_text(webhook, **options))
+    return PolicySource(policy)
+
+
+def alerter(source: PolicySource, ledger: Ledger, clock: FakeClock, **options: Any) -> Alerter:
+    options.setdefault("retry_delays_s", (0, 0, 0, 0))
+    return Alerter(source, ledger, "shop", clock=clock, **options)
+
+
+def spend(ledger: Ledger, sats: int, budget: Budget = DAILY) -> int:
+    hold = ledger.reserve([budget], Amount(sats, SAT), session="s1", tool="buy")
+    ledger.settle(hold, Amount(sats, SAT))
+    return hold
+
+
+def in_doubt(ledger: Ledger, sats: int) -> int:
+    hold = ledger.reserve([DAILY], Amount(sats, SAT), session="s1", tool="buy", resource="https://shop.example/item")
+    ledger.mark_forwarded(hold)
+    ledger.mark_in_doubt(hold)
+    return hold
+
+
+def alert_rows(url: str) -> list[tuple[Any, ...]]:
+    """(key, kind, state, attempts) of every alert claimed in the ledger, read behind its back."""
+    return [tuple(row) for row in query(url, "SELECT key, kind, state, attempts FROM ledger_alerts ORDER BY key")]
+
+
+def thresholds(events: list[JSON]) -> list[str]:
+    return [event["threshold"] for event in events]
+
+
+# once per budget, threshold and period
+
+
+@pytest.mark.anyio
+async def test_each_threshold_alerts_once_per_day_and_again_the_next_day(
+    ledger: Ledger, receiver: Receiver, clock: FakeClock
+) -> None:
+    alerts = alerter(source_for(receiver.url), ledger, clock)
+
+    spend(ledger, 40)
+    assert await alerts.sweep() == []
+    spend(ledger, 10)
+    assert len(await alerts.sweep()) == 1
+    [half] = receiver.taken()
+    assert half == {
+        "event": "budget.threshold",
+        "text": "guard: budget daily (global) passed 50% of its limit: 50 sat of 100 sat used",
+        "budget": "daily",
+        "scope": "global",
+        "threshold": "0.5",
+        "used": 50,
+        "limit": 100,
+        "remaining": 50,
+        "spent": 50,
+        "held": 0,
+        "in_doubt": 0,
+        "unit": "sat",
+        "window": "day",
+        "timezone": "UTC",
+        "period_start": "2026-11-21T00:00:00+00:00",
+        "resets_at": "2026-11-22T00:00:00+00:00",
+        "at": "2026-11-21T12:00:00+00:00",
+        "server": "shop",
+    }
+
+    spend(ledger, 10)  # 60%: still past 50% only, which was said
+    assert await alerts.sweep() == []
+    spend(ledger, 25)  # 85%
+    await alerts.sweep()
+    spend(ledger, 15)  # 100%
+    await alerts.sweep()
+    await alerts.sweep()
+    assert thresholds(receiver.taken()) == ["0.8", "1"]
+
+    clock.advance(12 * 3600 + 1)  # past midnight: a new day, a new period
+    assert await alerts.sweep() == []  # nothing spent yet today
+    spend(ledger, 90)  # 50% and 80% at once: one event each, lowest first
+    await alerts.sweep()
+    events = receiver.taken()
+    assert thresholds(events) == ["0.5", "0.8"]
+    assert {e["period_start"] for e in events} == {"2026-11-22T00:00:00+00:00"}
+    assert await alerts.sweep() == []
+    assert receiver.taken() == []
+
+
+@pytest.mark.anyio
+async def test_a_sliding_window_alerts_at_most_once_per_bucket_of_its_length(
+    ledger: Ledger, receiver: Receiver, clock: FakeClock
+) -> None:
+    hourly = Budget("daily", Amount(100, SAT), "global", Window.sliding("1h"))
+    alerts = alerter(source_for(receiver.url, window="1h"), ledger, clock)
+    spend(ledger, 60, hourly)
+    await alerts.sweep()
+    clock.advance(30 * 60)  # 12:30: the same hour-long bucket
+    spend(ledger, 5, hourly)
+    await alerts.sweep()
+    assert thresholds(receiver.taken()) == ["0.5"]
+
+    clock.advance(3600)  # 13:30: what was spent by 12:30 left the window; a new bucket
+    spend(ledger, 50, hourly)
+    await alerts.sweep()
+    [again] = receiver.taken()
+    assert (again["threshold"], again["used"], again["window"]) == ("0.5", 50, "1h")
+    assert (again["period_start"], again["resets_at"]) == ("2026-11-21T12:30:00.000001+00:00", None)
+
+
+@pytest.mark.anyio
+async def test_a_session_budget_alerts_once_for_the_whole_session(
+    ledger: Ledger, receiver: Receiver, clock: FakeClock
+) -> None:
+    per_session = Budget("daily", Amount(100, SAT), "session:s1", Window.session())
+    alerts = alerter(source_for(receiver.url, window="session", scope="session"), ledger, clock)
+    spend(ledger, 50, per_session)
+    await alerts.sweep()
+    clock.advance(12 * 3600 + 1)  # a new day changes nothing for a session
+    spend(ledger, 10, per_session)
+    await alerts.sweep()
+    [event] = receiver.taken()
+    assert (event["scope"], event["window"], event["period_start"]) == ("session:s1", "session", None)
+
+
+@pytest.mark.anyio
+async def test_alerts_follow_the_policy_as_reloaded(
+    tmp_path: Path, ledger: Ledger, receiver: Receiver, clock: FakeClock
+) -> None:
+    path = tmp_path / "policy.yaml"
+    path.write_text(policy_text(None))
+    source = PolicySource.from_file(path)
+    alerts = alerter(source, ledger, clock)
+    spend(ledger, 60)
+    spend(ledger, 100, Budget("elsewhere", Amount(100, SAT)))  # a budget this policy does not name
+    assert await alerts.sweep() == []  # no `alerts:` yet
+
+    path.write_text(policy_text(receiver.url, thresholds="[0.25]"))
+    assert await source.reload()
+    await alerts.sweep()
+    assert [(e["budget"], e["threshold"]) for e in receiver.taken()] == [("daily", "0.25")]
+
+    path.write_text(policy_text(None))
+    assert await source.reload()
+    spend(ledger, 40)
+    assert await alerts.sweep() == []
+    assert receiver.taken() == []
+
+
+# sending: retries, refusals, secrets
+
+
+@pytest.mark.anyio
+async def test_server_errors_are_retried_until_delivered_once(
+    ledger_url: str, ledger: Ledger, receiver: Receiver, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)  # httpx logs each request's URL at this level
+    receiver.statuses = [500, 500]
+    spend(ledger, 50)
+    await alerter(source_for(receiver.url), ledger, clock).sweep()
+    events = receiver.taken()
+    assert len(events) == 3 and all(e == events[0] for e in events)
+    assert alert_rows(ledger_url) == [
+        ("budget.threshold:budget:daily@global:0.5:2026-11-21T00:00:00+00:00", "budget.threshold", "sent", 3)
+    ]
+    assert f"{receiver.origin}: HTTP 500; retrying" in caplog.text
+    assert "s3cr3t" not in caplog.text and "q-secret" not in caplog.text
+
+
+@pytest.mark.anyio
+async def test_too_many_requests_is_retried(ledger: Ledger, receiver: Receiver, clock: FakeClock) -> None:
+    receiver.statuses = [429]
+    spend(ledger, 50)
+    await alerter(source_for(receiver.url), ledger, clock).sweep()
+    assert len(receiver.taken()) == 2
+
+
+@pytest.mark.anyio
+async def test_a_refusal_is_not_retried_and_is_logged_by_origin_only(
+    ledger_url: str, ledger: Ledger, receiver: Receiver, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    receiver.statuses = [400]
+    spend(ledger, 50)
+    await alerter(source_for(receiver.url), ledger, clock).sweep()
+    assert len(receiver.taken()) == 1
+    assert [row[2:] for row in alert_rows(ledger_url)] == [("failed", 1)]
+    assert f"alert budget.threshold to {receiver.origin} refused (HTTP 400); not retried" in caplog.text
+    assert "s3cr3t" not in caplog.text and "q-secret" not in caplog.text
+
+
+@pytest.mark.anyio
+async def test_an_unreachable_webhook_is_given_up_after_every_attempt(
+    ledger_url: str, ledger: Ledger, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    nobody = f"http://127.0.0.1:{free_port()}{SECRET_PATH}"
+    spend(ledger, 50)
+    await alerter(source_for(nobody), ledger, clock, retry_delays_s=(0, 0)).sweep()
+    assert [row[2:] for row in alert_rows(ledger_url)] == [("failed", 3)]
+    assert "not delivered after 3 attempts (ConnectError)" in caplog.text
+    assert "s3cr3t" not in caplog.text
+
+
+# in doubt
+
+
+@pytest.mark.anyio
+async def test_a_hold_in_doubt_alerts_once(ledger: Ledger, receiver: Receiver, clock: FakeClock) -> None:
+    alerts = alerter(source_for(receiver.url), ledger, clock)
+    hold = in_doubt(ledger, 30)
+    clock.advance(5)
+    await alerts.sweep()
+    await alerts.sweep()
+    [event] = receiver.taken()
+    assert event == {
+        "event": "hold.in_doubt",
+        "text": "guard: a payment of 30 sat by buy is in doubt (hold 1): it may have been paid;"
+        " resolve it with `guard holds resolve`",
+        "hold_id": hold,
+        "amount": 30,
+        "unit": "sat",
+        "tool": "buy",
+        "session": "s1",
+        "identity": None,
+        "server": None,
+        "resource": "https://shop.example/item",
+        "since": "2026-11-21T12:00:00+00:00",
+        "at": "2026-11-21T12:00:05+00:00",
+    }
+
+
+@pytest.mark.anyio
+async def test_holds_in_doubt_are_not_alerted_when_the_policy_says_so(
+    ledger: Ledger, receiver: Receiver, clock: FakeClock
+) -> None:
+    policy, _ = parse(policy_text(receiver.url).replace("alerts:\n", "alerts:\n  in_doubt: false\n"))
+    in_doubt(ledger, 30)
+    assert await alerter(PolicySource(policy), ledger, clock).sweep() == []
+    assert receiver.taken() == []
+
+
+# once among guards
+
+
+@pytest.mark.anyio
+async def test_guards_sharing_a_ledger_send_each_alert_once_and_a_restart_sends_none(
+    ledger_url: str, ledger: Ledger, receiver: Receiver, clock: FakeClock
+) -> None:
+    other = Ledger.open(ledger_url, clock=clock)  # another guard's connection to the same ledger
+    try:
+        spend(ledger, 70)
+        in_doubt(ledger, 30)
+        source = source_for(receiver.url)
+        first, second = alerter(source, ledger, clock), alerter(source, other, clock)
+        async with anyio.create_task_group() as tg:
+            for alerts in (first, second, first, second):
+                tg.start_soon(alerts.sweep)
+        events = receiver.taken()
+        assert sorted(str(e.get("threshold", e["event"])) for e in events) == ["0.5", "0.8", "1", "hold.in_doubt"]
+        assert {row[2:] for row in alert_rows(ledger_url)} == {("sent", 1)}
+    finally:
+        other.close()
+
+    restarted = Ledger.open(ledger_url, clock=clock)
+    try:
+        assert await alerter(source_for(receiver.url), restarted, clock).sweep() == []
+    finally:
+        restarted.close()
+    assert receiver.taken() == []
+
+
+# never in a tool call's way
+
+
+@pytest.mark.anyio
+async def test_a_hanging_webhook_delays_no_tool_call_and_no_other_alert(
+    ledger: Ledger, receiver: Receiver, clock: FakeClock
+) -> None:
+    receiver.hang = True
+    source = source_for(receiver.url)
+    alerts = alerter(source, ledger, clock, sweep_every_s=3600, sweep_gap_s=0)  # only calls wake it here
+    gate = PolicyGate(source, ledger, "shop", watchers=[alerts])
+
+    async def forward() -> JSON:
+        return {"content": [{"type": "text", "text": "bought"}]}
+
+    async def buy(amount: int) -> JSON:
+        call = ToolCall(Session("s1"), amount, "buy", {"item": "tea", "amount": amount}, None)
+        return await gate.call_tool(call, forward)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(alerts.run)
+        assert not (await buy(60)).get("isError")
+        assert (await receiver.next_async())["threshold"] == "0.5"  # ...and the receiver holds it
+
+        # While that alert hangs: the next paying call answers, and its alert is sent beside it.
+        assert not (await buy(25)).get("isError")
+        assert (await receiver.next_async())["threshold"] == "0.8"
+        assert not receiver.release.is_set()
+        receiver.release.set()
+        tg.cancel_scope.cancel()
+
+
+# end to end
+
+
+SHOP = [sys.executable, str(ROOT / "tests/upstreams/shop.py")]
+
+
+def test_guard_run_posts_an_alert_when_paying_passes_half_a_budget(tmp_path: Path, receiver: Receiver) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(policy_text(receiver.url, scope="session", window="session"))
+    guard = RawGuard(tmp_path, policy, upstream=SHOP, env={"SHOP_RECORD": str(tmp_path / "shop.jsonl")})
+    try:
+        assert not guard.call("buy", item="tea", amount=40).get("isError")
+        assert not guard.call("buy", item="jam", amount=20).get("isError")
+        event = receiver.next()
+    finally:
+        guard.stop()
+    assert {k: event[k] for k in ("event", "budget", "scope", "threshold", "used", "limit", "unit", "server")} == {
+        "event": "budget.threshold",
+        "budget": "daily",
+        "scope": "session:s1",
+        "threshold": "0.5",
+        "used": 60,
+        "limit": 100,
+        "unit": "sat",
+        "server": "shop",
+    }
+    assert receiver.taken() == []
+    assert "s3cr3t" not in "\n".join(guard.stderr)
