@@ -41,6 +41,9 @@ UPSTREAM_UNAVAILABLE = -32003
 ENVELOPE_PREFIX = "io.modelcontextprotocol/"
 # How long requests in flight may take to answer once the client or the upstream has gone.
 CALL_DRAIN_S = 5.0
+# How long a failed write waits for the reader to learn why the upstream went away (its exit status and
+# stderr come a moment after its pipe breaks; see `_upstream.EXIT_GRACE_S`).
+UPSTREAM_EXIT_WAIT_S = 3.0
 
 
 @dataclass(frozen=True)
@@ -160,6 +163,7 @@ class Relay:
         self._progress: dict[types.ProgressToken, types.RequestId] = {}
         self._progress_of: dict[types.RequestId, types.ProgressToken] = {}
         self._gone: str | None = None
+        self._gone_known = anyio.Event()  # set once `_gone` says why the upstream went away
         self._own_calls = 0  # tools/call the guard made itself (balance refreshes)
         self._era_meta: JSON | None = None  # the client's 2026-07-28 protocol-version _meta, to copy
         self._answered = anyio.Event()  # set whenever a client request gets its answer
@@ -329,7 +333,7 @@ class Relay:
                     if not waiter.done():
                         waiter.set_result(None)
                 else:
-                    await self._reply_error(message.id, UPSTREAM_UNAVAILABLE, self._gone or self._upstream.failure())
+                    await self._reply_error(message.id, UPSTREAM_UNAVAILABLE, await self._why_gone())
 
     # upstream -> client
 
@@ -402,9 +406,17 @@ class Relay:
         gone = types.ErrorData(code=UPSTREAM_UNAVAILABLE, message=self._gone or self._upstream.failure())
         raise UpstreamError(reply.error if reply else gone)
 
+    async def _why_gone(self) -> str:
+        """Why the upstream cannot take a message. A write can fail before the reader has seen the upstream
+        exit: wait (bounded) for its exit story rather than answer with a vaguer one."""
+        with anyio.move_on_after(UPSTREAM_EXIT_WAIT_S):
+            await self._gone_known.wait()
+        return self._gone or self._upstream.failure()
+
     async def _upstream_gone(self) -> None:
         """Answer everything still pending with why the upstream went away, then end the relay."""
         self._gone = self._upstream.failure()
+        self._gone_known.set()
         logger.error("%s", self._gone)
         for waiter in list(self._waiters.values()):
             if not waiter.done():
