@@ -25,14 +25,11 @@ import anyio.to_thread
 from guard._policy import Denial, Policy, PriceUnknown, Who, seconds
 from guard._relay import SessionLink, ToolCall, UpstreamError
 from guard.adapters._facts import Adapter, Outcome, Prepared
-from ledgers import Amount, BalanceObservation, CallRecord, Ledger, LedgerError, UnitMismatch
+from ledgers import MONEY_BALANCES, Amount, BalanceObservation, CallRecord, Ledger, LedgerError, UnitMismatch
 
 logger = logging.getLogger("guard.payments")
 T = TypeVar("T")
 
-# Balances of money the guard's payments draw on; their drops are explained by those payments. (An
-# origin's credits fall with every fetch that uses them: no payment of the guard's explains that.)
-MONEY_BALANCES = ("p402:", "wallet:")
 # Observation statuses that mean the balance cannot pay.
 DEAD = frozenset({"exhausted", "expired", "ended", "revoked", "not-found"})
 
@@ -254,6 +251,7 @@ class Payments:
                 budgets,
                 spent,
                 balance_key=observation.key,
+                session=who.session or None,
                 tool=observation.source,
                 server=who.server,
             )

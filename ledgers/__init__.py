@@ -32,24 +32,28 @@ from ledgers._ledger import (
     default_path,
 )
 from ledgers._money import MAX_AMOUNT, Amount, Rates
+from ledgers._report import MONEY_BALANCES, BalanceDrift, DoubtfulHold, RuleCount, Spend, SpendReport, StaleDenial
 from ledgers._schema import SCHEMA_VERSION
 from ledgers._time import Clock, SystemClock, Window
 
 __all__ = [
     "DEFAULT_LEASE_S",
     "MAX_AMOUNT",
+    "MONEY_BALANCES",
     "SCHEMA_VERSION",
     "AlreadyPaid",
     "Amount",
     "AmountError",
     "Approval",
     "ApprovalError",
+    "BalanceDrift",
     "BalanceObservation",
     "Budget",
     "BudgetExceeded",
     "BudgetState",
     "CallRecord",
     "Clock",
+    "DoubtfulHold",
     "HoldInfo",
     "HoldStateError",
     "Ledger",
@@ -60,7 +64,11 @@ __all__ = [
     "Rates",
     "RecordedCall",
     "Refused",
+    "RuleCount",
     "SchemaError",
+    "Spend",
+    "SpendReport",
+    "StaleDenial",
     "StorageError",
     "SystemClock",
     "UnitMismatch",

@@ -50,6 +50,7 @@ from ledgers._errors import (
     StorageError,
 )
 from ledgers._money import Amount, Rates, check_value
+from ledgers._report import SpendReport, build_report
 from ledgers._schema import PHASES, SCHEMA_VERSION, migrate, schema_version
 from ledgers._time import US_PER_S, Clock, SystemClock, Window, from_us, to_us
 
@@ -660,6 +661,12 @@ class Ledger:
                 )
             )
         return states
+
+    def report(self, start: datetime, end: datetime) -> SpendReport:
+        """Spend, denials, holds in doubt and balance drift in [start, end) (see `ledgers._report`); the
+        report's hours are those of `start`'s time zone."""
+        with self._read() as conn:
+            return build_report(conn, start, end, self._now_us())
 
     def hold_counts(self) -> dict[str, int]:
         """How many holds are in each phase (every phase named, zero included)."""

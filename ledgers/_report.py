@@ -1,0 +1,448 @@
+"""Spend reports: what the ledger says about one period, as plain frozen dataclasses (no formatting).
+
+What is counted:
+- spend comes from holds *created* in the period: `spent` is what the guard's own payments settled at,
+  `in_doubt` the full amount of payments that may or may not have left, `external` spend seen only in
+  a balance (`Ledger.charge`); `total` = spent + external. Lightning amounts are summed in msat (sat
+  and msat holds add up exactly); other units are never mixed.
+- denials, rate-limit hits and stale-balance denials come from the call events of the period;
+- holds in doubt are every hold in doubt now, whenever it was made;
+- balance drift: for each money balance (`p402:*`, `wallet:*`) observed in the period, how its first
+  and last observation differ, against what the guard counted as drawn on it in between.
+
+Each query reads only the period's rows through the index on its time column (`ledger_holds_created`,
+`ledger_call_events_time`, `ledger_observations_time`, `ledger_holds_balance_time`) and aggregates in
+SQL: Python only sees grouped rows.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime, tzinfo
+from functools import cache
+from typing import Any
+from urllib.parse import urlsplit
+
+from sqlalchemy import Connection, TextClause, text
+
+from ledgers._money import Amount
+from ledgers._time import US_PER_S, from_us, to_us
+
+US_PER_HOUR = 3600 * US_PER_S
+# Balances of money guard's payments draw on: their drops are payments, explained by guard's own or not.
+# (An origin's 402-mcp credits and a token budget fall with use, not with payment.)
+MONEY_BALANCES = ("p402:", "wallet:")
+TOP = 10  # how many URLs and origins the report names, per unit
+
+# A stale-balance denial names its balance (`Payments.check_balances`): "the balance KEY was seen ...".
+_STALE_BALANCE = re.compile(r"^the balance (\S+) was seen ")
+_RATE_LIMIT_RULE = re.compile(r"\.(?:rate_limit|quotas\[\d+\])$")
+
+
+@dataclass(frozen=True)
+class Spend:
+    """What holds of one key (a session, a tool, an hour, a URL...) came to in one unit.
+
+    `key` is None for the totals, and for holds that do not record that key."""
+
+    key: str | None
+    unit: str
+    spent: int  # settled payments the guard made
+    in_doubt: int  # payments that may or may not have left, in full
+    external: int  # spend seen only in a balance
+    payments: int  # holds counted: settled with a spend, in doubt, or external
+
+    @property
+    def total(self) -> int:
+        """Spent, external spend included (in-doubt money is not known to be spent)."""
+        return self.spent + self.external
+
+
+@dataclass(frozen=True)
+class RuleCount:
+    """Calls one rule denied, with one of the reasons given (the same rule words its reasons alike)."""
+
+    rule: str
+    count: int
+    example: str | None
+
+
+@dataclass(frozen=True)
+class StaleDenial:
+    """Paying calls to `tool` refused because the balance they draw on was stale."""
+
+    tool: str
+    balance: str | None
+    count: int
+
+
+@dataclass(frozen=True)
+class DoubtfulHold:
+    """A hold in doubt now: its payment may or may not have left."""
+
+    id: int
+    amount: Amount
+    tool: str | None
+    session: str | None
+    identity: str | None
+    server: str | None
+    resource: str | None
+    created: datetime
+    age_s: float
+
+
+@dataclass(frozen=True)
+class BalanceDrift:
+    """A money balance's first and last observation in the period, against what the guard knows moved it
+    in between: its own payments drawn on it (settled, and in doubt in full), spend it saw only in the
+    balance (external), and rises between consecutive observations (top-ups). Amounts in `unit`."""
+
+    key: str
+    unit: str
+    first: int
+    first_seen: datetime
+    last: int
+    last_seen: datetime
+    observations: int
+    counted: int
+    external: int
+    topups: int
+    problem: str | None = None  # why some of it could not be compared (amounts in other units)
+
+    @property
+    def fell_by(self) -> int:
+        """What the upstream's balance fell by (negative: it rose)."""
+        return self.first - self.last
+
+    @property
+    def unexplained(self) -> int:
+        """The fall the guard cannot account for (negative: the guard counted more than the balance fell)."""
+        return self.fell_by + self.topups - self.counted - self.external
+
+
+@dataclass(frozen=True)
+class SpendReport:
+    """Spend in [start, end), as the ledger recorded it. Times are in the report's time zone (that of
+    `start`), hours too: `by_hour` keys are the local hour's start, ISO 8601 (`2026-11-21T13:00+01:00`)."""
+
+    start: datetime
+    end: datetime
+    timezone: str
+    generated: datetime
+    calls: tuple[tuple[str, int], ...]  # (decision, count): allow, deny, error, external, topup, resolve
+    totals: tuple[Spend, ...]
+    by_session: tuple[Spend, ...]
+    by_identity: tuple[Spend, ...]
+    by_server: tuple[Spend, ...]
+    by_tool: tuple[Spend, ...]
+    by_hour: tuple[Spend, ...]
+    top_urls: tuple[Spend, ...]
+    top_origins: tuple[Spend, ...]
+    denials: tuple[RuleCount, ...]
+    rate_limit_hits: tuple[RuleCount, ...]
+    stale_denials: tuple[StaleDenial, ...]
+    in_doubt: tuple[DoubtfulHold, ...]
+    drift: tuple[BalanceDrift, ...]
+
+    @property
+    def nothing_spent(self) -> bool:
+        """No payment settled, none in doubt, no external spend in the period."""
+        return not any(t.spent or t.in_doubt or t.external for t in self.totals)
+
+    def hours(self) -> list[str]:
+        """Every local hour the period touches, labelled as `by_hour` labels them (a chart's x axis)."""
+        assert self.start.tzinfo is not None
+        shift = _shift(self.start)
+        first = (to_us(self.start) + shift) // US_PER_HOUR
+        last = (to_us(self.end) - 1 + shift) // US_PER_HOUR
+        return [_hour_label(bucket, shift, self.start.tzinfo) for bucket in range(first, last + 1)]
+
+
+def build_report(conn: Connection, start: datetime, end: datetime, now_us: int) -> SpendReport:
+    """The report of [start, end) read on `conn` (one read transaction); `now_us` is the ledger's clock.
+    The time zone of `start` is the report's: hours are that zone's hours."""
+    zone = start.tzinfo
+    if zone is None or end.tzinfo is None:
+        raise ValueError("a report's period needs timezone-aware times")
+    period = {"start": to_us(start), "end": to_us(end)}
+    spend = _spend(conn, period, _shift(start), zone)
+    calls, denials = _calls(conn, period)
+    return SpendReport(
+        start=start,
+        end=end.astimezone(zone),
+        timezone=getattr(zone, "key", None) or str(zone),
+        generated=from_us(now_us).astimezone(zone),
+        calls=calls,
+        totals=spend["total"],
+        by_session=spend["session"],
+        by_identity=spend["identity"],
+        by_server=spend["server"],
+        by_tool=spend["tool"],
+        by_hour=spend["hour"],
+        top_urls=_top(spend["resource"]),
+        top_origins=_top(_by_origin(spend["resource"])),
+        denials=denials,
+        rate_limit_hits=tuple(d for d in denials if _RATE_LIMIT_RULE.search(d.rule)),
+        stale_denials=_stale_denials(conn, period),
+        in_doubt=_in_doubt(conn, now_us, zone),
+        drift=_drift(conn, period, zone),
+    )
+
+
+# `_lightning` in SQL: for sums and comparisons made by the database.
+def _unit(column: str) -> str:
+    return f"CASE WHEN {column} = 'sat' THEN 'msat' ELSE {column} END"
+
+
+def _scaled(value: str, unit_column: str) -> str:
+    return f"({value}) * CASE WHEN {unit_column} = 'sat' THEN 1000 ELSE 1 END"
+
+
+# Three GROUP BYs over the period's holds (found through `ledger_holds_created`): who paid (session,
+# identity, server and tool together: a session has one identity and server, and few tools, so few
+# groups), what for, and when. The breakdowns and totals are sums of those groups, made here; so are the
+# sums by phase, folded into spent / in doubt / external.
+_GROUPINGS = {  # name: (selected, grouped by)
+    "who": ("session, identity, server, tool", "session, identity, server, tool"),
+    "resource": ("resource", "resource"),
+    "hour": (f"(created_us + :shift) / {US_PER_HOUR} AS hour", "hour"),
+}
+_SPEND_SQL = """
+SELECT {keys}, unit, phase, external, SUM(settled) AS settled, SUM(amount) AS amount, COUNT(*) AS n
+FROM ledger_holds
+WHERE created_us >= :start AND created_us < :end AND (settled > 0 OR phase = 'in_doubt')
+GROUP BY {by}, unit, phase, external
+"""
+
+
+def _spend(conn: Connection, period: dict[str, int], shift: int, zone: tzinfo) -> dict[str, tuple[Spend, ...]]:
+    params = {**period, "shift": shift}
+    grouped = {
+        name: _rows(conn, _SPEND_SQL.format(keys=keys, by=by), params) for name, (keys, by) in _GROUPINGS.items()
+    }
+    who = grouped["who"]
+    # In time order (a repeated hour at a DST change: by UTC), whatever the labels say.
+    hours = [(_hour_label(int(row.hour), shift, zone), row) for row in grouped["hour"]]
+    return {
+        "total": _folded([(None, row) for row in who]),
+        **{
+            key: _folded([(getattr(row, key), row) for row in who]) for key in ("session", "identity", "server", "tool")
+        },
+        "resource": _folded([(row.resource, row) for row in grouped["resource"]]),
+        "hour": _folded(hours, order=lambda s: (datetime.fromisoformat(s.key or ""), s.unit)),
+    }
+
+
+def _folded(rows: Iterable[tuple[str | None, Any]], order: Callable[[Spend], Any] | None = None) -> tuple[Spend, ...]:
+    """Sums by key and unit of grouped rows (unit, phase, external, settled, amount, n), ordered by key
+    (unknown last) then unit unless `order` says otherwise."""
+    sums: dict[tuple[str | None, str], list[int]] = defaultdict(lambda: [0, 0, 0, 0])
+    for key, row in rows:
+        if row.phase == "in_doubt":
+            amount, at = _lightning(int(row.amount), row.unit), 1
+        else:
+            amount, at = _lightning(int(row.settled), row.unit), 2 if row.external else 0
+        into = sums[(key, amount.unit)]
+        into[at] += amount.value
+        into[3] += int(row.n)
+    return tuple(sorted((Spend(key, unit, *values) for (key, unit), values in sums.items()), key=order or _by_key))
+
+
+def _shift(start: datetime) -> int:
+    """How far local hours start from UTC hours, in µs (30 minutes in India, none in most zones)."""
+    offset = start.utcoffset()
+    return int(offset.total_seconds() * US_PER_S) % US_PER_HOUR if offset is not None else 0
+
+
+def _by_key(spend: Spend) -> tuple[bool, str, str]:
+    return spend.key is None, spend.key or "", spend.unit
+
+
+def _hour_label(bucket: int, shift: int, zone: tzinfo) -> str:
+    return from_us(bucket * US_PER_HOUR - shift).astimezone(zone).isoformat(timespec="minutes")
+
+
+def _top(rows: Iterable[Spend]) -> tuple[Spend, ...]:
+    """The TOP keys of each unit by spend (then in doubt, payments, key), keys unknown left out."""
+    by_unit: dict[str, list[Spend]] = defaultdict(list)
+    for row in rows:
+        if row.key is not None:
+            by_unit[row.unit].append(row)
+    ranked = []
+    for unit in sorted(by_unit):
+        ranked += sorted(by_unit[unit], key=lambda s: (-s.total, -s.in_doubt, -s.payments, s.key or ""))[:TOP]
+    return tuple(ranked)
+
+
+def _by_origin(resources: Iterable[Spend]) -> list[Spend]:
+    sums: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0, 0, 0])
+    for row in resources:
+        if row.key is None:
+            continue
+        into = sums[(origin(row.key), row.unit)]
+        for i, value in enumerate((row.spent, row.in_doubt, row.external, row.payments)):
+            into[i] += value
+    return [Spend(key, unit, *values) for (key, unit), values in sums.items()]
+
+
+def origin(url: str) -> str:
+    """scheme://host[:port] of a URL (the URL itself when it has none)."""
+    parts = urlsplit(url)
+    if not parts.scheme or not parts.netloc:
+        return url
+    return f"{parts.scheme}://{parts.netloc.rsplit('@', 1)[-1]}"
+
+
+_CALLS_SQL = """
+SELECT decision, rule, COUNT(*) AS n, MIN(reason) AS example FROM ledger_call_events
+WHERE at_us >= :start AND at_us < :end GROUP BY decision, rule
+"""
+
+
+def _calls(conn: Connection, period: dict[str, int]) -> tuple[tuple[tuple[str, int], ...], tuple[RuleCount, ...]]:
+    decisions: dict[str, int] = defaultdict(int)
+    denials = []
+    for decision, rule, count, example in _rows(conn, _CALLS_SQL, period):
+        decisions[decision] += int(count)
+        if decision == "deny":
+            denials.append(RuleCount(rule or "(none)", int(count), example))
+    denials.sort(key=lambda d: (-d.count, d.rule))
+    return tuple(sorted(decisions.items())), tuple(denials)
+
+
+_STALE_SQL = """
+SELECT tool, reason, COUNT(*) AS n FROM ledger_call_events
+WHERE at_us >= :start AND at_us < :end AND decision = 'deny' AND rule = 'balances.stale_after'
+GROUP BY tool, reason
+"""
+
+
+def _stale_denials(conn: Connection, period: dict[str, int]) -> tuple[StaleDenial, ...]:
+    # Reasons differ only by the balance and its age: few distinct ones, each parsed once.
+    counts: dict[tuple[str, str | None], int] = defaultdict(int)
+    for tool, reason, count in _rows(conn, _STALE_SQL, period):
+        named = _STALE_BALANCE.match(reason or "")
+        counts[(tool, named.group(1) if named else None)] += int(count)
+    ordered = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0][0], kv[0][1] or ""))
+    return tuple(StaleDenial(tool, balance, count) for (tool, balance), count in ordered)
+
+
+_IN_DOUBT_SQL = """
+SELECT id, unit, amount, tool, session, identity, server, resource, created_us
+FROM ledger_holds WHERE phase = 'in_doubt' ORDER BY created_us, id
+"""
+
+
+def _in_doubt(conn: Connection, now_us: int, zone: tzinfo) -> tuple[DoubtfulHold, ...]:
+    return tuple(
+        DoubtfulHold(
+            id=int(row.id),
+            amount=_lightning(int(row.amount), row.unit),
+            tool=row.tool,
+            session=row.session,
+            identity=row.identity,
+            server=row.server,
+            resource=row.resource,
+            created=from_us(row.created_us).astimezone(zone),
+            age_s=max(0, now_us - row.created_us) / US_PER_S,
+        )
+        for row in _rows(conn, _IN_DOUBT_SQL)
+    )
+
+
+def _lightning(value: int, unit: str) -> Amount:
+    """An amount as reports count it: Lightning in msat (so sat and msat add up), other units as they are."""
+    return Amount(value * 1000, "msat") if unit == "sat" else Amount(value, unit)
+
+
+# Per money balance observed in the period: first and last observation, how many, and what it rose by
+# between consecutive observations in one unit (LAG over the key's observations, in time order).
+_DRIFT_SQL = f"""
+WITH o AS (
+  SELECT key, {_unit("unit")} AS u, {_scaled("amount", "unit")} AS a, seen_us,
+         LAG({_scaled("amount", "unit")}) OVER (PARTITION BY key ORDER BY seen_us, id) AS prev_a,
+         LAG({_unit("unit")}) OVER (PARTITION BY key ORDER BY seen_us, id) AS prev_u,
+         ROW_NUMBER() OVER (PARTITION BY key ORDER BY seen_us, id) AS nth,
+         ROW_NUMBER() OVER (PARTITION BY key ORDER BY seen_us DESC, id DESC) AS nth_last
+  FROM ledger_observations
+  WHERE seen_us >= :start AND seen_us < :end AND amount IS NOT NULL
+    AND (key LIKE :p402 OR key LIKE :wallet)
+)
+SELECT key,
+       MAX(CASE WHEN nth = 1 THEN u END) AS first_u, MAX(CASE WHEN nth = 1 THEN a END) AS first_a,
+       MAX(CASE WHEN nth = 1 THEN seen_us END) AS first_seen,
+       MAX(CASE WHEN nth_last = 1 THEN u END) AS last_u, MAX(CASE WHEN nth_last = 1 THEN a END) AS last_a,
+       MAX(CASE WHEN nth_last = 1 THEN seen_us END) AS last_seen,
+       COUNT(*) AS n,
+       SUM(CASE WHEN u = prev_u AND a > prev_a THEN a - prev_a ELSE 0 END) AS rises
+FROM o GROUP BY key ORDER BY key
+"""
+
+# What the guard counted against one balance between two observations: its payments (settled, and in
+# doubt in full, as `Ledger.spent_from` counts them) and spend seen only in the balance.
+_DRAWN_SQL = f"""
+SELECT {_unit("unit")} AS u,
+       SUM(CASE WHEN external THEN 0 WHEN phase = 'settled' THEN {_scaled("settled", "unit")}
+                ELSE {_scaled("amount", "unit")} END) AS counted,
+       SUM(CASE WHEN external THEN {_scaled("settled", "unit")} ELSE 0 END) AS external
+FROM ledger_holds
+WHERE balance_key = :key AND updated_us > :first AND updated_us <= :last AND phase IN ('settled', 'in_doubt')
+GROUP BY {_unit("unit")}
+"""
+
+
+def _drift(conn: Connection, period: dict[str, int], zone: tzinfo) -> tuple[BalanceDrift, ...]:
+    patterns = {"p402": MONEY_BALANCES[0] + "%", "wallet": MONEY_BALANCES[1] + "%"}
+    drifts = []
+    for row in _rows(conn, _DRIFT_SQL, {**period, **patterns}):
+        unit = row.first_u
+        problems = []
+        if row.last_u != unit:
+            problems.append(f"observed in {unit} and in {row.last_u}")
+        counted = external = 0
+        drawn = _rows(conn, _DRAWN_SQL, {"key": row.key, "first": row.first_seen, "last": row.last_seen})
+        for u, paid, seen_only in drawn:
+            if u != unit:
+                problems.append(f"payments in {u} drew on it too")
+                continue
+            counted, external = int(paid or 0), int(seen_only or 0)
+        drifts.append(
+            BalanceDrift(
+                key=row.key,
+                unit=unit,
+                first=int(row.first_a),
+                first_seen=from_us(row.first_seen).astimezone(zone),
+                last=int(row.last_a) if row.last_u == unit else int(row.first_a),
+                last_seen=from_us(row.last_seen).astimezone(zone),
+                observations=int(row.n),
+                counted=counted,
+                external=external,
+                topups=int(row.rises or 0),
+                problem="; ".join(problems) + ": not compared" if problems else None,
+            )
+        )
+    return tuple(drifts)
+
+
+def _rows(conn: Connection, statement: str, params: dict[str, Any] | None = None) -> list[Any]:
+    return list(conn.execute(_sql(statement), params or {}).all())
+
+
+@cache
+def _sql(statement: str) -> TextClause:
+    return text(statement)
+
+
+__all__ = [
+    "BalanceDrift",
+    "DoubtfulHold",
+    "RuleCount",
+    "Spend",
+    "SpendReport",
+    "StaleDenial",
+    "build_report",
+    "origin",
+]

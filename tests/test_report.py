@@ -1,0 +1,530 @@
+"""`guard report`: the spend report of a period, in Markdown, HTML, JSON and CSV.
+
+- golden files of every format (tests/golden/report.*) on the ledger a scripted run of real guards
+  left (tests/scripted_run.py), its volatile values (times, ages, hours) fixed by `normalised`; the
+  sums cross-checked against what the fake upstreams say they were paid. GUARD_UPDATE_GOLDEN=1
+  rewrites the golden files.
+- the queries (`Ledger.report`) on ledgers built with the Ledger API under a fake clock, SQLite and
+  PostgreSQL: what counts as spend, the period's bounds, hours in a zone, top URLs, denials, drift.
+- the command: empty and missing ledgers in every format, `--out`, and its errors.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import re
+import subprocess
+from collections.abc import Iterator
+from dataclasses import replace
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from guard._report import FORMATS, day_period, render, to_json, write_reports
+from ledgers import Amount, BalanceObservation, Budget, CallRecord, Ledger, Spend, SpendReport
+from tests.conftest import GUARD, WAIT_S
+from tests.ledgers.conftest import FakeClock, reset_postgres
+from tests.scripted_run import CHAT, EMBED, EXTERNAL_SPEND, TOPUP, WALLET, WALLET_SEEN, WEATHER, ScriptedRun
+from tests.scripted_run import scripted_run as run_script
+
+GOLDEN = Path(__file__).parent / "golden"
+UPDATE = os.environ.get("GUARD_UPDATE_GOLDEN") == "1"
+T0 = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)  # the fake clock's start (stored times never go back)
+LATER = T0 + timedelta(hours=1)  # the start of periods that leave something out before them
+DAY = timedelta(hours=24)
+
+
+def guard(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*GUARD, "report", *args], capture_output=True, text=True, timeout=WAIT_S, stdin=subprocess.DEVNULL
+    )
+
+
+# --- golden files on a scripted run ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> ScriptedRun:
+    return run_script(tmp_path_factory.mktemp("scripted"))
+
+
+@pytest.fixture(scope="module")
+def scripted(run: ScriptedRun) -> SpendReport:
+    """The last 24 hours of the scripted run's ledger (read-only, as `guard report` reads it)."""
+    with Ledger.open(run.ledger, read_only=True) as ledger:
+        now = datetime.now(UTC)
+        return ledger.report(now - DAY, now)
+
+
+FIXED_END = datetime(2026, 1, 2, tzinfo=UTC)
+
+
+def normalised(report: SpendReport) -> SpendReport:
+    """The report with the run's volatile values fixed: the period is the day before FIXED_END, the run
+    happened in its last hour (spend by hour summed into it: a run may straddle an hour), the wallet
+    was first seen two hours before that, and every age is a minute."""
+    hour = FIXED_END - timedelta(hours=1)
+    per_unit: dict[str, list[int]] = {}
+    for s in report.by_hour:
+        sums = per_unit.setdefault(s.unit, [0, 0, 0, 0])
+        for i, value in enumerate((s.spent, s.in_doubt, s.external, s.payments)):
+            sums[i] += value
+    return replace(
+        report,
+        start=FIXED_END - DAY,
+        end=FIXED_END,
+        generated=FIXED_END,
+        by_hour=tuple(Spend(hour.isoformat(timespec="minutes"), unit, *v) for unit, v in sorted(per_unit.items())),
+        in_doubt=tuple(replace(h, created=hour, age_s=60.0) for h in report.in_doubt),
+        drift=tuple(replace(d, first_seen=hour - timedelta(hours=2), last_seen=hour) for d in report.drift),
+    )
+
+
+CHART = re.compile(r'<figure class="chart">.*?</figure>', re.DOTALL)
+
+
+def test_every_format_matches_its_golden_file_on_the_scripted_run(scripted: SpendReport) -> None:
+    report = normalised(scripted)
+    mismatched = []
+    for fmt in FORMATS:
+        text = render(report, fmt)
+        if fmt == "html":  # pygal names each chart with a fresh uuid; the chart is tested on its own
+            text = CHART.sub('<figure class="chart">(chart)</figure>', text)
+        golden = GOLDEN / f"report.{fmt}"
+        if UPDATE:
+            golden.parent.mkdir(exist_ok=True)
+            golden.write_text(text)
+        elif text != golden.read_text():
+            mismatched.append(fmt)
+    assert not mismatched, f"differ from tests/golden (GUARD_UPDATE_GOLDEN=1 rewrites them): {mismatched}"
+
+
+def test_the_reported_sums_are_what_the_fake_upstreams_say_was_paid(run: ScriptedRun, scripted: SpendReport) -> None:
+    [total] = scripted.totals
+    # Lightning is counted in msat; the fakes count sat. Payments the fake reported `unknown` are in doubt.
+    assert total.unit == "msat"
+    assert total.spent == 1000 * run.paid("paid") == 1000 * (25 + 30 + 20 + 30 + 20)
+    assert total.in_doubt == 1000 * run.paid("unknown") == 1000 * 40
+    assert total.external == 1000 * EXTERNAL_SPEND
+    assert total.total == total.spent + total.external
+    paid_by_url: dict[str, int] = {}
+    for p in run.payments:
+        if p["url"] and p["reported"] == "paid":
+            paid_by_url[p["url"]] = paid_by_url.get(p["url"], 0) + 1000 * p["amount"]
+    assert {s.key: s.spent for s in scripted.top_urls if s.spent} == paid_by_url == {WEATHER: 60_000, CHAT: 40_000}
+    assert [(h.resource, h.amount) for h in scripted.in_doubt] == [(EMBED, Amount(40_000, "msat"))]
+    # Every breakdown adds up to the totals.
+    for section in (scripted.by_session, scripted.by_identity, scripted.by_server, scripted.by_tool):
+        assert sum(s.spent for s in section) == total.spent
+        assert sum(s.in_doubt + s.external for s in section) == total.in_doubt + total.external
+    assert sum(s.spent for s in scripted.by_hour) == total.spent
+    assert {s.key for s in scripted.by_session} == set(run.sessions)  # external spend names its session too
+
+
+def test_the_wallet_drift_is_explained_by_the_payment_the_external_spend_and_the_top_up(
+    scripted: SpendReport,
+) -> None:
+    [drift] = scripted.drift
+    assert (drift.key, drift.unit, drift.observations) == (WALLET, "msat", 4)
+    last = WALLET_SEEN - EXTERNAL_SPEND - 25 + TOPUP
+    assert (drift.first, drift.last) == (1000 * WALLET_SEEN, 1000 * last)
+    assert (drift.counted, drift.external, drift.topups) == (25_000, 1000 * EXTERNAL_SPEND, 1000 * TOPUP)
+    assert drift.fell_by == 1000 * (WALLET_SEEN - last)
+    assert drift.unexplained == 0
+
+
+def test_denials_rate_limit_hits_and_the_stale_balance_are_reported_by_rule(scripted: SpendReport) -> None:
+    assert {d.rule: d.count for d in scripted.denials} == {
+        "balances.stale_after": 1,
+        "budgets.per-session": 1,
+        "tools.l402-fetch-preview.rate_limit": 1,
+    }
+    [hit] = scripted.rate_limit_hits
+    assert hit.rule == "tools.l402-fetch-preview.rate_limit"
+    assert hit.example == "rate limit reached: 3 calls per minute for l402-fetch-preview (per session)"
+    [stale] = scripted.stale_denials
+    assert (stale.tool, stale.balance, stale.count) == ("pay_invoice", WALLET, 1)
+
+
+def test_the_html_report_draws_its_chart_inline_and_loads_nothing(scripted: SpendReport) -> None:
+    page = render(scripted, "html")
+    [chart] = CHART.findall(page)
+    assert "<svg" in chart and "<rect" in chart
+    assert "<script" not in page and "<link" not in page and "@import" not in page
+    assert not re.search(r"""(?:src|href)\s*=\s*["']?\s*(?:https?:)?//""", page)
+    assert not re.search(r"url\(\s*['\"]?(?:https?:)?//", page)
+
+
+def test_the_command_writes_the_same_report_atomically_into_a_new_directory(run: ScriptedRun, tmp_path: Path) -> None:
+    out = tmp_path / "reports" / "today.json"
+    done = guard("--format", "json", "--ledger", str(run.ledger), "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == ""
+    assert sorted(p.name for p in out.parent.iterdir()) == ["today.json"]  # no temporary file left behind
+    written = json.loads(out.read_text())
+    with Ledger.open(run.ledger, read_only=True) as ledger:
+        now = datetime.now(UTC)
+        expected = to_json(ledger.report(now - DAY, now))
+    steady = ("calls", "totals", "by_session", "by_identity", "by_server", "by_tool", "top_urls", "top_origins")
+    steady += ("denials", "rate_limit_hits", "stale_balance_denials", "nothing_spent", "report", "version")
+    assert {k: written[k] for k in steady} == {k: expected[k] for k in steady}
+    assert [h["hold"] for h in written["in_doubt"]] == [h["hold"] for h in expected["in_doubt"]]
+
+
+def test_write_reports_writes_each_format_once_and_returns_the_files(run: ScriptedRun, tmp_path: Path) -> None:
+    now = datetime.now(UTC)
+    with Ledger.open(run.ledger, read_only=True) as ledger:
+        written = write_reports(ledger, now - DAY, now, ["md", "csv", "md"], tmp_path / "out", "2026-11-21", "UTC")
+        with pytest.raises(ValueError, match="unknown report format 'pdf'"):
+            write_reports(ledger, now - DAY, now, ["md", "pdf"], tmp_path / "none", "x", "UTC")
+    assert written == [tmp_path / "out" / "2026-11-21.md", tmp_path / "out" / "2026-11-21.csv"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["2026-11-21.csv", "2026-11-21.md"]
+    assert "| pay\\_invoice |" in written[0].read_text()
+    assert not (tmp_path / "none").exists()
+
+
+# --- the queries, under a fake clock, on SQLite and PostgreSQL ------------------------------------------------
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'ledger.db'}"
+    url = str(request.getfixturevalue("postgres_url"))
+    reset_postgres(url)
+    return url
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock(T0)
+
+
+@pytest.fixture
+def ledger(ledger_url: str, clock: FakeClock) -> Iterator[Ledger]:
+    with Ledger.open(ledger_url, clock=clock) as opened:
+        yield opened
+
+
+def paid(
+    ledger: Ledger, amount: str, *, settled: str | None = None, phase: str = "settled", **where: str | None
+) -> int:
+    """A hold of `amount` left in `phase` (settled at `settled`, default the whole amount)."""
+    money = Amount.parse(amount)
+    budget = Budget("b", Amount(10**12, "msat" if money.unit == "sat" else money.unit), "global")
+    hold = ledger.reserve([budget], money, **where)  # type: ignore[arg-type]
+    if phase == "reserved":
+        return hold
+    ledger.mark_forwarded(hold)
+    if phase == "settled":
+        ledger.settle(hold, Amount.parse(settled or amount))
+    elif phase == "voided":
+        ledger.void(hold)
+    elif phase == "in_doubt":
+        ledger.mark_in_doubt(hold)
+    return hold
+
+
+def day_report(ledger: Ledger, zone: str = "UTC", start: datetime = T0) -> SpendReport:
+    local = start.astimezone(ZoneInfo(zone))
+    return ledger.report(local, local + DAY)
+
+
+def test_spend_counts_settled_payments_in_doubt_ones_in_full_and_external_spend_apart(
+    ledger: Ledger, clock: FakeClock
+) -> None:
+    paid(ledger, "30 sat", session="s1", identity="alice", tool="fetch", server="shop", resource=WEATHER)
+    paid(ledger, "20000 msat", settled="15 sat", session="s1", identity="alice", tool="fetch", server="shop")
+    paid(ledger, "40 sat", phase="in_doubt", session="s2", tool="fetch", server="shop", resource=EMBED)
+    paid(ledger, "50 sat", phase="voided", session="s2", tool="fetch")  # released: not spend
+    paid(ledger, "60 sat", phase="reserved", session="s2", tool="fetch")  # in flight: not spend
+    paid(ledger, "10 sat", settled="0 sat", session="s2", tool="fetch", resource=CHAT)  # free after all
+    paid(ledger, "2.50 usd", session="s2", tool="chat", server="llm")
+    ledger.charge([], Amount(7, "sat"), balance_key=WALLET, tool="get_balance", server="alby")
+    report = day_report(ledger)
+
+    assert report.totals == (
+        Spend(None, "msat", spent=45_000, in_doubt=40_000, external=7_000, payments=4),
+        Spend(None, "usd_micro", spent=2_500_000, in_doubt=0, external=0, payments=1),
+    )
+    assert not report.nothing_spent
+    assert report.by_session == (
+        Spend("s1", "msat", 45_000, 0, 0, 2),
+        Spend("s2", "msat", 0, 40_000, 0, 1),
+        Spend("s2", "usd_micro", 2_500_000, 0, 0, 1),
+        Spend(None, "msat", 0, 0, 7_000, 1),
+    )
+    assert [(s.key, s.unit, s.total) for s in report.by_identity] == [
+        ("alice", "msat", 45_000),
+        (None, "msat", 7_000),
+        (None, "usd_micro", 2_500_000),
+    ]
+    assert [(s.key, s.total, s.in_doubt) for s in report.by_server if s.unit == "msat"] == [
+        ("alby", 7_000, 0),
+        ("shop", 45_000, 40_000),
+    ]
+    assert [(s.key, s.unit) for s in report.by_tool] == [
+        ("chat", "usd_micro"),
+        ("fetch", "msat"),
+        ("get_balance", "msat"),
+    ]
+    assert [(s.key, s.spent, s.in_doubt) for s in report.top_urls] == [(WEATHER, 30_000, 0), (EMBED, 0, 40_000)]
+
+
+def test_only_holds_created_within_the_period_count(ledger: Ledger, clock: FakeClock) -> None:
+    clock.moment = LATER - timedelta(microseconds=1)
+    paid(ledger, "1 sat", session="before")
+    clock.moment = LATER
+    paid(ledger, "2 sat", session="at-start")
+    clock.moment = LATER + DAY - timedelta(microseconds=1)
+    paid(ledger, "4 sat", session="last-moment")
+    clock.moment = LATER + DAY
+    paid(ledger, "8 sat", session="at-end")
+    report = day_report(ledger, start=LATER)
+    assert [s.key for s in report.by_session] == ["at-start", "last-moment"]
+    assert report.totals[0].spent == 6_000
+
+
+def test_hours_are_local_hours_of_the_report_time_zone_half_hour_offsets_included(
+    ledger: Ledger, clock: FakeClock
+) -> None:
+    for minutes in (0, 29, 30, 95):  # 17:30, 17:59, 18:00 and 19:05 in India (UTC+05:30)
+        clock.moment = T0 + timedelta(minutes=minutes)
+        paid(ledger, "1 sat", tool="fetch")
+    report = day_report(ledger, "Asia/Kolkata")
+    assert report.timezone == "Asia/Kolkata"
+    assert [(s.key, s.payments) for s in report.by_hour] == [
+        ("2026-11-21T17:00+05:30", 2),
+        ("2026-11-21T18:00+05:30", 1),
+        ("2026-11-21T19:00+05:30", 1),
+    ]
+    assert report.hours()[:3] == ["2026-11-21T17:00+05:30", "2026-11-21T18:00+05:30", "2026-11-21T19:00+05:30"]
+    assert len(report.hours()) == 25  # a day from 17:30 touches 25 local hours
+
+
+def test_the_hour_repeated_when_summer_time_ends_is_two_hours_in_time_order(ledger_url: str) -> None:
+    start, end = day_period(date(2026, 10, 25), "Europe/Paris")  # clocks go back at 03:00 CEST
+    assert end.astimezone(UTC) - start.astimezone(UTC) == timedelta(hours=25)
+    clock = FakeClock(start)
+    with Ledger.open(ledger_url, clock=clock) as ledger:
+        for utc in ("00:30", "01:30"):  # 02:30 CEST, then 02:30 CET
+            clock.moment = datetime.fromisoformat(f"2026-10-25T{utc}+00:00")
+            paid(ledger, "1 sat", tool="fetch")
+        report = ledger.report(start, end)
+    assert [s.key for s in report.by_hour] == ["2026-10-25T02:00+02:00", "2026-10-25T02:00+01:00"]
+    assert len(report.hours()) == 25
+
+
+def test_top_urls_are_the_ten_most_paid_of_each_unit_and_origins_group_them(ledger: Ledger) -> None:
+    for n in range(12):
+        paid(ledger, f"{n + 1} sat", resource=f"https://shop{n % 6}.example:8443/item/{n}")
+    paid(ledger, "1 usd", resource="https://llm.example/v1/chat")
+    report = day_report(ledger)
+    msat = [s for s in report.top_urls if s.unit == "msat"]
+    assert [s.key for s in msat] == [f"https://shop{n % 6}.example:8443/item/{n}" for n in range(11, 1, -1)]
+    assert [(s.key, s.unit) for s in report.top_urls if s.unit != "msat"] == [
+        ("https://llm.example/v1/chat", "usd_micro")
+    ]
+    origins = {s.key: (s.spent, s.payments) for s in report.top_origins if s.unit == "msat"}
+    assert origins["https://shop5.example:8443"] == (1000 * (6 + 12), 2)
+    assert len(origins) == 6
+
+
+def test_denials_are_counted_by_rule_and_rate_limits_and_stale_balances_picked_out(
+    ledger: Ledger, clock: FakeClock
+) -> None:
+    stale = "the balance {} was seen 2h ago and is stale (older than 60s); the guard will not pay on it"
+    events = [
+        CallRecord("fetch", "deny", rule="tools.fetch.rate_limit", reason="rate limit reached: 2 per minute"),
+        CallRecord("fetch", "deny", rule="tools.fetch.rate_limit", reason="rate limit reached: 2 per minute"),
+        CallRecord("fetch", "deny", rule="tools.fetch.quotas[1]", reason="counter spend at most 5 per day"),
+        CallRecord("pay", "deny", rule="balances.stale_after", reason=stale.format(WALLET)),
+        CallRecord("pay", "deny", rule="balances.stale_after", reason=stale.format(WALLET).replace("2h", "3h")),
+        CallRecord("chat", "deny", rule="balances.stale_after", reason=stale.format("p402:sess_1")),
+        CallRecord("fetch", "deny", rule="budgets.daily", reason="budget daily: 50 sat asked, 10 sat left"),
+        CallRecord("fetch", "allow"),
+        CallRecord("fetch", "error", reason="upstream error"),
+    ]
+    ledger.record(CallRecord("fetch", "deny", rule="budgets.daily", reason="earlier"))  # before the period
+    clock.moment = LATER
+    ledger.record_many(events)
+    report = day_report(ledger, start=LATER)
+
+    assert report.calls == (("allow", 1), ("deny", 7), ("error", 1))
+    assert [(d.rule, d.count) for d in report.denials] == [
+        ("balances.stale_after", 3),
+        ("tools.fetch.rate_limit", 2),
+        ("budgets.daily", 1),
+        ("tools.fetch.quotas[1]", 1),
+    ]
+    assert report.denials[2].example == "budget daily: 50 sat asked, 10 sat left"
+    assert [(d.rule, d.count) for d in report.rate_limit_hits] == [
+        ("tools.fetch.rate_limit", 2),
+        ("tools.fetch.quotas[1]", 1),
+    ]
+    assert [(d.tool, d.balance, d.count) for d in report.stale_denials] == [
+        ("pay", WALLET, 2),
+        ("chat", "p402:sess_1", 1),
+    ]
+
+
+def test_every_hold_in_doubt_now_is_listed_with_its_age_whenever_it_was_made(ledger: Ledger, clock: FakeClock) -> None:
+    old = paid(ledger, "40 sat", phase="in_doubt", session="s1", tool="fetch", resource=EMBED)
+    clock.advance(3 * 86_400)
+    settled = paid(ledger, "10 sat", phase="in_doubt", session="s2", tool="fetch")
+    ledger.resolve(settled, Amount(10, "sat"))
+    clock.advance(90)
+    report = day_report(ledger, start=T0 + timedelta(days=3))
+    [hold] = report.in_doubt
+    assert (hold.id, hold.amount, hold.session, hold.resource) == (old, Amount(40_000, "msat"), "s1", EMBED)
+    assert hold.age_s == 3 * 86_400 + 90
+    assert report.totals[0].in_doubt == 0  # made before the period: listed, not counted as its spend
+
+
+def test_balance_drift_sets_the_fall_of_a_balance_against_what_the_guard_counted_from_it(
+    ledger: Ledger, clock: FakeClock
+) -> None:
+    def seen(key: str, amount: str) -> None:
+        ledger.observe(BalanceObservation("test", key, Amount.parse(amount)))
+        clock.advance(60)
+
+    seen(WALLET, "5000 sat")  # before the period: not its first observation
+    clock.moment = LATER
+    seen(WALLET, "1000 sat")
+    seen("credits:https://shop.example", "100 credits:https://shop.example")  # credits are not money
+    paid(ledger, "30 sat", balance_key=WALLET)
+    paid(ledger, "20 sat", phase="in_doubt", balance_key=WALLET)
+    paid(ledger, "9 sat", phase="voided", balance_key=WALLET)  # never left
+    paid(ledger, "5 sat")  # drew on no balance
+    ledger.charge([], Amount(100, "sat"), balance_key=WALLET, tool="get_balance")
+    seen(WALLET, "850 sat")
+    seen(WALLET, "1350 sat")  # a top-up of 500
+    seen(WALLET, "1340 sat")  # 10 sat nobody accounts for
+    seen("p402:sess_1", "2 usd")
+    clock.advance(60)
+    paid(ledger, "7 sat", balance_key=WALLET)  # after the last observation
+    report = day_report(ledger, start=LATER)
+
+    assert [d.key for d in report.drift] == ["p402:sess_1", WALLET]
+    p402, wallet = report.drift
+    assert (p402.unit, p402.first, p402.last, p402.fell_by, p402.unexplained) == (
+        "usd_micro",
+        2_000_000,
+        2_000_000,
+        0,
+        0,
+    )
+    assert (wallet.unit, wallet.first, wallet.last, wallet.observations) == ("msat", 1_000_000, 1_340_000, 4)
+    assert wallet.first_seen == LATER
+    assert (wallet.counted, wallet.external, wallet.topups) == (50_000, 100_000, 500_000)
+    assert wallet.fell_by == -340_000
+    assert wallet.unexplained == -340_000 + 500_000 - 50_000 - 100_000 == 10_000
+    assert wallet.problem is None
+
+
+def test_an_empty_period_reports_that_nothing_was_spent(ledger: Ledger) -> None:
+    report = day_report(ledger)
+    assert report.nothing_spent
+    assert report.totals == report.by_session == report.by_hour == report.top_urls == ()
+    assert (report.denials, report.in_doubt, report.drift, report.calls) == ((), (), (), ())
+
+
+# --- people's formats: escaped --------------------------------------------------------------------------------
+
+
+def test_names_and_urls_from_agents_are_escaped_in_html_and_markdown(ledger: Ledger) -> None:
+    evil = '<script>alert("x")</script>'
+    paid(ledger, "5 sat", session=evil, identity="a|b", tool="*bold*", resource='https://e.example/"><img src=x>')
+    report = day_report(ledger)
+    page = render(report, "html")
+    assert evil not in page and "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;" in page
+    assert "<img" not in page and "&lt;img src=x&gt;" in page
+    markdown = render(report, "md")
+    assert '| \\<script\\>alert("x")\\</script\\> |' in markdown
+    assert "| a\\|b |" in markdown and "| \\*bold\\* |" in markdown
+
+
+def test_json_and_csv_carry_amounts_as_integers_with_their_unit(ledger: Ledger) -> None:
+    paid(ledger, "30 sat", session="s1", tool="fetch")
+    paid(ledger, "2.50 usd", session="s1", tool="chat")
+    report = day_report(ledger)
+    document = json.loads(render(report, "json"))
+    assert document["totals"] == [
+        {"key": None, "unit": "msat", "spent": 30_000, "in_doubt": 0, "external": 0, "spent_with_external": 30_000,
+         "payments": 1},
+        {"key": None, "unit": "usd_micro", "spent": 2_500_000, "in_doubt": 0, "external": 0,
+         "spent_with_external": 2_500_000, "payments": 1},
+    ]  # fmt: skip
+    rows = list(csv.DictReader(io.StringIO(render(report, "csv"))))
+    assert {"section": "by_tool", "key": "chat", "detail": "", "unit": "usd_micro", "measure": "spent",
+            "value": "2500000"} in rows  # fmt: skip
+    assert {"section": "report", "key": "", "detail": "", "unit": "", "measure": "nothing_spent",
+            "value": "false"} in rows  # fmt: skip
+
+
+# --- the command ------------------------------------------------------------------------------------------------
+
+
+def says_nothing_was_spent(fmt: str, text: str) -> None:
+    """`text` is a whole, valid report in `fmt` of a period in which nothing was spent."""
+    if fmt == "json":
+        document = json.loads(text)
+        assert document["nothing_spent"] is True
+        assert all(document[section] == [] for section in ("totals", "by_session", "in_doubt", "balance_drift"))
+    elif fmt == "csv":
+        rows = list(csv.DictReader(io.StringIO(text)))
+        assert ("report", "nothing_spent", "true") in {(r["section"], r["measure"], r["value"]) for r in rows}
+    else:
+        assert "Nothing was spent in this period" in text
+    if fmt == "html":
+        assert "<svg" in text and text.rstrip().endswith("</html>")
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_a_ledger_file_that_does_not_exist_gives_a_report_that_nothing_was_spent(fmt: str, tmp_path: Path) -> None:
+    done = guard("--format", fmt, "--ledger", str(tmp_path / "nowhere" / "ledger.db"), "--day", "yesterday")
+    assert done.returncode == 0, done.stderr
+    says_nothing_was_spent(fmt, done.stdout)
+    assert not (tmp_path / "nowhere").exists()  # reading never creates a ledger
+
+
+def test_an_empty_ledger_gives_a_report_that_nothing_was_spent(ledger_url: str) -> None:
+    Ledger.open(ledger_url).close()
+    with Ledger.open(ledger_url, read_only=True) as ledger:
+        report = day_report(ledger)
+    for fmt in FORMATS:
+        says_nothing_was_spent(fmt, render(report, fmt))
+    done = guard("--format", "json", "--ledger", ledger_url, "--timezone", "Europe/Paris")
+    assert done.returncode == 0, done.stderr
+    says_nothing_was_spent("json", done.stdout)
+    assert json.loads(done.stdout)["period"]["timezone"] == "Europe/Paris"
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["--since", "1h", "--day", "today"], "give either --since or --day, not both"),
+        (["--day", "2026-13-01"], "--day 2026-13-01: expected YYYY-MM-DD, today or yesterday"),
+        (["--since", "3x"], "--since 3x: expected a duration such as 30m, 24h or 7d"),
+        (["--format", "pdf"], "--format pdf: expected one of md, html, json, csv"),
+        (["--timezone", "Mars/Olympus"], "--timezone Mars/Olympus: not a known IANA time zone"),
+    ],
+)
+def test_a_bad_flag_exits_2_naming_it(args: list[str], named: str, tmp_path: Path) -> None:
+    done = guard(*args, "--ledger", str(tmp_path / "ledger.db"))
+    assert done.returncode == 2
+    assert done.stderr.startswith(f"guard: error: {named}"), done.stderr
+    assert done.stdout == ""
+
+
+def test_a_ledger_that_cannot_be_opened_exits_4() -> None:
+    done = guard("--ledger", "postgresql+psycopg://guard:pw@127.0.0.1:1/none")
+    assert done.returncode == 4
+    assert "guard: error: ledger: cannot open the ledger at postgresql+psycopg://guard:***@127.0.0.1:1/none" in (
+        done.stderr
+    )
