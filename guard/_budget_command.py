@@ -21,7 +21,7 @@ from guard._ledger_commands import LedgerOption, open_reader
 from guard._options import PolicyOption, default_policy_path
 from guard._policy import Balances, seconds
 from guard._policy_files import load
-from ledgers import Amount, AmountError, default_path
+from ledgers import Amount, AmountError, location
 
 budget_app = typer.Typer(help="Budgets: what is spent, held and left.", no_args_is_help=True)
 
@@ -50,7 +50,7 @@ def show(
         states = ledger.budget_states(session=session)
         observed = [(o, age) for o, age in ledger.observed() if not o.key.startswith("quote:")]
     view: JSON = {
-        "ledger": ledger_url or str(default_path()),
+        "ledger": location(ledger_url),  # never a password
         "at": datetime.now(UTC).isoformat(timespec="seconds"),
         "session": session,
         "stale_after_s": int(stale_after),

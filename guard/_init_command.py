@@ -16,19 +16,22 @@ import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, Optional
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, Optional
 
 import anyio
-import mcp_types as types
 import typer
 import yaml
 
-from guard import _upstream
 from guard._errors import ConfigError, UpstreamStartError
 from guard._options import UpstreamCommand, UpstreamUrl, default_policy_path, upstream_spec
 from guard._policy import Policy
 from guard._policy_files import PolicyError, parse, preset_text, presets
 from guard._redact import redact
+
+if TYPE_CHECKING:
+    import mcp_types as types
+
+    from guard import _upstream
 
 # How long connecting and listing may take by default (an `npx -y` upstream may download first).
 DEFAULT_TIMEOUT_S = 60.0
@@ -138,7 +141,9 @@ async def _list_tools(spec: _upstream.UpstreamSpec, limit_s: float) -> Listing:
     Raises:
         UpstreamStartError: it cannot be started or reached, or did not answer in time.
     """
-    from mcp import Client
+    from mcp import Client  # the MCP SDK: loaded by the commands that reach an upstream
+
+    from guard import _upstream
 
     stdio = isinstance(spec, _upstream.StdioUpstream)
     shown = f"`{spec.label}`" if stdio else spec.label

@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ledgers import Amount, CallRecord, Ledger, LedgerError, default_path
+from ledgers import Amount, CallRecord, Ledger, LedgerError, location
 
 ledger_app = typer.Typer(help="Inspect the ledger and resolve holds in doubt.", no_args_is_help=True)
 holds_app = typer.Typer(help="Payments held against budgets: list, reconcile those in doubt.", no_args_is_help=True)
@@ -51,7 +51,7 @@ def status(
     """Show the ledger's location and its open holds (reserved, forwarded, in doubt)."""
     with open_ledger(ledger_url) as ledger:
         holds = ledger.open_holds()
-    where = ledger_url or str(default_path())
+    where = location(ledger_url)
     if as_json:
         entries = [
             {

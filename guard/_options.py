@@ -6,12 +6,14 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from guard import _upstream
 from guard._errors import ConfigError
+
+if TYPE_CHECKING:
+    from guard import _upstream
 
 UpstreamCommand = Annotated[
     Optional[list[str]],  # noqa: UP045 - typer needs Optional here
@@ -33,6 +35,8 @@ PolicyOption = Annotated[
 
 
 def upstream_spec(command: list[str] | None, url: str | None) -> _upstream.UpstreamSpec:
+    from guard import _upstream  # the MCP SDK: only commands that reach an upstream load it
+
     if command and url:
         raise ConfigError("give either --upstream URL or a command after `--`, not both")
     if url:

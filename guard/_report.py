@@ -51,8 +51,6 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-import pygal
-
 from ledgers import Amount, Ledger, Spend, SpendReport
 
 JSON = dict[str, Any]
@@ -424,6 +422,8 @@ _SVG_SCRIPT = re.compile(r"<script\b[^>]*>.*?</script>|<!--.*?-->", re.DOTALL)
 
 def spend_chart(report: SpendReport) -> str:
     """Spend (external included) per local hour, one bar series per unit, as an inline SVG (pygal)."""
+    import pygal  # only the HTML report draws: the other formats and commands start without it
+
     hours = report.hours()
     chart = pygal.Bar(
         js=[],

@@ -7,34 +7,23 @@ import json
 import logging
 import re
 import sys
-import uuid
-from functools import partial
 from pathlib import Path
 from typing import Annotated, Optional
 
-import anyio
-import anyio.to_thread
 import typer
 
-from guard import _logging, _upstream
-from guard._alerts import Alerter
+from guard import _logging
 from guard._budget_command import budget_app
 from guard._errors import ConfigError, GuardError, UpstreamStartError
-from guard._gate import CallWatcher, PolicyGate
 from guard._init_command import init
 from guard._ledger_commands import LedgerOption, holds_app, ledger_app, open_ledger
 from guard._options import PolicyOption, UpstreamCommand, UpstreamUrl, policy_path, upstream_spec
-from guard._payments import Payments
 from guard._policy_commands import approvals_app, audit_app, policy_app
 from guard._policy_source import PolicySource
-from guard._refresh_command import refresh, refresh_once
-from guard._relay import Background, Gate, Session
+from guard._refresh_command import refresh
 from guard._report_command import report
-from guard._schedule import NightlyReport, run_schedule
 from guard._version import __version__
-from guard.adapters import family_adapters, x402_adapter
 from guard.demo import demo
-from ledgers import DEFAULT_LEASE_S, Ledger, LedgerError
 
 logger = logging.getLogger("guard")
 
@@ -57,7 +46,6 @@ app.add_typer(audit_app, name="audit")
 app.command("init", context_settings={"allow_interspersed_args": False})(init)
 app.command("report")(report)
 
-HEARTBEAT_S = DEFAULT_LEASE_S / 3
 SESSION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@:-]{0,127}$")
 
 
@@ -142,6 +130,8 @@ def run(
     # The ledger opens before serving: a guard that cannot account for spend must not start.
     ledger = open_ledger(ledger_url)
     if refresh_only:
+        from guard._refresh import refresh_once
+
         try:
             done = refresh_once(spec, source.policy, ledger, every=False)
         except UpstreamStartError as exc:
@@ -151,33 +141,10 @@ def run(
             ledger.close()
         typer.echo(f"refreshed {done} balance{'' if done == 1 else 's'}")
         raise typer.Exit(0)
+    from guard._serve import serve  # the MCP SDK and the serving stack: only `run` loads them
+
     try:
-        spec_ = source.policy.spec
-        server = spec_.server or spec.name
-        payments = Payments(ledger, family_adapters(spec_.preset), x402_adapter(spec_.assets), server)
-        alerter = Alerter(source, ledger, server)  # always: a reload may add `alerts:`
-        watchers: list[CallWatcher] = [alerter]
-        metrics = None
-        if address is not None:  # HTTP mode serves Prometheus metrics at /metrics
-            from guard._metrics import PrometheusMetrics
-
-            metrics = PrometheusMetrics(ledger)
-            watchers.append(metrics)
-        gate = PolicyGate(source, ledger, server, payments, watchers=watchers)
-        background: list[Background] = [
-            gate.write_audit,
-            source.watch,
-            partial(_heartbeat, ledger),
-            partial(run_schedule, gate, source, NightlyReport(ledger)),
-            alerter.run,
-        ]
-        if address is None:
-            status = _run_stdio(spec, gate, session, identity, background)
-        else:
-            from guard._http_front import serve_http
-
-            serve_http(spec, gate, address[0], address[1], tokens, identity, background, metrics)
-            status = 0
+        status = serve(spec, source, ledger, address=address, tokens=tokens, session=session, identity=identity)
     except UpstreamStartError as exc:
         typer.echo(f"guard: error: {exc}", err=True)
         raise typer.Exit(3) from None
@@ -187,34 +154,6 @@ def run(
     finally:
         ledger.close()
     raise typer.Exit(status)
-
-
-async def _heartbeat(ledger: Ledger) -> None:
-    """Tell guards sharing the ledger that this one is alive (they recover a silent one's holds)."""
-    while True:
-        await anyio.sleep(HEARTBEAT_S)
-        try:
-            await anyio.to_thread.run_sync(ledger.heartbeat)
-        except LedgerError as exc:
-            logger.warning("ledger heartbeat failed: %s", exc)
-
-
-def _run_stdio(
-    spec: _upstream.UpstreamSpec,
-    gate: Gate,
-    session_name: str | None,
-    identity: str | None,
-    background: list[Background],
-) -> int:
-    from guard._stdio_front import serve_stdio
-
-    session = Session(id=session_name or uuid.uuid4().hex[:16], identity=identity, transport="stdio")
-    logger.info("guard %s: session %s%s", __version__, session.id, f", identity {identity}" if identity else "")
-    failure = anyio.run(serve_stdio, spec, gate, session, background)
-    if failure is not None:
-        typer.echo(f"guard: error: {failure}", err=True)
-        return 1
-    return 0
 
 
 def _listen_address(listen: str) -> tuple[str, int]:

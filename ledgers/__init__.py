@@ -30,6 +30,7 @@ from ledgers._ledger import (
     RecordedCall,
     Usage,
     default_path,
+    location,
 )
 from ledgers._money import MAX_AMOUNT, Amount, Rates
 from ledgers._report import MONEY_BALANCES, BalanceDrift, DoubtfulHold, RuleCount, Spend, SpendReport, StaleDenial
@@ -75,4 +76,5 @@ __all__ = [
     "Usage",
     "Window",
     "default_path",
+    "location",
 ]

@@ -616,10 +616,12 @@ class Ledger:
                 Budget(r.name, Amount(int(r.limit_value), r.unit), r.scope, Window.parse(r.window_spec, r.timezone))
                 for r in rows
             ]
+            idle_since = now - int(idle_after_s * US_PER_S)
+            if session is None:
+                budgets = self._maybe_in_use(conn, budgets, now, idle_since)
             states = self._states(conn, budgets, now)
         if session is not None:
             return states
-        idle_since = now - int(idle_after_s * US_PER_S)
         return [
             s
             for s in states
@@ -627,6 +629,40 @@ class Ledger:
             or s.in_doubt
             or (s.spent if s.budget.window.kind != "session" else _us(s.last_used) >= idle_since)
         ]
+
+    def _maybe_in_use(self, conn: Connection, budgets: list[Budget], now: int, idle_since: int) -> list[Budget]:
+        """Leave out the budgets of sessions that made no hold since the budget's window began (or, for a
+        session window, since `idle_since`) and hold nothing: every session ever seen has a row, and
+        reading each one's sums would cost a query per session."""
+        scoped = [b for b in budgets if b.scope.startswith("session:")]
+        if not scoped:
+            return budgets
+
+        def since(budget: Budget) -> int:
+            return idle_since if budget.window.kind == "session" else budget.window.start_us(now)
+
+        rows: Any = _run(
+            conn,
+            "SELECT session, MAX(created_us) FROM ledger_holds WHERE created_us >= :s AND session IS NOT NULL"
+            " GROUP BY session",
+            {"s": min(since(b) for b in scoped)},
+        ).all()
+        latest = {str(session): int(at) for session, at in rows}
+        holding = {
+            str(r[0])
+            for r in _run(
+                conn,
+                "SELECT DISTINCT session FROM ledger_holds WHERE phase IN ('reserved', 'forwarded', 'in_doubt')",
+            ).all()
+        }
+
+        def maybe(budget: Budget) -> bool:
+            if not budget.scope.startswith("session:"):
+                return True
+            owner = budget.scope.removeprefix("session:")
+            return owner in holding or latest.get(owner, -1) >= since(budget)
+
+        return [b for b in budgets if maybe(b)]
 
     def states(self, budgets: Sequence[Budget]) -> list[BudgetState]:
         """These budgets (as the policy defines them now) in their current windows."""
@@ -1373,6 +1409,14 @@ def _sqlite_begin(conn: Connection) -> None:
     conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get("ledger_read") else "BEGIN IMMEDIATE")
 
 
+def location(url: str | os.PathLike[str] | None) -> str:
+    """Where a ledger is, fit to print: its file path, or its URL with any password hidden."""
+    if url is None:
+        return str(default_path())
+    text = str(url)
+    return _safe_url(text) if "://" in text else text
+
+
 def _safe_url(url: str) -> str:
     from sqlalchemy.engine import make_url
 
@@ -1392,4 +1436,5 @@ __all__ = [
     "RateLimit",
     "Usage",
     "default_path",
+    "location",
 ]

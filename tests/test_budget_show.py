@@ -176,3 +176,13 @@ def test_budget_show_json_matches_its_golden_file_and_the_fakes_record(scripted:
     assert wallet["spent"] == INVOICE_SATS + EXTERNAL_SPEND  # include_external: the 1 000 sat spent elsewhere
     per_session = sum(b["spent"] + b["in_doubt"] for (name, _), b in rows.items() if name == "per-session")
     assert per_session == daily["spent"] + daily["in_doubt"]
+
+
+def test_a_ledger_url_s_password_is_never_printed(postgres_url: str) -> None:
+    from sqlalchemy.engine import make_url
+
+    with_password = make_url(postgres_url).set(password="hunter2-secret").render_as_string(hide_password=False)
+    result = budget_show("--ledger", with_password, "--json")
+    assert "hunter2-secret" not in result.stdout + result.stderr
+    if result.returncode == 0:  # the test server trusts local connections: the password is not checked
+        assert json.loads(result.stdout)["ledger"] == make_url(with_password).render_as_string(hide_password=True)

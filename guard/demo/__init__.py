@@ -16,7 +16,6 @@ from typing import Annotated, Any, Optional
 
 import anyio
 import typer
-from mcp import Client, StdioServerParameters
 
 from guard._budget_command import show
 
@@ -48,6 +47,8 @@ def demo(
 
 
 async def _drive(policy: Path, ledger: Path) -> None:
+    from mcp import Client, StdioServerParameters  # the MCP SDK: loaded when the demo runs
+
     guard = StdioServerParameters(
         command=sys.executable,
         args=[

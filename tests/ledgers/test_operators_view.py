@@ -141,3 +141,14 @@ def test_a_ledger_of_an_older_schema_is_not_read_but_named(tmp_path: Path) -> No
     engine.dispose()
     with pytest.raises(SchemaError, match=r"version 3.*start `guard run` once"):
         Ledger.open(path, read_only=True)
+
+
+def test_an_old_session_still_holding_money_stays_in_use(ledger_url: str, clock: FakeClock) -> None:
+    old, idle = Budget("per-session", sats(100), "session:old"), Budget("per-session", sats(100), "session:idle")
+    with Ledger.open(ledger_url, clock=clock) as ledger:
+        doubtful = ledger.reserve([old], sats(40), session="old")
+        ledger.mark_forwarded(doubtful)
+        ledger.mark_in_doubt(doubtful)
+        ledger.settle(ledger.reserve([idle], sats(10), session="idle"), sats(10))
+        clock.advance(3 * 86_400)
+        assert states_by_key(ledger) == {old.key: (0, 0, 40, 60)}
