@@ -25,8 +25,7 @@ from guard._gate import PolicyGate
 from guard._policy_files import parse
 from guard._policy_source import PolicySource
 from ledgers import Amount, Budget, Ledger, Window
-from tests.conftest import ROOT, WAIT_S, free_port
-from tests.ledgers.conftest import FakeClock, reset_postgres
+from tests.conftest import ROOT, WAIT_S, FakeClock, free_port
 from tests.ledgers.helpers import query
 from tests.rawguard import RawGuard
 
@@ -114,21 +113,6 @@ def receiver() -> Iterator[Receiver]:
     running = Receiver()
     yield running
     running.close()
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()  # 2026-11-21 12:00 UTC
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """An empty ledger's URL: a SQLite file in tmp_path, or the test PostgreSQL server, emptied."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'ledger.db'}"
-    url = str(request.getfixturevalue("postgres_url"))
-    reset_postgres(url)
-    return url
 
 
 @pytest.fixture

@@ -47,20 +47,9 @@ def some_spend(url: str) -> None:
         ledger.observe(BalanceObservation("quote", "quote:https://x.example/a", Amount(10, "sat"), status="quote"))
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return str(tmp_path / "ledger.db")
-    from tests.ledgers.conftest import reset_postgres
-
-    postgres = str(request.getfixturevalue("postgres_url"))
-    reset_postgres(postgres)
-    return postgres
-
-
-def test_json_has_a_row_per_budget_and_scope_and_the_latest_balances(url: str) -> None:
-    some_spend(url)
-    view = shown("--ledger", url)
+def test_json_has_a_row_per_budget_and_scope_and_the_latest_balances(ledger_url: str) -> None:
+    some_spend(ledger_url)
+    view = shown("--ledger", ledger_url)
     rows = {(b["name"], b["scope"]): b for b in view["budgets"]}
     assert set(rows) == {("daily", "global"), ("per-session", "session:s1"), ("per-session", "session:s2")}
     daily = rows[("daily", "global")]
@@ -87,9 +76,9 @@ def test_json_has_a_row_per_budget_and_scope_and_the_latest_balances(url: str) -
     }
 
 
-def test_a_session_shows_only_the_budgets_it_was_charged_to(url: str) -> None:
-    some_spend(url)
-    view = shown("--ledger", url, "--session", "s2")
+def test_a_session_shows_only_the_budgets_it_was_charged_to(ledger_url: str) -> None:
+    some_spend(ledger_url)
+    view = shown("--ledger", ledger_url, "--session", "s2")
     assert [(b["name"], b["scope"]) for b in view["budgets"]] == [("per-session", "session:s2")]
     assert view["session"] == "s2"
 

@@ -23,7 +23,6 @@ from sqlalchemy import create_engine, text
 from guard._metrics import OTHER, PrometheusMetrics
 from ledgers import Amount, Budget, CallRecord, Ledger
 from tests.conftest import ROOT, WAIT_S, Spawned
-from tests.ledgers.conftest import reset_postgres
 
 SHOP = [sys.executable, str(ROOT / "tests/upstreams/shop.py")]
 TOKEN = "metrics-token-0123456789abcdef"
@@ -51,15 +50,6 @@ def labels(**pairs: str) -> frozenset[tuple[str, str]]:
 
 
 # the Metrics class, fed directly
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'ledger.db'}"
-    url = str(request.getfixturevalue("postgres_url"))
-    reset_postgres(url)
-    return url
 
 
 @pytest.fixture

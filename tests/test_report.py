@@ -27,8 +27,7 @@ import pytest
 
 from guard._report import FORMATS, day_period, render, to_json, write_reports
 from ledgers import Amount, BalanceObservation, Budget, CallRecord, Ledger, Spend, SpendReport
-from tests.conftest import GUARD, WAIT_S
-from tests.ledgers.conftest import FakeClock, reset_postgres
+from tests.conftest import GUARD, WAIT_S, FakeClock
 from tests.scripted_run import CHAT, EMBED, EXTERNAL_SPEND, TOPUP, WALLET, WALLET_SEEN, WEATHER, ScriptedRun
 from tests.scripted_run import scripted_run as run_script
 
@@ -189,15 +188,6 @@ def test_write_reports_writes_each_format_once_and_returns_the_files(run: Script
 
 
 # --- the queries, under a fake clock, on SQLite and PostgreSQL ------------------------------------------------
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'ledger.db'}"
-    url = str(request.getfixturevalue("postgres_url"))
-    reset_postgres(url)
-    return url
 
 
 @pytest.fixture
