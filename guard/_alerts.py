@@ -21,7 +21,9 @@ while sending leaves its claim `sending`: that alert is not sent again.
   one event per threshold, lowest first.
 - `hold.in_doubt`: once per hold in doubt (any hold of the ledger), unless `in_doubt: false`.
 
-Sending: one task per alert (a slow webhook delays no other alert), at most `MAX_SENDING` at a time;
+Sending: one task per alert, except that thresholds of one budget passed at once are sent one after
+another, lowest first (a chat channel must not read "passed 80%" before "passed 50%"); so a slow webhook
+delays no other alert. At most `MAX_SENDING` posts at a time;
 POST with httpx, each attempt under `TIMEOUT_S`; network errors, timeouts, 5xx and 429 are retried
 after `RETRY_DELAYS_S` (five attempts in all); any other answer that is not 2xx is final. A webhook's
 path and query often are its secret (Slack's are): logs name a webhook by scheme://host[:port] only.
@@ -83,11 +85,13 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 @dataclass(frozen=True)
 class Alert:
-    """One alert due: its once-only key, its kind (the event's name) and the event itself."""
+    """One alert due: its once-only key, its kind (the event's name), the event itself, and its thread:
+    alerts of one thread are sent one after another, in the order they were due."""
 
     key: str
     kind: str
     event: JSON
+    thread: str
 
 
 class Alerter:
@@ -157,6 +161,7 @@ class Alerter:
             logger.exception("alerts: could not read the ledger")
             return []
         claimed: list[Alert] = []
+        threads: dict[str, list[Alert]] = {}
         still_claimed: set[str] = set()
         for alert in due:
             if alert.key in self._claimed:
@@ -170,7 +175,9 @@ class Alerter:
             still_claimed.add(alert.key)
             if mine:
                 claimed.append(alert)
-                sending.start_soon(self._deliver, client, spec.alerts.webhook, alert)
+                threads.setdefault(alert.thread, []).append(alert)
+        for thread in threads.values():
+            sending.start_soon(self._deliver_in_order, client, spec.alerts.webhook, thread)
         self._claimed = still_claimed
         return claimed
 
@@ -186,6 +193,10 @@ class Alerter:
             if _reached(state, threshold)
         ]
         return due + [_in_doubt_alert(hold, at) for hold in doubted]
+
+    async def _deliver_in_order(self, client: _LazyClient, webhook: str, alerts: list[Alert]) -> None:
+        for alert in alerts:
+            await self._deliver(client, webhook, alert)
 
     async def _deliver(self, client: _LazyClient, webhook: str, alert: Alert) -> None:
         sent, attempts = False, 0
@@ -277,7 +288,8 @@ def _threshold_alert(state: BudgetState, threshold: Decimal, at: str, server: st
         "at": at,
         "server": server,
     }
-    return Alert(f"{BUDGET_EVENT}:{budget.key}:{fraction}:{_period(state)}", BUDGET_EVENT, event)
+    thread = f"{BUDGET_EVENT}:{budget.key}"
+    return Alert(f"{thread}:{fraction}:{_period(state)}", BUDGET_EVENT, event, thread)
 
 
 def _period(state: BudgetState) -> str:
@@ -311,7 +323,8 @@ def _in_doubt_alert(hold: HoldInfo, at: str) -> Alert:
         "since": hold.created.isoformat(),
         "at": at,
     }
-    return Alert(f"{IN_DOUBT_EVENT}:{hold.id}", IN_DOUBT_EVENT, event)
+    key = f"{IN_DOUBT_EVENT}:{hold.id}"
+    return Alert(key, IN_DOUBT_EVENT, event, thread=key)
 
 
 def _decimal_text(number: Decimal) -> str:

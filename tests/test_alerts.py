@@ -229,6 +229,29 @@ async def test_each_threshold_alerts_once_per_day_and_again_the_next_day(
 
 
 @pytest.mark.anyio
+async def test_thresholds_passed_at_once_are_sent_in_order_beside_other_alerts(
+    ledger: Ledger, receiver: Receiver, clock: FakeClock
+) -> None:
+    every_tenth = "[" + ", ".join(f"0.{n}" for n in range(1, 10)) + ", 1.0]"
+    alerts = alerter(source_for(receiver.url, thresholds=every_tenth), ledger, clock)
+    spend(ledger, 95)
+    in_doubt(ledger, 5)  # ten thresholds at once, and a hold in doubt
+    receiver.hang = True
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(alerts.sweep)
+        # While the first threshold hangs, the next waits for it; the in-doubt alert does not.
+        first_two = [await receiver.next_async() for _ in range(2)]
+        assert sorted((e["event"], e.get("threshold")) for e in first_two) == [
+            ("budget.threshold", "0.1"),
+            ("hold.in_doubt", None),
+        ]
+        receiver.release.set()
+        rest = [await receiver.next_async() for _ in range(9)]
+    assert thresholds(rest) == ["0.2", "0.3", "0.4", "0.5", "0.6", "0.7", "0.8", "0.9", "1"]
+    assert receiver.taken() == []
+
+
+@pytest.mark.anyio
 async def test_a_sliding_window_alerts_at_most_once_per_bucket_of_its_length(
     ledger: Ledger, receiver: Receiver, clock: FakeClock
 ) -> None:
