@@ -39,6 +39,7 @@ from starlette.types import Receive, Scope, Send
 
 from guard import _upstream
 from guard._errors import UpstreamStartError
+from guard._limits import DEFAULT_LIMITS, Limits
 from guard._metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from guard._metrics import PrometheusMetrics
 from guard._relay import UPSTREAM_UNAVAILABLE, Background, ClientPort, Gate, Relay, Session
@@ -70,7 +71,9 @@ class HttpFront:
         security: TransportSecuritySettings,
         background: Sequence[Background] = (),
         metrics: PrometheusMetrics | None = None,
+        limits: Limits = DEFAULT_LIMITS,
     ) -> None:
+        self._limits = limits
         self._background = background
         self._metrics = metrics
         self._spec = spec
@@ -217,7 +220,9 @@ class HttpFront:
         try:
             async with _upstream.connect(self._spec) as link:
                 logger.info("session %s (identity %s) relaying to %s", session.id, session.identity, self._spec.label)
-                failure = await Relay(session, self._gate, ClientPort.of_streams(client_read, client_write), link).run()
+                failure = await Relay(
+                    session, self._gate, ClientPort.of_streams(client_read, client_write), link, self._limits
+                ).run()
         except UpstreamStartError as exc:
             failure = str(exc)
             await _refuse_first_request(client_read, client_write, failure)
@@ -260,7 +265,7 @@ class HttpFront:
             if channel is None or channel.closed:
                 session = Session(id=f"{identity or 'anonymous'}/2026", identity=identity, transport="http")
                 channel = _ModernChannel(session)
-                await self._tg.start(channel.serve, self._spec, self._gate)
+                await self._tg.start(channel.serve, self._spec, self._gate, self._limits)
                 self._modern[identity] = channel
             return channel
 
@@ -285,7 +290,9 @@ class _ModernChannel:
     _ids: itertools.count[int] = field(default_factory=itertools.count)
     _failure: str | None = None
 
-    async def serve(self, spec: _upstream.UpstreamSpec, gate: Gate, *, task_status: TaskStatus[None]) -> None:
+    async def serve(
+        self, spec: _upstream.UpstreamSpec, gate: Gate, limits: Limits, *, task_status: TaskStatus[None]
+    ) -> None:
         into_relay, client_read = anyio.create_memory_object_stream[SessionMessage | Exception](0)
         client_write, out_of_relay = anyio.create_memory_object_stream[SessionMessage](0)
         self._into_relay = into_relay
@@ -294,7 +301,7 @@ class _ModernChannel:
                 tg.start_soon(self._deliver, out_of_relay)
                 task_status.started()
                 self._failure = await Relay(
-                    self.session, gate, ClientPort.of_streams(client_read, client_write), link
+                    self.session, gate, ClientPort.of_streams(client_read, client_write), link, limits
                 ).run()
                 tg.cancel_scope.cancel()
         except UpstreamStartError as exc:
@@ -484,9 +491,10 @@ def serve_http(
     identity: str | None,
     background: Sequence[Background] = (),
     metrics: PrometheusMetrics | None = None,
+    limits: Limits = DEFAULT_LIMITS,
 ) -> None:
     """Serve until interrupted; with `metrics`, also Prometheus metrics at `/metrics`."""
-    front = HttpFront(spec, gate, tokens, identity, security_settings(host, port, tokens), background, metrics)
+    front = HttpFront(spec, gate, tokens, identity, security_settings(host, port, tokens), background, metrics, limits)
     logger.info("serving MCP over streamable HTTP at http://%s:%d%s, upstream %s", host, port, MCP_PATH, spec.label)
     if metrics is not None:
         logger.info("serving Prometheus metrics at http://%s:%d%s", host, port, METRICS_PATH)

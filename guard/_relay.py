@@ -27,6 +27,7 @@ from mcp.shared.message import ClientMessageMetadata, ServerMessageMetadata, Ses
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import ValidationError
 
+from guard._limits import DEFAULT_LIMITS, Limits
 from guard._redact import redact
 from guard._upstream import UpstreamLink
 
@@ -145,8 +146,11 @@ Reply = types.JSONRPCResponse | types.JSONRPCError | None
 class Relay:
     """Pumps messages between one client and one upstream until either side closes."""
 
-    def __init__(self, session: Session, gate: Gate, client: ClientPort, upstream: UpstreamLink) -> None:
+    def __init__(
+        self, session: Session, gate: Gate, client: ClientPort, upstream: UpstreamLink, limits: Limits = DEFAULT_LIMITS
+    ) -> None:
         self.session = session
+        self._limits = limits
         self._gate = gate
         self._client = client
         self._upstream = upstream

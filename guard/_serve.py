@@ -17,6 +17,7 @@ import typer
 from guard import _upstream
 from guard._alerts import Alerter
 from guard._gate import CallWatcher, PolicyGate
+from guard._limits import DEFAULT_LIMITS, Limits
 from guard._payments import Payments
 from guard._policy_source import PolicySource
 from guard._relay import Background, Gate, Session
@@ -39,6 +40,7 @@ def serve(
     tokens: dict[str, str],
     session: str | None,
     identity: str | None,
+    limits: Limits = DEFAULT_LIMITS,
 ) -> int:
     """Serve until the client or the upstream goes away; the exit status."""
     spec_ = source.policy.spec
@@ -61,10 +63,10 @@ def serve(
         alerter.run,
     ]
     if address is None:
-        return _run_stdio(spec, gate, session, identity, background)
+        return _run_stdio(spec, gate, session, identity, background, limits)
     from guard._http_front import serve_http  # starlette and uvicorn: only HTTP mode loads them
 
-    serve_http(spec, gate, address[0], address[1], tokens, identity, background, metrics)
+    serve_http(spec, gate, address[0], address[1], tokens, identity, background, metrics, limits)
     return 0
 
 
@@ -84,12 +86,13 @@ def _run_stdio(
     session_name: str | None,
     identity: str | None,
     background: list[Background],
+    limits: Limits,
 ) -> int:
     from guard._stdio_front import serve_stdio
 
     session = Session(id=session_name or uuid.uuid4().hex[:16], identity=identity, transport="stdio")
     logger.info("guard %s: session %s%s", __version__, session.id, f", identity {identity}" if identity else "")
-    failure = anyio.run(serve_stdio, spec, gate, session, background)
+    failure = anyio.run(serve_stdio, spec, gate, session, background, limits)
     if failure is not None:
         typer.echo(f"guard: error: {failure}", err=True)
         return 1

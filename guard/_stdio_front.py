@@ -23,6 +23,7 @@ from mcp.server.stdio import stdio_server
 from mcp.shared.message import SessionMessage
 
 from guard import _upstream
+from guard._limits import DEFAULT_LIMITS, Limits
 from guard._relay import Background, ClientPort, Gate, Relay, Session
 
 logger = logging.getLogger("guard")
@@ -32,7 +33,11 @@ MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
 async def serve_stdio(
-    spec: _upstream.UpstreamSpec, gate: Gate, session: Session, background: Sequence[Background] = ()
+    spec: _upstream.UpstreamSpec,
+    gate: Gate,
+    session: Session,
+    background: Sequence[Background] = (),
+    limits: Limits = DEFAULT_LIMITS,
 ) -> str | None:
     """Relay until the client closes stdin or sends SIGTERM/SIGINT (returns None), or the upstream
     dies (returns why). The upstream is stopped on the way out in every case. `background` tasks
@@ -48,7 +53,7 @@ async def serve_stdio(
             nonlocal failure
             async with _upstream.connect(spec) as link, _client_port() as client:
                 logger.info("relaying stdio client session %s to %s", session.id, spec.label)
-                failure = await Relay(session, gate, client, link).run()
+                failure = await Relay(session, gate, client, link, limits).run()
             tg.cancel_scope.cancel()
 
         tg.start_soon(_stop_on_signal, tg.cancel_scope)

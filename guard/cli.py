@@ -17,6 +17,7 @@ from guard._budget_command import budget_app
 from guard._errors import ConfigError, GuardError, UpstreamStartError
 from guard._init_command import init
 from guard._ledger_commands import LedgerOption, holds_app, ledger_app, open_ledger
+from guard._limits import Limits, parse_count, parse_duration, parse_size
 from guard._options import PolicyOption, UpstreamCommand, UpstreamUrl, policy_path, upstream_spec
 from guard._policy_commands import approvals_app, audit_app, policy_app
 from guard._policy_source import PolicySource
@@ -106,6 +107,48 @@ def run(
     refresh_only: Annotated[
         bool, typer.Option("--refresh-only", help="Refresh the balances that are due once, then exit (for cron).")
     ] = False,
+    max_message_size: Annotated[
+        str,
+        typer.Option(
+            "--max-message-size", envvar="GUARD_MAX_MESSAGE_SIZE", metavar="SIZE", help="Largest client message."
+        ),
+    ] = "16MiB",
+    request_timeout: Annotated[
+        str,
+        typer.Option(
+            "--request-timeout",
+            envvar="GUARD_REQUEST_TIMEOUT",
+            metavar="DURATION",
+            help="How long the upstream may take to answer a request.",
+        ),
+    ] = "5m",
+    max_sessions: Annotated[
+        str, typer.Option("--max-sessions", envvar="GUARD_MAX_SESSIONS", metavar="N", help="HTTP sessions at once.")
+    ] = "64",
+    session_idle: Annotated[
+        str,
+        typer.Option(
+            "--session-idle",
+            envvar="GUARD_SESSION_IDLE",
+            metavar="DURATION",
+            help="Close an HTTP session after this long without a request.",
+        ),
+    ] = "30m",
+    max_connections: Annotated[
+        str,
+        typer.Option(
+            "--max-connections", envvar="GUARD_MAX_CONNECTIONS", metavar="N", help="HTTP connections at once."
+        ),
+    ] = "256",
+    read_timeout: Annotated[
+        str,
+        typer.Option(
+            "--read-timeout",
+            envvar="GUARD_READ_TIMEOUT",
+            metavar="DURATION",
+            help="An HTTP request must arrive whole within this long.",
+        ),
+    ] = "10s",
 ) -> None:
     """Wrap an upstream MCP server: `guard run -- CMD [ARGS...]` or `guard run --upstream URL`."""
     try:
@@ -113,6 +156,14 @@ def run(
         if session is not None and not SESSION_NAME.match(session):
             raise ConfigError(f"--session {session!r}: use letters, digits and _.@:- (at most 128)")
         source = PolicySource.from_file(policy_path(policy_file))
+        limits = Limits(
+            max_message_bytes=parse_size(max_message_size, "--max-message-size"),
+            request_timeout_s=parse_duration(request_timeout, "--request-timeout"),
+            max_sessions=parse_count(max_sessions, "--max-sessions"),
+            session_idle_s=parse_duration(session_idle, "--session-idle"),
+            max_connections=parse_count(max_connections, "--max-connections"),
+            read_timeout_s=parse_duration(read_timeout, "--read-timeout"),
+        )
         tokens = _tokens(token, tokens_file, identity) if listen is not None else {}
         address = _listen_address(listen) if listen is not None else None
         if address is not None and not tokens and not _is_loopback(address[0]):
@@ -144,7 +195,9 @@ def run(
     from guard._serve import serve  # the MCP SDK and the serving stack: only `run` loads them
 
     try:
-        status = serve(spec, source, ledger, address=address, tokens=tokens, session=session, identity=identity)
+        status = serve(
+            spec, source, ledger, address=address, tokens=tokens, session=session, identity=identity, limits=limits
+        )
     except UpstreamStartError as exc:
         typer.echo(f"guard: error: {exc}", err=True)
         raise typer.Exit(3) from None
