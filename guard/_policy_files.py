@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
 from guard._errors import ConfigError
 from guard._policy import POLICY_VERSION, Policy, PolicySpec
+from guard._tool_names import spelling
 
 Format = Literal["guard", "intercept", "policylayer"]
 
@@ -340,9 +341,9 @@ def _with_preset(data: dict[str, Any], document: _Document, seen: tuple[str, ...
     base = _with_preset(dict(base_document.data), base_document, (*seen, name))
     merged = {**base, **{k: v for k, v in data.items() if k != "preset"}}
     mine = data.get("tools") or {}
-    mine_names = {str(name).replace("_", "-") for name in mine} if isinstance(mine, dict) else set()
+    mine_names = {spelling(str(name)) for name in mine} if isinstance(mine, dict) else set()
     # A tool the file names (in either case style) replaces the preset's rule for it, whole.
-    kept = {k: v for k, v in (base.get("tools") or {}).items() if k.replace("_", "-") not in mine_names}
+    kept = {k: v for k, v in (base.get("tools") or {}).items() if spelling(k) not in mine_names}
     merged["tools"] = {**kept, **mine} if isinstance(mine, dict) else mine
     if "budgets" in base and "budgets" in data and isinstance(data["budgets"], list):
         mine = {b.get("name") for b in data["budgets"] if isinstance(b, dict) and isinstance(b.get("name"), str)}
