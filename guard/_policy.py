@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -182,6 +183,13 @@ def _arg_path(text: Any) -> str:
     return str(text)
 
 
+def _finite(value: Any) -> Any:
+    # Said here: a union of int and float would first complain that .inf is not an integer.
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("expected a finite number")
+    return value
+
+
 def _str(value: Any, expected: str) -> str:
     if not isinstance(value, str):
         raise ValueError(f"expected {expected}; got {type(value).__name__}")
@@ -194,8 +202,8 @@ BudgetWindow = Annotated[str, BeforeValidator(_budget_window), Field(examples=["
 RateText = Annotated[str, BeforeValidator(_rate), Field(examples=["10/minute"])]
 ArgPath = Annotated[str, BeforeValidator(_arg_path), Field(examples=["url", "args.headers.authorization"])]
 Scope = Literal["session", "identity", "global"]
-Number = StrictInt | FiniteFloat | Decimal
-Scalar = str | StrictInt | FiniteFloat | StrictBool | None
+Number = Annotated[StrictInt | FiniteFloat | Decimal, BeforeValidator(_finite)]
+Scalar = Annotated[str | StrictInt | FiniteFloat | StrictBool | None, BeforeValidator(_finite)]
 
 
 class _Spec(BaseModel):
