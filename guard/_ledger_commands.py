@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ledgers import Amount, CallRecord, Ledger, LedgerError, location
+from ledgers import DEFAULT_POOL, Amount, CallRecord, Ledger, LedgerError, location
 
 ledger_app = typer.Typer(help="Inspect the ledger and resolve holds in doubt.", no_args_is_help=True)
 holds_app = typer.Typer(help="Payments held against budgets: list, reconcile those in doubt.", no_args_is_help=True)
@@ -25,10 +25,21 @@ LedgerOption = Annotated[
 ]
 
 
-def open_ledger(url: str | None) -> Ledger:
+LedgerPoolOption = Annotated[
+    str,
+    typer.Option(
+        "--ledger-pool",
+        envvar="GUARD_LEDGER_POOL",
+        metavar="N",
+        help="PostgreSQL connections the guard keeps at most (a SQLite ledger ignores it).",
+    ),
+]
+
+
+def open_ledger(url: str | None, pool: int = DEFAULT_POOL) -> Ledger:
     """Open the ledger or exit 4 with the reason."""
     try:
-        return Ledger.open(url)
+        return Ledger.open(url, pool=pool)
     except LedgerError as exc:
         typer.echo(f"guard: error: ledger: {exc}", err=True)
         raise typer.Exit(4) from None

@@ -10,29 +10,42 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
+from functools import cache
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import re2
 from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
+    FiniteFloat,
     StrictBool,
     StrictInt,
     field_validator,
     model_validator,
 )
 
+from guard._tool_names import folded, spelling
 from ledgers import Amount, AmountError, Budget, LedgerError, RateLimit, UnitMismatch, Window
 
 JSON = dict[str, Any]
 POLICY_VERSION = 1
+
+# Bounds on what a policy may say: past them a number is a mistake (or an attack on the guard), and the
+# ledger's integer columns and time arithmetic stay far from overflowing.
+MAX_COUNT = 1_000_000_000  # calls in a rate limit, a quota's max and increment
+MAX_DURATION_DAYS = 3650  # about 10 years: windows, staleness, approval expiry
+# The longest string a `matches` pattern is run against; a longer argument fails the condition. RE2 is
+# linear in the string, but a pattern with large counted repeats costs microseconds per character.
+MAX_MATCHED_CHARS = 65_536
 
 # --- field types: plain strings in the file, checked here ------------------------------------------------
 
@@ -46,22 +59,27 @@ def _amount(text: Any) -> str:
 
 
 def _duration(text: Any) -> str:
-    try:
-        Window.sliding(_str(text, "a duration such as 30s, 5m, 1h, 24h or 7d"))
-    except LedgerError:
-        raise ValueError("expected a duration such as 30s, 5m, 1h, 24h or 7d") from None
+    _sliding(_str(text, _A_DURATION), _A_DURATION)
     return str(text)
 
 
 def _budget_window(text: Any) -> str:
-    _str(text, "session, day, week, month or a duration such as 1h or 24h")
-    if text in ("session", "day", "week", "month"):
-        return str(text)
-    try:
-        Window.sliding(text)
-    except LedgerError:
-        raise ValueError("expected session, day, week, month or a duration such as 1h or 24h") from None
+    expected = "session, day, week, month or a duration such as 1h or 24h"
+    if _str(text, expected) not in ("session", "day", "week", "month"):
+        _sliding(text, expected)
     return str(text)
+
+
+_A_DURATION = "a duration such as 30s, 5m, 1h, 24h or 7d"
+
+
+def _sliding(text: str, expected: str) -> None:
+    try:
+        window = Window.sliding(text)
+    except (LedgerError, ValueError):  # ValueError: more digits than Python reads as an int
+        raise ValueError(f"expected {expected}") from None
+    if window.length_us > MAX_DURATION_DAYS * 86_400 * 1_000_000:
+        raise ValueError(f"{text.strip()} is too long: at most {MAX_DURATION_DAYS}d (about 10 years)")
 
 
 _RATE = re.compile(r"^\s*(\d+)\s*/\s*(second|minute|hour|day)\s*$")
@@ -70,8 +88,11 @@ _RATE_WINDOW = {"second": "1s", "minute": "1m", "hour": "1h", "day": "1d"}
 
 def _rate(text: Any) -> str:
     match = _RATE.match(_str(text, "a rate such as 10/minute"))
-    if match is None or int(match.group(1)) == 0:
+    count = match.group(1).lstrip("0") if match is not None else ""
+    if match is None or not count:
         raise ValueError("expected a rate such as 10/minute (N/second, N/minute, N/hour or N/day, N ≥ 1)")
+    if len(count) > len(str(MAX_COUNT)) or int(count) > MAX_COUNT:
+        raise ValueError(f"{count} calls is too many: at most {MAX_COUNT} per {match.group(2)}")
     return str(text)
 
 
@@ -101,10 +122,58 @@ def _webhook(text: Any) -> str:
 
 def _regex(text: Any) -> str:
     try:
-        re.compile(_str(text, "a regular expression"))
-    except re.error as exc:
-        raise ValueError(f"not a valid regular expression: {exc}") from None
+        pattern(_str(text, "a regular expression (RE2 syntax)"))
+    except re2.error as exc:
+        raise ValueError(_re2_refusal(exc)) from None
     return str(text)
+
+
+@cache
+def pattern(text: str) -> re2._Regexp[str]:
+    """`text` compiled by RE2, which matches in time linear in the string (no backtracking).
+
+    Raises:
+        re2.error: a construct RE2 does not have (backreferences, lookaround, ...)."""
+    return re2.compile(text, _RE2_OPTIONS)
+
+
+def _re2_options() -> re2.Options:
+    options = re2.Options()
+    options.log_errors = False  # RE2 would print every refused pattern on stderr
+    options.never_capture = True  # only whether it matches is read
+    return options
+
+
+_RE2_OPTIONS = _re2_options()
+
+# What RE2 refuses that Python's `re` (and PCRE) take, by RE2's complaint: (what it is, how to do
+# without it). RE2 has none of them because they need backtracking.
+_NOT_IN_RE2 = [
+    (r"invalid escape sequence: \\[1-9]", "backreferences (\\1 to \\9)", "match the text itself"),
+    (r"invalid escape sequence: \\[kg]", "backreferences (\\k, \\g)", "match the text itself"),
+    (r"invalid perl operator: \(\?P$", "named backreferences (?P=name)", "match the text itself"),
+    (r"invalid escape sequence: \\Z", "\\Z", "write \\z (the end of the text)"),
+    (r"invalid perl operator: \(\?[=!]", "lookahead (?=...) or (?!...)", "split the test into several conditions"),
+    (r"invalid perl operator: \(\?<[=!]", "lookbehind (?<=...) or (?<!...)", "split the test into several conditions"),
+    (r"bad repetition operator: ([*+?]|\{[\d,]*\})\+$", "possessive quantifiers (++, *+, ?+, {n}+)", "drop the last +"),
+    (r"invalid perl operator: \(\?>", "atomic groups (?>...)", "write (?:...)"),
+    (r"invalid perl operator: \(\?#", "comments (?#...)", "put the comment in the policy file"),
+    (r"invalid perl operator: \(\?\(", "conditionals (?(...)...)", "split the test into several conditions"),
+    (r"invalid perl operator: \(\?x", "the verbose flag (?x)", "write the pattern without spaces and comments"),
+    (r"invalid perl operator: \(\?", "this group or flag", "use the flags i, m, s and U only"),
+    (r"invalid repetition size", "counts above 1000", "count to at most 1000 (nested counts multiply)"),
+    (r"pattern too large", "patterns this large", "write a smaller pattern"),
+]
+
+
+def _re2_refusal(exc: re2.error) -> str:
+    """RE2's complaint about a pattern in words: which construct, where, and how to do without it."""
+    raw = exc.args[0] if exc.args else ""
+    message = raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
+    for complaint, what, instead in _NOT_IN_RE2:
+        if re.match(complaint, message):
+            return f"RE2 does not take {what} ({message}): {instead}"
+    return f"not a valid regular expression (RE2 syntax): {message}"
 
 
 def _arg_path(text: Any) -> str:
@@ -112,6 +181,13 @@ def _arg_path(text: Any) -> str:
     if not parts or any(not p for p in parts):
         raise ValueError("expected an argument path such as url or args.headers.authorization")
     return str(text)
+
+
+def _finite(value: Any) -> Any:
+    # Said here: a union of int and float would first complain that .inf is not an integer.
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("expected a finite number")
+    return value
 
 
 def _str(value: Any, expected: str) -> str:
@@ -126,8 +202,8 @@ BudgetWindow = Annotated[str, BeforeValidator(_budget_window), Field(examples=["
 RateText = Annotated[str, BeforeValidator(_rate), Field(examples=["10/minute"])]
 ArgPath = Annotated[str, BeforeValidator(_arg_path), Field(examples=["url", "args.headers.authorization"])]
 Scope = Literal["session", "identity", "global"]
-Number = StrictInt | float | Decimal
-Scalar = str | StrictInt | float | StrictBool | None
+Number = Annotated[StrictInt | FiniteFloat | Decimal, BeforeValidator(_finite)]
+Scalar = Annotated[str | StrictInt | FiniteFloat | StrictBool | None, BeforeValidator(_finite)]
 
 
 class _Spec(BaseModel):
@@ -146,7 +222,7 @@ class Condition(_Spec):
     one_of: list[Scalar] | None = Field(default=None, description="Equal to one of these values.")
     not_one_of: list[Scalar] | None = Field(default=None, description="Equal to none of these values.")
     matches: Annotated[str, BeforeValidator(_regex)] | None = Field(
-        default=None, description="A string the regular expression matches (re.search)."
+        default=None, description="A string in which the regular expression (RE2 syntax) finds a match."
     )
     contains: Scalar = Field(default=None, description="A string or list containing this value.")
     lt: Number | None = None
@@ -196,9 +272,9 @@ class Quota(_Spec):
     `increment_from`); a call is refused when the counter would pass `max` within the window."""
 
     counter: str = Field(min_length=1)
-    max: StrictInt = Field(ge=0)
+    max: StrictInt = Field(ge=0, le=MAX_COUNT)
     window: Duration | Literal["second", "minute", "hour", "day"]
-    increment: StrictInt = Field(default=1, ge=0)
+    increment: StrictInt = Field(default=1, ge=0, le=MAX_COUNT)
     increment_from: ArgPath | None = None
     scope: Scope = "global"
 
@@ -322,9 +398,14 @@ class PolicySpec(_Spec):
     def _one_rule_per_tool(cls, tools: dict[str, ToolRule]) -> dict[str, ToolRule]:
         seen: dict[str, str] = {}
         for name in tools:
-            same = seen.setdefault(name.replace("_", "-"), name)
+            same = seen.setdefault(folded(name), name)
             if same != name:
-                raise ValueError(f"{same!r} and {name!r} name the same tool (kebab and snake case match)")
+                how = (
+                    "kebab and snake case match"
+                    if spelling(same) == spelling(name)
+                    else "they differ only in case, width, dashes or spaces: an upstream may run them as one"
+                )
+                raise ValueError(f"{same!r} and {name!r} name the same tool ({how})")
         return tools
 
     @field_validator("budgets")
@@ -389,27 +470,40 @@ class Policy:
         self.spec = spec
         self.source = source
         self._wildcard = spec.tools.get("*")
+        named = [name for name in spec.tools if name != "*"]
+        self._by_spelling = {spelling(name): name for name in named}
+        self._by_folding = {folded(name): name for name in named}
 
     def rule_for(self, tool: str) -> tuple[str, ToolRule] | None:
         """The rule naming `tool` (kebab and snake case alike), or None."""
-        for name in (tool, tool.replace("_", "-"), tool.replace("-", "_")):
-            if name in self.spec.tools and name != "*":
-                return f"tools.{name}", self.spec.tools[name]
-        return None
+        name = self._by_spelling.get(spelling(tool))
+        return (f"tools.{name}", self.spec.tools[name]) if name is not None else None
 
     def visible(self, tool: str) -> bool:
         """Whether `tools/list` shows `tool`: hidden and denied tools are not shown."""
         return self.refusal(tool) is None
 
     def refusal(self, tool: str) -> Denial | None:
-        """The denial that needs no arguments: default deny, hidden, action deny (own rule or `"*"`)."""
+        """The denial that needs no arguments: a variant of a named tool, default deny, hidden, action
+        deny (own rule or `"*"`)."""
         named = self.rule_for(tool)
+        if named is None and (variant := self._by_folding.get(folded(tool))) is not None:
+            return self._variant(tool, variant)
         for where, rule in ((named or (None, None)), ("tools.*", self._wildcard)):
             if rule is not None and where is not None and (rule.hidden or rule.action == "deny"):
                 return Denial(where, rule.reason or f"the policy denies {tool}")
         if named is None and self.spec.default == "deny":
             return Denial("default", f"{tool} is not allowed by the policy (default: deny)")
         return None
+
+    def _variant(self, tool: str, name: str) -> Denial:
+        """`tool` is `name` but for case, width, dashes or spaces: an upstream that normalises names may
+        run it as `name`, so it is refused, whatever `name`'s rule says (never let through unpriced)."""
+        rule = self.spec.tools[name]
+        seen = f"{tool!a} differs from {name!r} only in case, width, dashes or spaces"
+        if rule.hidden or rule.action == "deny":
+            return Denial(f"tools.{name}", f"{seen}: {rule.reason or f'the policy denies {name}'}")
+        return Denial(f"tools.{name}", f"{seen}: refused as ambiguous; call the tool by its exact name")
 
     def rules(self, tool: str) -> list[tuple[str, ToolRule]]:
         """Every rule that applies to `tool`: its own, then `"*"`."""
@@ -420,7 +514,7 @@ class Policy:
         for where, rule in self.rules(tool):
             for index, condition in enumerate(rule.when):
                 if not holds(condition, arguments):
-                    reason = condition.reason or rule.reason or describe(condition)
+                    reason = _too_long(condition, arguments) or condition.reason or rule.reason or describe(condition)
                     return Denial(f"{where}.when[{index}]", reason)
         return None
 
@@ -519,8 +613,11 @@ class Policy:
 
     def budgets(self, tool: str, who: Who) -> list[Budget]:
         """Every budget covering `tool`, scoped to this caller."""
-        names = {tool, tool.replace("_", "-"), tool.replace("-", "_")}
-        return [self._scoped(b, who) for b in self.spec.budgets if b.tools is None or names & set(b.tools)]
+        return [
+            self._scoped(b, who)
+            for b in self.spec.budgets
+            if b.tools is None or spelling(tool) in {spelling(name) for name in b.tools}
+        ]
 
     def caller_budgets(self, who: Who) -> list[Budget]:
         """Every budget, scoped to this caller (what the `guard-budget` tool shows)."""
@@ -580,7 +677,9 @@ def holds(condition: Condition, arguments: JSON) -> bool:
     if test == "not_one_of":
         return not any(_same(value, option) for option in expected)
     if test == "matches":
-        return isinstance(value, str) and re.search(expected, value) is not None
+        return (
+            isinstance(value, str) and len(value) <= MAX_MATCHED_CHARS and pattern(expected).search(value) is not None
+        )
     if test == "contains":
         if isinstance(value, str):
             return isinstance(expected, str) and expected in value
@@ -590,6 +689,15 @@ def holds(condition: Condition, arguments: JSON) -> bool:
         return False
     bound = Decimal(str(expected))
     return {"lt": number < bound, "lte": number <= bound, "gt": number > bound, "gte": number >= bound}[test]
+
+
+def _too_long(condition: Condition, arguments: JSON) -> str | None:
+    """Why a `matches` failed when its argument is longer than patterns are run against."""
+    value = lookup(arguments, condition.arg)
+    if condition.test == "matches" and isinstance(value, str) and len(value) > MAX_MATCHED_CHARS:
+        path = ".".join(_path_parts(condition.arg))
+        return f"argument {path} is longer than {MAX_MATCHED_CHARS} characters, the most a pattern is matched against"
+    return None
 
 
 def describe(condition: Condition) -> str:
@@ -647,8 +755,8 @@ def _price(value: Any, path: str, unit: str) -> Amount:
 
 def _whole_number(value: Any, path: str) -> int:
     number = _number(value) if value is not _MISSING else None
-    if number is None or number < 0 or number != number.to_integral_value():
-        raise PriceUnknown(f"argument {'.'.join(_path_parts(path))} must be a whole number ≥ 0")
+    if number is None or not 0 <= number <= MAX_COUNT or number != number.to_integral_value():
+        raise PriceUnknown(f"argument {'.'.join(_path_parts(path))} must be a whole number from 0 to {MAX_COUNT}")
     return int(number)
 
 

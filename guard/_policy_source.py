@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import anyio
+import anyio.to_thread
 
 from guard._policy import Policy
 from guard._policy_files import PolicyError, load
@@ -53,7 +54,8 @@ class PolicySource:
             return False
         self._signature = _signature(self.path)
         try:
-            new, _ = load(self.path)
+            # In a worker thread: reading a large policy takes seconds, and calls keep being served meanwhile.
+            new, _ = await anyio.to_thread.run_sync(load, self.path)
         except PolicyError as exc:
             logger.error("policy %s not reloaded; the previous policy stays in force:\n%s", self.path, exc)
             return False

@@ -16,7 +16,7 @@ from guard import _logging
 from guard._budget_command import budget_app
 from guard._errors import ConfigError, GuardError, UpstreamStartError
 from guard._init_command import init
-from guard._ledger_commands import LedgerOption, holds_app, ledger_app, open_ledger
+from guard._ledger_commands import LedgerOption, LedgerPoolOption, holds_app, ledger_app, open_ledger
 from guard._limits import Limits, parse_count, parse_duration, parse_size
 from guard._options import PolicyOption, UpstreamCommand, UpstreamUrl, policy_path, upstream_spec
 from guard._policy_commands import approvals_app, audit_app, policy_app
@@ -25,6 +25,7 @@ from guard._refresh_command import refresh
 from guard._report_command import report
 from guard._version import __version__
 from guard.demo import demo
+from ledgers import DEFAULT_POOL
 
 logger = logging.getLogger("guard")
 
@@ -104,6 +105,7 @@ def run(
     ] = None,
     policy_file: PolicyOption = None,
     ledger_url: LedgerOption = None,
+    ledger_pool: LedgerPoolOption = str(DEFAULT_POOL),
     refresh_only: Annotated[
         bool, typer.Option("--refresh-only", help="Refresh the balances that are due once, then exit (for cron).")
     ] = False,
@@ -164,6 +166,7 @@ def run(
             max_connections=parse_count(max_connections, "--max-connections"),
             read_timeout_s=parse_duration(read_timeout, "--read-timeout"),
         )
+        pool = parse_count(ledger_pool, "--ledger-pool")
         tokens = _tokens(token, tokens_file, identity) if listen is not None else {}
         address = _listen_address(listen) if listen is not None else None
         if address is not None and not tokens and not _is_loopback(address[0]):
@@ -179,7 +182,7 @@ def run(
         typer.echo(f"guard: error: {exc}", err=True)
         raise typer.Exit(3) from None
     # The ledger opens before serving: a guard that cannot account for spend must not start.
-    ledger = open_ledger(ledger_url)
+    ledger = open_ledger(ledger_url, pool)
     if refresh_only:
         from guard._refresh import refresh_once
 

@@ -19,6 +19,7 @@ from ledgers._errors import (
 )
 from ledgers._ledger import (
     DEFAULT_LEASE_S,
+    DEFAULT_POOL,
     Approval,
     BalanceObservation,
     Budget,
@@ -39,6 +40,7 @@ from ledgers._time import Clock, SystemClock, Window
 
 __all__ = [
     "DEFAULT_LEASE_S",
+    "DEFAULT_POOL",
     "MAX_AMOUNT",
     "MONEY_BALANCES",
     "SCHEMA_VERSION",

@@ -30,12 +30,13 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
-from functools import cache, lru_cache
+from functools import cache, lru_cache, partial
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, CursorResult, Engine, create_engine, event, text
+from sqlalchemy import Connection, CursorResult, Engine, ExceptionContext, create_engine, event, text
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from ledgers._errors import (
     AlreadyPaid,
@@ -60,6 +61,11 @@ logger = logging.getLogger("ledgers")
 DEFAULT_LEASE_S = 600
 # Retries of a write that SQLite reports busy despite its busy timeout (rare, but never an error).
 BUSY_RETRIES = 50
+# PostgreSQL connections one open ledger keeps at most (no overflow): many guards share one server,
+# whose max_connections is 100 by default.
+DEFAULT_POOL = 4
+# How long an operation waits for one of them before it fails (the call it serves is refused).
+POOL_TIMEOUT_S = 30.0
 
 
 def default_path() -> Path:
@@ -249,6 +255,7 @@ class Ledger:
         lease_s: float = DEFAULT_LEASE_S,
         recover: bool = True,
         read_only: bool = False,
+        pool: int = DEFAULT_POOL,
     ) -> Ledger:
         """Open (creating or upgrading) the ledger at `url`: a SQLAlchemy URL, a file path, or None for
         `default_path()`. Then recover what crashed processes left open (see the module doc).
@@ -257,13 +264,15 @@ class Ledger:
         registered or recovered, and no write lock is ever taken (SQLite's WAL readers never block
         the writer). A ledger that does not exist yet reads as empty.
 
+        `pool`: the most PostgreSQL connections this ledger keeps open (SQLite ignores it).
+
         Raises:
             SchemaError: the ledger was written by a newer release (or, read-only, by an older one).
             StorageError: the database cannot be reached or created.
         """
         if read_only:
             return cls._open_read_only(url, clock or SystemClock(), rates)
-        engine = _engine(url)
+        engine = _engine(url, pool)
         ledger = cls(engine, clock or SystemClock(), owner=uuid.uuid4().hex, rates=rates, lease_s=lease_s)
         try:
             with ledger._write() as conn:
@@ -1206,7 +1215,10 @@ class Ledger:
         if self._read_only:
             raise StorageError("this ledger was opened read-only")
         for attempt in range(BUSY_RETRIES):
-            conn = self._engine.connect()
+            try:
+                conn = self._engine.connect()
+            except PoolTimeout as exc:
+                raise StorageError(f"the ledger could not be written: {_pool_busy(self._engine)}") from exc
             try:
                 conn.begin()
                 return conn
@@ -1229,6 +1241,8 @@ class Ledger:
                     yield conn
         except DBAPIError as exc:
             raise StorageError(f"the ledger could not be read: {exc.orig}") from exc
+        except PoolTimeout as exc:
+            raise StorageError(f"the ledger could not be read: {_pool_busy(self._engine)}") from exc
 
 
 @dataclass(frozen=True)
@@ -1359,7 +1373,7 @@ def _sqlite_file_missing(url: str | os.PathLike[str] | None) -> bool:
     return False
 
 
-def _engine(url: str | os.PathLike[str] | None) -> Engine:
+def _engine(url: str | os.PathLike[str] | None, pool: int = DEFAULT_POOL) -> Engine:
     if url is None:
         path = default_path()
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -1378,13 +1392,37 @@ def _engine(url: str | os.PathLike[str] | None) -> Engine:
             event.listen(engine, "connect", _sqlite_pragmas)
             event.listen(engine, "begin", _sqlite_begin)
         else:
-            engine = create_engine(url, pool_pre_ping=True)
+            if pool < 1:
+                raise StorageError(f"a ledger needs a pool of at least 1 connection, not {pool}")
+            engine = create_engine(url, pool_pre_ping=True, pool_size=pool, max_overflow=0, pool_timeout=POOL_TIMEOUT_S)
+            event.listen(engine, "handle_error", partial(_no_free_slots, url, pool))
         with engine.connect():
             pass
     except (DBAPIError, ImportError) as exc:
         reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
         raise StorageError(f"cannot open the ledger at {_safe_url(url)}: {reason}") from exc
     return engine
+
+
+# PostgreSQL's SQLSTATE 53300 (too_many_connections), as its message says it when connecting.
+_NO_SLOTS = ("too many clients already", "remaining connection slots are reserved", "too many connections for")
+
+
+def _no_free_slots(url: str, pool: int, context: ExceptionContext) -> None:
+    """A server that refuses connections because all its slots are taken: say so, and what to change."""
+    if any(words in str(context.original_exception) for words in _NO_SLOTS):
+        raise StorageError(
+            f"the PostgreSQL server of the ledger at {_safe_url(url)} has no free connection slots (its"
+            f" max_connections is reached): each guard keeps up to {pool} (guard run --ledger-pool N);"
+            " run fewer guards or give each fewer, or raise max_connections in postgresql.conf"
+        ) from context.original_exception
+
+
+def _pool_busy(engine: Engine) -> str:
+    return (
+        f"all {engine.pool.size()} of its connections stayed busy for {POOL_TIMEOUT_S:g} s"  # type: ignore[attr-defined]
+        " (guard run --ledger-pool N allows more)"
+    )
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]

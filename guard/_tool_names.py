@@ -1,0 +1,31 @@
+"""When two tool names name the same tool: the one place guard compares tool names.
+
+- `spelling`: the name or its other case style (`l402_fetch` is `l402-fetch`): the same tool. 402-mcp
+  renamed its tools from snake to kebab case; policies and adapters take both.
+- `folded`: also the same after Unicode NFKC, case folding, trimming whitespace, dropping invisible
+  format characters and reading every Unicode dash as `-`. An upstream that normalises names may run
+  `L402-PAY`, ` l402-pay` or `l402\u2010pay` as `l402-pay`: such a *variant* of a tool the policy
+  names is refused, never let through as some other, unpriced tool.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+
+MINUS_SIGN = "\u2212"  # not a dash to Unicode (it is maths), but it looks like one
+
+
+def spelling(name: str) -> str:
+    """`name` in kebab case: equal for the spellings of one tool that guard takes as exact."""
+    return name.replace("_", "-")
+
+
+def folded(name: str) -> str:
+    """`name` as an upstream that normalises names might read it: equal for every variant."""
+    text = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", name).casefold())
+    kept = ("-" if _dash(c) else c for c in text if unicodedata.category(c) != "Cf")
+    return spelling("".join(kept).strip())
+
+
+def _dash(char: str) -> bool:
+    return unicodedata.category(char) == "Pd" or char == MINUS_SIGN
