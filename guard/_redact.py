@@ -33,9 +33,10 @@ _WORDS = (
     r"auth|token|key|secret|passw(?:or)?d|pwd|sig|macaroon|preimage|payment|invoice|bearer|cookie|session|"
     r"credential|nwc"
 )
-# A name (JSON key, header, query parameter, env variable, kwarg) that contains a sensitive word.
-# (The lookahead scans one word once; the possessive run never backtracks: linear on hostile text.)
-_NAME = rf"(?<![\w.-])(?P<name>(?=[\w.-]*?(?:{_WORDS}))[\w.-]++)"
+# A name (JSON key, header, query parameter, env variable, kwarg) of at most 80 characters that contains a
+# sensitive word. Bounded and possessive, so a long word costs a few steps and hostile text cannot make
+# it backtrack; `[abcikmnpst]` (the words' first letters) is a cheap test before trying each word.
+_NAME = rf"(?<![\w.-])(?P<name>(?=[\w.-]{{0,40}}?(?=[abcikmnpst])(?:{_WORDS}))[\w.-]{{1,80}}+)(?![\w.-])"
 # Names of public things that happen to contain a sensitive word.
 _PUBLIC_NAME = re.compile(r"hash$|^(?:author|progresstoken|progress_token)$", re.IGNORECASE)
 # Auth schemes after a header name (`Authorization: Token …`; in prose, Bearer/L402/LSAT are keywords).
@@ -59,9 +60,12 @@ _COMMON = frozenset(
     " too unknown was were with".split()
 )
 # A keyword (or an auth scheme), a space, a value: `macaroon XYZ`, `api key 1234`, `L402 mac:preimage`.
+_KEYWORDS = (
+    r"macaroon|preimage|invoice|token|secret|password|signature|api[ _-]?key|bearer|l402|lsat|nwc|authorization|"
+    r"x-payment|payment-signature|cookie"
+)
 _PROSE = re.compile(
-    r"(?P<lead>\b(?:macaroon|preimage|invoice|token|secret|password|signature|api[ _-]?key|bearer|l402|lsat|nwc|"
-    r"authorization|x-payment|payment-signature|cookie)s?\s+)(?P<value>" + _QUOTED + r"|[^\s\"'`,;&<>()\[\]{}\\]+)",
+    rf"(?P<lead>\b(?=[abcilmnpstx])(?:{_KEYWORDS})s?\s+)(?P<value>{_QUOTED}|[^\s\"'`,;&<>()\[\]{{}}\\]+)",
     re.IGNORECASE,
 )
 _PLAIN_WORD = re.compile(r"[A-Za-z][a-z]{0,14}\.?")
@@ -139,7 +143,7 @@ def _prose(match: re.Match[str]) -> str:
 
 def _long_run(match: re.Match[str]) -> str:
     run = match.group(0)
-    return REDACTED if not _PUBLIC_HEX.fullmatch(run) and _random(run) else run
+    return REDACTED if not _PUBLIC_HEX.fullmatch(run) and _random(run[:200]) else run
 
 
 def _random(run: str) -> bool:

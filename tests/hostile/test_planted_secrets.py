@@ -74,6 +74,8 @@ PLANTED = {
     "token in a query": QUERY_TOKEN,
     "token in a fragment": FRAGMENT_TOKEN,
     "prose": "Zq7" + _hex("prose macaroon", 12),
+    "short key under a header": "kqzw-vy",  # short, and of letters no hex id or hash contains
+    "short key under a JSON name": "Qzw7",
 }
 SECRET_PATH = f"/k/{PATH_KEY}/data/token/{PATH_JWT}/"
 URL = f"https://alice:{URL_PASSWORD}@api.example{SECRET_PATH}?api_key={QUERY_KEY}&token={QUERY_TOKEN}#access_token={FRAGMENT_TOKEN}"
@@ -88,6 +90,8 @@ echo "macaroon $PLANTED_PROSE" >&2
 echo "Authorization: L402 $PLANTED_MACAROON:$PLANTED_PREIMAGE" >&2
 echo "{\"x-payment\": \"$PLANTED_X_PAYMENT\", \"payment-signature\": \"$PLANTED_PAYMENT_SIGNATURE\"}" >&2
 echo "GET $PLANTED_URL" >&2
+echo "X-Api-Key: $PLANTED_SHORT_HEADER" >&2
+echo "{\"x-custom-auth\": \"$PLANTED_SHORT_JSON\"}" >&2
 exec "$@"
 """
 ENV = {
@@ -99,6 +103,8 @@ ENV = {
     "PLANTED_X_PAYMENT": PLANTED["x-payment"],
     "PLANTED_PAYMENT_SIGNATURE": PLANTED["payment-signature"],
     "PLANTED_URL": URL,
+    "PLANTED_SHORT_HEADER": PLANTED["short key under a header"],
+    "PLANTED_SHORT_JSON": PLANTED["short key under a JSON name"],
 }
 POLICY = """\
 version: 1
@@ -309,7 +315,7 @@ def test_planted_secrets_never_reach_the_ledger_logs_reports_or_guards_own_error
         for where, text in written.items()
         if any(part in text for part in fragments(secret))
     ]
-    assert leaks == []
+    assert not leaks, "guard wrote secrets:\n" + "\n".join(f"- {what}, in {where}" for where, what in leaks)
     # Not vacuous: what was redacted is still shown as such, and the paid URL is reported without its secrets.
     assert "[redacted]" in written["guard's stderr"]
     assert SHOWN_URL in written["the ledger"] and SHOWN_URL in written["guard report --format json"]
