@@ -57,7 +57,7 @@ def main() -> None:
     print(f"{'record':<26}" + "".join(f"{name:>18}" for name in formatters) + "   (µs per record)")
     for name, rec in records.items():
         times = [
-            best_us(lambda f=f, r=rec: f.format(r), max(1, reps // (1 + len(rec.getMessage()) // 4096)))
+            best_us(lambda f=f, r=rec: f.format(r), max(1, reps // (1 + len(rec.getMessage()) // 1024)))
             for f in formatters.values()
         ]
         print(f"{name:<26}" + "".join(f"{t:>18.1f}" for t in times))

@@ -38,7 +38,7 @@ _WORDS = (
 # it backtrack; `[abcikmnpst]` (the words' first letters) is a cheap test before trying each word.
 _NAME = rf"(?<![\w.-])(?P<name>(?=[\w.-]{{0,40}}?(?=[abcikmnpst])(?:{_WORDS}))[\w.-]{{1,80}}+)(?![\w.-])"
 # Names of public things that happen to contain a sensitive word.
-_PUBLIC_NAME = re.compile(r"hash$|^(?:author|progresstoken|progress_token)$", re.IGNORECASE)
+_PUBLIC_NAME = re.compile(r"payment[_-]?hash(?:es)?$|^(?:author|progress_?token)$", re.IGNORECASE)
 # Auth schemes after a header name (`Authorization: Token …`; in prose, Bearer/L402/LSAT are keywords).
 _HEADER_SCHEME = r"(?:Bearer|Basic|Digest|Token|L402|LSAT)"
 # An unquoted value: optionally an auth scheme, then a run up to a delimiter.
@@ -87,8 +87,11 @@ _SHAPES = [
 # random (`_random`); a file path or a slug does not.
 _LONG_RUN = re.compile(r"\b[A-Za-z0-9+/_-]{40,}={0,2}")
 _PUBLIC_HEX = re.compile(r"(?:0x)?[0-9a-fA-F]{64}|0x[0-9a-fA-F]{40}")
-_URL = re.compile(r"\b[a-z][a-z0-9+.-]{0,30}://[^\s\"'`<>]+", re.IGNORECASE)
-_USERINFO = re.compile(r"^([a-z][a-z0-9+.-]{0,30}://)[^/?#@]*@", re.IGNORECASE)
+_URL = re.compile(
+    r"\b(?P<origin>[a-z][a-z0-9+.-]{0,30}://[^/?#\s\"'`<>]*)(?P<path>[^?#\s\"'`<>]*)(?P<rest>[^\s\"'`<>]*)",
+    re.IGNORECASE,
+)
+_USERINFO = re.compile(r"(?<=://)[^@]*@")
 _HEX_ID = re.compile(r"(?:0x)?[0-9a-fA-F]{32,}")
 
 
@@ -158,11 +161,8 @@ def _random(run: str) -> bool:
 def _url(match: re.Match[str]) -> str:
     """A URL without its user info and with its secret-looking path segments redacted (its query
     parameters are judged by name, as any `name=value`)."""
-    url = _USERINFO.sub(rf"\g<1>{REDACTED}@", match.group(0))
-    scheme_end = url.index("://") + 3
-    path_start = next((i for i in range(scheme_end, len(url)) if url[i] in "/?#"), len(url))
-    path_end = next((i for i in range(path_start, len(url)) if url[i] in "?#"), len(url))
-    return url[:path_start] + redact_path(url[path_start:path_end]) + url[path_end:]
+    origin = _USERINFO.sub(f"{REDACTED}@", match.group("origin"), count=1)
+    return origin + redact_path(match.group("path")) + match.group("rest")
 
 
 def redact_path(path: str) -> str:

@@ -61,6 +61,7 @@ PLANTED = [
     ('"credentials": "cr"', '"cr"'),
     ('"nwcUri": "u1"', "u1"),
     ('"sessionToken": "st"', '"st"'),
+    ('"password_hash": "$2b$12$abc"', "abc"),
     ('"set-cookie": "ck"', '"ck"'),
     (f'"macaroon": "{MACAROON}"', "AgEDbG9j"),
     (f'"preimage":"{PREIMAGE}"', PREIMAGE),
