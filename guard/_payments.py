@@ -24,7 +24,7 @@ import anyio.to_thread
 
 from guard._policy import Denial, Policy, PriceUnknown, Who, seconds
 from guard._relay import SessionLink, ToolCall, UpstreamError
-from guard.adapters._facts import Adapter, Outcome, Prepared
+from guard.adapters._facts import Adapter, Outcome, Prepared, public_url
 from ledgers import MONEY_BALANCES, Amount, BalanceObservation, CallRecord, Ledger, LedgerError, UnitMismatch
 
 logger = logging.getLogger("guard.payments")
@@ -90,7 +90,7 @@ class Payments:
         if fixed is not None:
             return fixed
         if prepared is not None and prepared.quote_for is not None:
-            found = await _db(self._ledger.latest, f"quote:{prepared.quote_for}")
+            found = await _db(self._ledger.latest, f"quote:{public_url(prepared.quote_for)}")
             if found is not None and found[0].amount is not None:
                 return found[0].amount
         return policy.price(call.name, call.arguments)
@@ -209,7 +209,9 @@ class Payments:
         for quote in outcome.quotes:
             await _db(
                 self._ledger.observe,
-                BalanceObservation(source="quote", key=f"quote:{quote.resource}", amount=quote.amount, status="quote"),
+                BalanceObservation(
+                    source="quote", key=f"quote:{public_url(quote.resource)}", amount=quote.amount, status="quote"
+                ),
             )
 
     async def _explain(self, observation: BalanceObservation, policy: Policy, who: Who) -> None:

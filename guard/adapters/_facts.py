@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
+from guard._redact import redact_path
 from ledgers import Amount, BalanceObservation
 
 JSON = dict[str, Any]
@@ -56,15 +57,18 @@ class Prepared:
 
 
 def public_url(url: str) -> str:
-    """`url` without user info, query or fragment (where API keys and tokens travel)."""
-    parts = urlsplit(url.strip())
-    if not parts.scheme or not parts.netloc:
-        return url.split("?", 1)[0].split("#", 1)[0][:200]
-    host = parts.hostname or ""
-    netloc = f"[{host}]" if ":" in host else host
-    if parts.port is not None:
-        netloc += f":{parts.port}"
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))[:500]
+    """`url` as guard stores and shows it: without user info, query or fragment (where API keys and
+    tokens travel), host in lower case, secret-looking path segments (`/k/sk_live_…/`, a JWT, 32+ hex,
+    a random run) replaced by `[redacted]`."""
+    text = url.strip()
+    try:
+        parts = urlsplit(text)
+    except ValueError:  # an unreadable URL (a bad IPv6 host): shown as text
+        parts = None
+    if parts is None or not parts.scheme or not parts.netloc:
+        return redact_path(text.split("?", 1)[0].split("#", 1)[0])[:200]
+    host = parts.netloc.rpartition("@")[2].lower()
+    return urlunsplit((parts.scheme.lower(), host, redact_path(parts.path), "", ""))[:500]
 
 
 OutcomeState = Literal["paid", "not_paid", "unknown", "no_payment"]
