@@ -215,7 +215,7 @@ class L402Mcp:
             # fetch buys more with sats, which the budgets count. (l402-balance only reads a cache.)
             # The price is in the invoice the fetch will meet: with no live quote, a preview names it.
             url = _primary_url(args)
-            return Prepared(pays=True, quote_for=url, quote_with=_preview_of(url, args))
+            return Prepared(pays=True, quote_for=url, quote_with=_preview_of(url, args, snake="_" in tool))
         if name == "l402-pay":
             return _prepare_pay(args)
         if name == "l402-buy-credits":
@@ -282,12 +282,14 @@ def _primary_url(args: JSON) -> str | None:
     return url if isinstance(url, str) else None
 
 
-def _preview_of(url: str | None, args: JSON) -> Refresh | None:
-    """`l402-fetch-preview` of the URL a fetch pays for (with its method: a price may depend on it)."""
+def _preview_of(url: str | None, args: JSON, *, snake: bool) -> Refresh | None:
+    """`l402-fetch-preview` of the URL a fetch pays for (with its method: a price may depend on it), named
+    in the case style the fetch was (a 402-mcp before v3.14 knows only `l402_fetch_preview`)."""
     if url is None:
         return None
     method = args.get("method")
-    return Refresh("l402-fetch-preview", {"url": url} | ({"method": method} if isinstance(method, str) else {}))
+    tool = "l402_fetch_preview" if snake else "l402-fetch-preview"
+    return Refresh(tool, {"url": url} | ({"method": method} if isinstance(method, str) else {}))
 
 
 def _asked_sats(value: object) -> int | None:

@@ -243,7 +243,7 @@ def test_an_origin_is_scheme_host_and_port_with_default_ports_dropped(url: objec
             Prepared(
                 pays=True,
                 quote_for="HTTPS://API.example.com:443/v1/joke",
-                quote_with=preview("HTTPS://API.example.com:443/v1/joke"),
+                quote_with=Refresh("l402_fetch_preview", {"url": "HTTPS://API.example.com:443/v1/joke"}),
             ),
         ),
         (

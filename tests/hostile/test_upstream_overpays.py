@@ -100,8 +100,8 @@ class Guard(RawGuard):
         edited.write_text(json.dumps({**self.state(), **changes}))
         os.replace(edited, self.state_file)
 
-    def fetch(self, url: str) -> JSON:
-        return self.call("l402-fetch", {"url": url, "autoPay": True})
+    def fetch(self, url: str, tool: str = "l402-fetch") -> JSON:
+        return self.call(tool, {"url": url, "autoPay": True})
 
 
 @pytest.fixture
@@ -150,17 +150,20 @@ def wait_for_event(receiver: Receiver, name: str) -> JSON:
     raise AssertionError(f"no {name} event within {WAIT_S}s")
 
 
+@pytest.mark.parametrize(
+    ("tool", "env"), [("l402-fetch", {}), ("l402_fetch", {"FAKE_SNAKE_CASE": "1"})], ids=["v4", "before v3.14"]
+)
 def test_ten_fetches_of_a_50_sat_resource_under_a_10_sat_max_price_are_refused_before_anything_is_paid(
-    start: Callable[..., Guard],
+    start: Callable[..., Guard], tool: str, env: dict[str, str]
 ) -> None:
     urls = [site(n) for n in range(10)]
-    guard = start(POLICY.replace("30 sat", "1000 sat"), {"prices": dict.fromkeys(urls, 50)})
-    results = [guard.fetch(url) for url in urls]
+    guard = start(POLICY.replace("30 sat", "1000 sat"), {"prices": dict.fromkeys(urls, 50)}, env=env)
+    results = [guard.fetch(url, tool) for url in urls]
     guard.stop()
 
     for result in results:
         refused = denial(result)
-        assert refused["rule"] == "tools.l402-fetch.max_price"
+        assert refused["rule"] == f"tools.{tool}.max_price"
         assert refused["reason"] == "the price 50 sat is over the per-call cap of 10 sat"
     state = guard.state()
     assert state["payments"] == [] and state["attempts"] == []  # nothing left, nothing was even tried
