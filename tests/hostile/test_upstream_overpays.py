@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import stat
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -284,3 +286,24 @@ def test_with_its_cap_402_mcp_itself_refuses_a_price_raised_above_max_price_afte
         [event] = [e.call for e in ledger.calls(last=100) if e.call.hold_id is not None]
         assert ledger.hold(event.hold_id or 0).phase == "voided"
         assert ledger.usage(Budget("per-session", Amount(30, "sat"), "session:s1")).spent == 0
+
+
+def test_quotes_are_keyed_without_credentials_query_or_fragment_and_nothing_secret_reaches_the_ledger(
+    start: Callable[..., Guard],
+) -> None:
+    secret_url = "https://agent:hunter2@shop7.example/item?api_key=sk-live-4242#token=frag-9"
+    guard = start(POLICY, {"prices": {secret_url: 8}})
+    assert body(guard.call("l402-fetch-preview", {"url": secret_url}))["costSats"] == 8
+    paid = guard.fetch(secret_url)  # priced by that quote, found under the URL's public form
+    guard.stop()
+
+    assert body(paid)["satsPaid"] == 8
+    with Ledger.open(guard.ledger, recover=False) as ledger:
+        [event] = [e.call for e in ledger.calls(last=100) if e.call.hold_id is not None]
+        assert ledger.hold(event.hold_id or 0).priced_by == "quote"
+        quote = ledger.quote("https://shop7.example/item")
+    assert quote is not None and quote.amount == Amount(8, "sat")
+    with closing(sqlite3.connect(guard.ledger)) as conn:
+        dump = "\n".join(conn.iterdump())
+    for secret in ("hunter2", "sk-live-4242", "frag-9", "api_key"):
+        assert secret not in dump
