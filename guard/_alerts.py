@@ -1,5 +1,6 @@
 """Threshold alerts: with `alerts:` in the policy, `guard run` POSTs a JSON event to a webhook when a
-budget passes a fraction of its limit, and when a payment is newly in doubt.
+budget passes a fraction of its limit, when a payment is newly in doubt, and when a payment was settled
+above its reservation.
 
 When: a sweep reads the ledger after each call that held or moved money (`call_done` only wakes the
 sweeper: a tool call never waits for it; a busy guard sweeps at most once per `SWEEP_GAP_S`) and every
@@ -20,6 +21,9 @@ while sending leaves its claim `sending`: that alert is not sent again.
   day). Only budgets the current policy names are watched. Passing several thresholds at once sends
   one event per threshold, lowest first.
 - `hold.in_doubt`: once per hold in doubt (any hold of the ledger), unless `in_doubt: false`.
+- `payment.over_reservation`: once per hold settled at more than it reserved (the upstream paid more
+  than the guard's price bound: the ledger counts all of it, the budget may be over its limit), for
+  holds settled within `OVER_RESERVATION_LOOKBACK_S` (`guard report` lists every one).
 
 Sending: one task per alert, except that thresholds of one budget passed at once are sent one after
 another, lowest first (a chat channel must not read "passed 80%" before "passed 50%"); so a slow webhook
@@ -43,8 +47,14 @@ chat webhooks (Slack, Mattermost) that show it as is:
      "resource": "https://api.example/item", "since": "2026-11-21T12:00:00+00:00",
      "at": "2026-11-21T12:00:05+00:00"}
 
+    {"event": "payment.over_reservation", "text": "...", "hold_id": 8, "reserved": 10, "paid": 50,
+     "excess": 40, "unit": "sat", "priced_by": "quote", "tool": "l402-fetch", "session": "s1",
+     "identity": null, "server": "402-mcp", "resource": "https://api.example/item",
+     "since": "2026-11-21T12:00:00+00:00", "at": "2026-11-21T12:00:05+00:00"}
+
 `period_start` is null for session windows; `resets_at` is null but for calendar windows; `since` is
-when the hold was made. No call arguments, payment credentials or webhook URLs are ever in an event.
+when the hold was made; `priced_by` what bounded the reservation (call, policy, quote, max_price). No
+call arguments, payment credentials or webhook URLs are ever in an event.
 """
 
 from __future__ import annotations
@@ -75,9 +85,12 @@ SWEEP_GAP_S = 1.0
 TIMEOUT_S = 10.0
 RETRY_DELAYS_S = (0.5, 1.0, 2.0, 4.0)
 MAX_SENDING = 4
+# How far back a sweep looks for payments settled above their reservation.
+OVER_RESERVATION_LOOKBACK_S = 86_400.0
 
 BUDGET_EVENT = "budget.threshold"
 IN_DOUBT_EVENT = "hold.in_doubt"
+OVER_RESERVATION_EVENT = "payment.over_reservation"
 
 JSON = dict[str, Any]
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -184,7 +197,9 @@ class Alerter:
     async def _due(self, alerts: AlertsSpec, budget_names: set[str]) -> list[Alert]:
         states = await self._db(self._ledger.budget_states)
         doubted = await self._db(self._ledger.open_holds, "in_doubt") if alerts.in_doubt else []
-        at = self._clock.now().astimezone(UTC).isoformat()
+        now = self._clock.now().astimezone(UTC)
+        over = await self._db(self._ledger.over_reservations, now - timedelta(seconds=OVER_RESERVATION_LOOKBACK_S))
+        at = now.isoformat()
         due = [
             _threshold_alert(state, threshold, at, self._server)
             for state in states
@@ -192,7 +207,7 @@ class Alerter:
             for threshold in sorted(set(alerts.thresholds))
             if _reached(state, threshold)
         ]
-        return due + [_in_doubt_alert(hold, at) for hold in doubted]
+        return due + [_in_doubt_alert(hold, at) for hold in doubted] + [_over_alert(hold, at) for hold in over]
 
     async def _deliver_in_order(self, client: _LazyClient, webhook: str, alerts: list[Alert]) -> None:
         for alert in alerts:
@@ -325,6 +340,33 @@ def _in_doubt_alert(hold: HoldInfo, at: str) -> Alert:
     }
     key = f"{IN_DOUBT_EVENT}:{hold.id}"
     return Alert(key, IN_DOUBT_EVENT, event, thread=key)
+
+
+def _over_alert(hold: HoldInfo, at: str) -> Alert:
+    paid, excess = hold.settled, hold.over_reservation
+    assert paid is not None and excess is not None  # over_reservations() lists only such holds
+    event: JSON = {
+        "event": OVER_RESERVATION_EVENT,
+        "text": (
+            f"guard: a payment{f' by {hold.tool}' if hold.tool else ''} of {paid} was {excess} more than the"
+            f" {hold.amount} reserved for it (hold {hold.id}); the ledger counts all of it"
+        ),
+        "hold_id": hold.id,
+        "reserved": hold.amount.value,
+        "paid": paid.value,
+        "excess": excess.value,
+        "unit": hold.amount.unit,
+        "priced_by": hold.priced_by,
+        "tool": hold.tool,
+        "session": hold.session,
+        "identity": hold.identity,
+        "server": hold.server,
+        "resource": hold.resource,
+        "since": hold.created.isoformat(),
+        "at": at,
+    }
+    key = f"{OVER_RESERVATION_EVENT}:{hold.id}"
+    return Alert(key, OVER_RESERVATION_EVENT, event, thread=key)
 
 
 def _decimal_text(number: Decimal) -> str:

@@ -48,7 +48,7 @@ def show(
         raise typer.Exit(2) from None
     with open_reader(ledger_url) as ledger:
         states = ledger.budget_states(session=session)
-        observed = [(o, age) for o, age in ledger.observed() if not o.key.startswith("quote:")]
+        observed = ledger.observed()
     view: JSON = {
         "ledger": location(ledger_url),  # never a password
         "at": datetime.now(UTC).isoformat(timespec="seconds"),

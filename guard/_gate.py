@@ -5,7 +5,9 @@ For each `tools/call`, in this order (the first refusal wins, and nothing after 
 1. default deny, hidden, `action: deny`       (`Policy.refusal`)
 2. argument conditions                          (`Policy.failed_condition`)
 3. approval, for `action: approve`              (the ledger's approvals: single-use, exact arguments)
-4. price and `max_price`, for paying tools      (`Policy.price`; no price, no pay)
+4. price and `max_price`, for paying tools      (`Payments.price`: the call's, the policy's, a quote
+                                                 (asked of the upstream when none is live), else
+                                                 `max_price`; no price, no pay)
 5. rate limits and quotas, and for paying tools the budget reserve: one ledger transaction
 6. forward; then settle the hold, void it (the upstream refused the request), or keep it in doubt
    (no answer: the payment may have left)
@@ -238,18 +240,19 @@ class PolicyGate:
         if reading.prepared is not None and reading.prepared.refuse is not None and reading.adapter is not None:
             return Denial(f"adapters.{reading.adapter.name}", reading.prepared.refuse)
         pays = reading.pays if reading.pays is not None else policy.pays(name)
+        link = self._links.get(call.session.id)
         try:
             limits = policy.rate_limits(name, arguments, who)
-            price = budgets = None
+            price = budgets = priced_by = None
             if pays:
-                price = await self._payments.price(policy, call, reading)
+                priced = await self._payments.price(policy, call, reading, link)
+                price, priced_by = priced.amount, priced.by
                 budgets, denial = self._budgets_for(policy, name, who, price)
                 if denial is not None:
                     return denial
         except PriceUnknown as exc:
             return Denial(f"tools.{name}", f"no price, no pay: {exc}")
         if price is not None:
-            link = self._links.get(call.session.id)
             denial = await self._payments.check_balances(policy, call, reading, price, link)
             if denial is not None:
                 return denial
@@ -271,6 +274,7 @@ class PolicyGate:
                         tool=name,
                         server=who.server,
                         resource=reading.prepared.paid_for if reading.prepared is not None else None,
+                        priced_by=priced_by,
                     )
                 )
             else:

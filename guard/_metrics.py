@@ -110,6 +110,19 @@ class PrometheusMetrics:
             ["unit"],
             registry=self._registry,
         )
+        self._over = Counter(
+            "guard_over_reservation_payments",
+            "Payments settled above their reservation (the upstream paid more than the guard's price bound; "
+            "the ledger counts all of it), by unit.",
+            ["unit"],
+            registry=self._registry,
+        )
+        self._over_amount = Counter(
+            "guard_over_reservation",
+            "What payments were settled above their reservations, by unit, in the unit's smallest whole units.",
+            ["unit"],
+            registry=self._registry,
+        )
         self._upstream = Histogram(
             "guard_upstream_seconds",
             "How long the upstream took to answer a forwarded tool call, by tool.",
@@ -126,6 +139,9 @@ class PrometheusMetrics:
             self._denials.labels(self._rule(call.rule or "unknown")).inc()
         if call.spent is not None:
             self._spent.labels(call.spent.unit).inc(call.spent.value)
+        if (over := call.over_reservation) is not None:
+            self._over.labels(over.unit).inc()
+            self._over_amount.labels(over.unit).inc(over.value)
         if upstream_s is not None:
             self._upstream.labels(tool).observe(upstream_s)
 

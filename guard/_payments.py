@@ -2,14 +2,18 @@
 what its answer says was paid. Adapters are pure; this is where their facts meet the ledger.
 
 - price, in order: the call's own (an invoice, `amountSats`, an x402 payment) → the policy's `price` /
-  `price_from` → a remembered quote for the resource → `max_price` → refused (no price, no pay);
+  `price_from` → a live quote for the resource (with none, the guard asks the upstream itself when the
+  adapter names a call that quotes without paying: `l402-fetch-preview`) → `max_price` → refused (no
+  price, no pay). The hold records which of these bounded it (`priced_by`);
 - balances a paying call depends on (a P402 session, a wallet): denied when exhausted, expired or
   revoked, when below the price, or when stale and `on_stale: deny`; with `on_stale: refresh` the
   guard first asks the upstream itself (the adapter names the call) and decides on the answer;
-- after the answer: observations and quotes are stored; the hold is settled at what was paid, voided
-  when provably nothing was, kept in doubt when unknown. An answer that cannot be read settles at the
-  reserved amount and is flagged. An answer that proves an in-doubt payment was made (a credential
-  stored for its payment hash) settles that hold: reconciliation needs no human then.
+- after the answer: observations and quotes are stored (quotes keyed by `public_url`, until they
+  expire); the hold is settled at what the answer says was paid — above the reservation too: then it
+  is counted whole and flagged (the ledger never says less than what left) — voided when provably
+  nothing was, kept in doubt when unknown. An answer that cannot be read settles at the reserved amount
+  and is flagged. An answer that proves an in-doubt payment was made (a credential stored for its
+  payment hash) settles that hold: reconciliation needs no human then.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import anyio.to_thread
 
 from guard._policy import Denial, Policy, PriceUnknown, Who, seconds
 from guard._relay import SessionLink, ToolCall, UpstreamError
-from guard.adapters._facts import Adapter, Outcome, Prepared, public_url
+from guard.adapters._facts import Adapter, Outcome, Prepared, Refresh, public_url
 from ledgers import MONEY_BALANCES, Amount, BalanceObservation, CallRecord, Ledger, LedgerError, UnitMismatch
 
 logger = logging.getLogger("guard.payments")
@@ -45,6 +49,16 @@ class Reading:
     def pays(self) -> bool | None:
         """True/False when an adapter knows; None when the policy's `pays` must decide."""
         return self.prepared.pays if self.prepared is not None else None
+
+
+@dataclass(frozen=True)
+class Price:
+    """A paying call's price bound, and what set it: `call` (the call itself: an invoice, `amountSats`,
+    an x402 payment), `policy` (`price` / `price_from`), `quote` (a price the upstream named), or
+    `max_price` (the policy's cap, when nothing named a price)."""
+
+    amount: Amount
+    by: str
 
 
 @dataclass(frozen=True)
@@ -78,22 +92,28 @@ class Payments:
                 return Reading(adapter, adapter.prepare(call.name, call.arguments, call.meta))
         return Reading(None, None)
 
-    async def price(self, policy: Policy, call: ToolCall, reading: Reading) -> Amount:
-        """The most this paying call can spend.
+    async def price(self, policy: Policy, call: ToolCall, reading: Reading, link: SessionLink | None) -> Price:
+        """The most this paying call can spend (asking the upstream through `link` for a quote when the
+        adapter says how and none is live).
 
         Raises:
             PriceUnknown: no bound at all (no price, no pay)."""
         prepared = reading.prepared
         if prepared is not None and prepared.price is not None:
-            return prepared.price
+            return Price(prepared.price, "call")
         fixed = policy.fixed_price(call.name, call.arguments)
         if fixed is not None:
-            return fixed
+            return Price(fixed, "policy")
         if prepared is not None and prepared.quote_for is not None:
-            found = await _db(self._ledger.latest, f"quote:{public_url(prepared.quote_for)}")
-            if found is not None and found[0].amount is not None:
-                return found[0].amount
-        return policy.price(call.name, call.arguments)
+            key = public_url(prepared.quote_for)
+            quote = await _db(self._ledger.quote, key)
+            how = prepared.quote_with
+            if quote is None and how is not None and link is not None and reading.adapter is not None:
+                if await self._ask(reading.adapter, how, link, policy, _who(call, self._server), f"the price of {key}"):
+                    quote = await _db(self._ledger.quote, key)
+            if quote is not None:
+                return Price(quote.amount, "quote")
+        return Price(policy.price(call.name, call.arguments), "max_price")
 
     async def check_balances(
         self, policy: Policy, call: ToolCall, reading: Reading, price: Amount, link: SessionLink | None
@@ -132,17 +152,26 @@ class Payments:
     async def refresh(self, adapter: Adapter, key: str, link: SessionLink, policy: Policy, who: Who) -> bool:
         """Ask the upstream for a fresh observation of `key`; store what it says. True if it answered."""
         how = adapter.refresh(key)
-        if how is None:
-            return False
+        return how is not None and await self._ask(adapter, how, link, policy, who, key)
+
+    async def _ask(
+        self, adapter: Adapter, how: Refresh, link: SessionLink, policy: Policy, who: Who, what: str
+    ) -> bool:
+        """Make the guard's own call `how` upstream and store what its answer reveals (observations,
+        quotes). True if it answered."""
         try:
             result = await link.call(how.tool, how.arguments)
         except UpstreamError as exc:
-            logger.warning("refreshing %s with %s failed: %s", key, how.tool, exc.error.message)
+            logger.warning("asking for %s with %s failed: %s", what, how.tool, exc.error.message)
             return False
-        outcome = adapter.outcome(how.tool, how.arguments, None, result)
+        try:
+            outcome = adapter.outcome(how.tool, how.arguments, None, result)
+        except Exception:  # an adapter's bug: nothing learned, the caller falls back (to max_price, say)
+            logger.exception("could not read the answer of %s", how.tool)
+            return False
         await self._store(outcome, policy, who)
         if outcome.problem:
-            logger.warning("refreshing %s: %s", key, outcome.problem)
+            logger.warning("asking for %s with %s: %s", what, how.tool, outcome.problem)
         return True
 
     # after the answer
@@ -167,10 +196,12 @@ class Payments:
             spent, problem = outcome.spent, outcome.problem
             if spent is None:
                 spent = price  # the answer does not say: count the whole reservation
-            elif _below(price, spent):
-                problem = f"the upstream reported {spent}, more than the {price} reserved; counted at {price}"
-                spent = price
             await _db(self._ledger.settle, hold, spent)
+            over = spent.above(price)
+            if over is not None:
+                # The ledger never says less than what left: all of it is counted, and flagged.
+                above = f"over reservation: the upstream paid {spent}, {over} more than the {price} reserved"
+                problem = f"{above}; {problem}" if problem else above
             if problem:
                 logger.warning("%s: %s", call.name, problem)
             return Settled(spent, "settled", problem)
@@ -207,12 +238,9 @@ class Payments:
             await self._explain(observation, policy, who)
             await _db(self._ledger.observe, observation)
         for quote in outcome.quotes:
-            await _db(
-                self._ledger.observe,
-                BalanceObservation(
-                    source="quote", key=f"quote:{public_url(quote.resource)}", amount=quote.amount, status="quote"
-                ),
-            )
+            # Keyed without credentials, query or fragment (which may carry API keys and tokens).
+            remember = partial(self._ledger.remember_quote, expires=quote.expires, payment_id=quote.payment_id)
+            await _db(remember, public_url(quote.resource), quote.amount)
 
     async def _explain(self, observation: BalanceObservation, policy: Policy, who: Who) -> None:
         """Compare a balance with the last one seen: a drop the guard's own payments do not explain is
@@ -333,7 +361,7 @@ class Payments:
         older_than = seconds(every)
         done = 0
         for observation, age in await _db(self._ledger.observed):
-            if observation.key.startswith("quote:") or age < older_than:
+            if age < older_than:
                 continue
             adapter = next((a for a in self._adapters if a.refresh(observation.key) is not None), None)
             live = links()
@@ -388,4 +416,4 @@ async def _db(function: Callable[..., T], *args: Any) -> T:
     return await anyio.to_thread.run_sync(function, *args)
 
 
-__all__ = ["DEAD", "Payments", "PriceUnknown", "Reading", "Settled"]
+__all__ = ["DEAD", "Payments", "Price", "PriceUnknown", "Reading", "Settled"]

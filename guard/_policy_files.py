@@ -476,7 +476,7 @@ def _with_preset(data: dict[str, Any], document: _Document, seen: tuple[str, ...
     if "budgets" in base and "budgets" in data and isinstance(data["budgets"], list):
         mine = {b.get("name") for b in data["budgets"] if isinstance(b, dict) and isinstance(b.get("name"), str)}
         merged["budgets"] = [b for b in base["budgets"] if b.get("name") not in mine] + data["budgets"]
-    merged.pop("preset", None)
+    merged["preset"] = name  # which server it was made for (guard starts a 402-mcp with its cap); `dump` leaves it out
     return merged
 
 
@@ -528,6 +528,6 @@ def load(path: str | Path) -> tuple[Policy, Format]:
 
 def dump(spec: PolicySpec) -> str:
     """A policy as guard's own YAML (what `guard policy convert` prints)."""
-    data = spec.model_dump(mode="json", exclude_unset=True)
+    data = spec.model_dump(mode="json", exclude_unset=True, exclude={"preset"})  # already applied
     data = {"version": spec.version, "default": spec.default, **data}
     return str(yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=100))

@@ -17,6 +17,8 @@
        "stale_balance_denials": [{"tool", "balance", "count"}],
        "in_doubt": [{"hold", "amount", "unit", "tool", "session", "identity", "server", "resource",
                      "created", "age_s"}],
+       "over_reservations": [{"hold", "reserved", "paid", "excess", "unit", "priced_by", "tool",
+                              "session", "identity", "server", "resource", "created"}],
        "balance_drift": [{"key", "unit", "first", "first_seen", "last", "last_seen", "observations",
                           "fell_by", "counted", "external", "topups", "unexplained", "problem"}]}
 
@@ -25,7 +27,9 @@
   origin (null: not recorded; totals: null). Amounts are integers in `unit`; Lightning amounts are
   in msat. `spent` is what the guard's payments settled at; `in_doubt` payments that may or may not
   have left (in full); `external` spend seen only in a balance; `spent_with_external` = spent +
-  external. Drift amounts may be negative (`fell_by` < 0: the balance rose). Lists are ordered: keys
+  external. `over_reservations` are payments of the period settled above what was reserved for them
+  (counted whole in the spend), amounts in the hold's unit; `priced_by` says what bounded the
+  reservation. Drift amounts may be negative (`fell_by` < 0: the balance rose). Lists are ordered: keys
   alphabetically (null last), hours in time, top URLs/origins by spend (10 per unit), denials by count.
 - `csv` is the same document in long format, one value a row, with the header
   `section,key,detail,unit,measure,value`: `section` is a JSON member above (`period` and `report` for
@@ -163,6 +167,23 @@ def to_json(report: SpendReport) -> JSON:
         }
         for h in report.in_doubt
     ]
+    document["over_reservations"] = [
+        {
+            "hold": o.id,
+            "reserved": o.reserved.value,
+            "paid": o.paid.value,
+            "excess": o.excess.value,
+            "unit": o.reserved.unit,
+            "priced_by": o.priced_by,
+            "tool": o.tool,
+            "session": o.session,
+            "identity": o.identity,
+            "server": o.server,
+            "resource": o.resource,
+            "created": _iso(o.created),
+        }
+        for o in report.over_reservations
+    ]
     document["balance_drift"] = [
         {
             "key": d.key,
@@ -203,6 +224,7 @@ _CSV_KEYS: dict[str, tuple[str, str | None]] = {
     "rate_limit_hits": ("rule", None),
     "stale_balance_denials": ("tool", "balance"),
     "in_doubt": ("hold", None),
+    "over_reservations": ("hold", None),
     "balance_drift": ("key", None),
 }
 
@@ -309,6 +331,27 @@ def _tables(report: SpendReport) -> list[_Table]:
                 for h in report.in_doubt
             ],
             "No payment is in doubt.",
+        ),
+        _Table(
+            "Payments above their reservation",
+            ("hold", "reserved", "paid", "excess", "priced by", "tool", "session", "identity", "resource", "at"),
+            [
+                (
+                    str(o.id),
+                    _money(o.reserved.value, o.reserved.unit),
+                    _money(o.paid.value, o.paid.unit),
+                    _money(o.excess.value, o.excess.unit),
+                    _name(o.priced_by),
+                    _name(o.tool),
+                    _name(o.session),
+                    _name(o.identity),
+                    _name(o.resource),
+                    _moment(o.created),
+                )
+                for o in report.over_reservations
+            ],
+            "No payment was above its reservation.",
+            "The upstream paid more than the guard's price bound for these calls; the spend above counts all of it.",
         ),
         _Table(
             "Balance drift",

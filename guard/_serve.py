@@ -7,7 +7,9 @@ loading the MCP SDK and the serving stack."""
 from __future__ import annotations
 
 import logging
+import os
 import uuid
+from dataclasses import replace
 from functools import partial
 
 import anyio
@@ -19,16 +21,20 @@ from guard._alerts import Alerter
 from guard._gate import CallWatcher, PolicyGate
 from guard._limits import DEFAULT_LIMITS, Limits
 from guard._payments import Payments
+from guard._policy import Policy, PriceUnknown, Who
 from guard._policy_source import PolicySource
 from guard._relay import Background, Gate, Session
 from guard._schedule import NightlyReport, run_schedule
 from guard._version import __version__
 from guard.adapters import family_adapters, x402_adapter
-from ledgers import DEFAULT_LEASE_S, Ledger, LedgerError
+from ledgers import DEFAULT_LEASE_S, Amount, Ledger, LedgerError, UnitMismatch
 
 logger = logging.getLogger("guard")
 
 HEARTBEAT_S = DEFAULT_LEASE_S / 3
+# 402-mcp's own cap on each payment it makes by itself (an env var of its process), and its tools that pay.
+AUTO_PAY_CAP = "MAX_AUTO_PAY_SATS"
+AUTO_PAYING_TOOLS = ("l402-fetch", "l402-pay", "l402-buy-credits", "l402-redeem-cashu")
 
 
 def serve(
@@ -43,6 +49,7 @@ def serve(
     limits: Limits = DEFAULT_LIMITS,
 ) -> int:
     """Serve until the client or the upstream goes away; the exit status."""
+    spec = with_auto_pay_cap(spec, source.policy)
     spec_ = source.policy.spec
     server = spec_.server or spec.name
     payments = Payments(ledger, family_adapters(spec_.preset), x402_adapter(spec_.assets), server)
@@ -68,6 +75,55 @@ def serve(
 
     serve_http(spec, gate, address[0], address[1], tokens, identity, background, metrics, limits)
     return 0
+
+
+def with_auto_pay_cap(spec: _upstream.UpstreamSpec, policy: Policy) -> _upstream.UpstreamSpec:
+    """A 402-mcp that guard starts itself (stdio; the policy's preset is 402-mcp, or the command is) gets
+    its own per-payment cap `MAX_AUTO_PAY_SATS` no higher than the policy's: the lower of what the
+    environment says and `largest_auto_payment(policy)`. Defence in depth: should a price change between
+    guard's quote and the payment, 402-mcp itself refuses what no call of the policy may spend. (Set at
+    start: a policy reloaded later does not change it.)"""
+    if not isinstance(spec, _upstream.StdioUpstream):
+        return spec
+    if policy.spec.preset != "402-mcp" and spec.name.split("@")[0] != "402-mcp":  # npx 402-mcp@4.2.1 too
+        return spec
+    cap, why = largest_auto_payment(policy), "the largest payment the policy admits"
+    inherited = os.environ.get(AUTO_PAY_CAP, "").strip()
+    if inherited.isdigit() and int(inherited) < cap:
+        cap, why = int(inherited), "as the environment says (the policy admits more)"
+    logger.info("upstream 402-mcp starts with %s=%d: %s", AUTO_PAY_CAP, cap, why)
+    return replace(spec, env={**spec.env, AUTO_PAY_CAP: str(cap)})
+
+
+def largest_auto_payment(policy: Policy) -> int:
+    """The most one payment 402-mcp makes by itself may cost under `policy`, in whole sats: the largest,
+    over its paying tools, of what one call may spend (a denied tool: nothing; else at most its max_price,
+    its fixed price, and each budget covering it). 402-mcp has one cap for all of them, so the tool the
+    policy lets spend most sets it: give the paying tools one max_price (or deny those not used) for the
+    tightest cap."""
+    anyone = Who("", None, "")
+    largest = 0
+    for tool in AUTO_PAYING_TOOLS:
+        if policy.refusal(tool) is not None:
+            continue
+        try:
+            bounds = [policy.max_price(tool), policy.fixed_price(tool, {})]
+        except PriceUnknown:
+            continue  # caps that do not compare: every call to it is refused
+        budgets = [_sats(budget.limit) for budget in policy.budgets(tool, anyone)]
+        if not any(b is not None for b in budgets):
+            continue  # no budget counts sats: every payment is refused
+        most = min(sats for sats in [*(_sats(b) for b in bounds if b is not None), *budgets] if sats is not None)
+        largest = max(largest, most)
+    return largest
+
+
+def _sats(amount: Amount) -> int | None:
+    """`amount` in whole sats (rounded down: 402-mcp compares whole sats), None when not Lightning money."""
+    try:
+        return amount.to("sat", rounding="down").value
+    except UnitMismatch:
+        return None
 
 
 async def _heartbeat(ledger: Ledger) -> None:

@@ -43,9 +43,15 @@ TERM_GRACE_S = 2.0
 
 @dataclass(frozen=True)
 class StdioUpstream:
-    """An upstream started as a subprocess; it inherits the guard's environment."""
+    """An upstream started as a subprocess; it inherits the guard's environment, with `env` over it."""
 
     command: tuple[str, ...]
+    env: dict[str, str] = field(default_factory=dict, hash=False)
+
+    @property
+    def environment(self) -> dict[str, str]:
+        """What the process starts with: the guard's environment, `env` over it."""
+        return {**os.environ, **self.env}
 
     @property
     def label(self) -> str:
@@ -101,7 +107,7 @@ def client_target(spec: UpstreamSpec) -> Any:
     from mcp import StdioServerParameters
 
     if isinstance(spec, StdioUpstream):
-        return StdioServerParameters(command=spec.command[0], args=list(spec.command[1:]), env=dict(os.environ))
+        return StdioServerParameters(command=spec.command[0], args=list(spec.command[1:]), env=spec.environment)
     return spec.url
 
 
@@ -144,7 +150,7 @@ async def _stdio(spec: StdioUpstream) -> AsyncIterator[UpstreamLink]:
             stdin=PIPE,
             stdout=PIPE,
             stderr=PIPE,
-            env=dict(os.environ),
+            env=spec.environment,
             start_new_session=True,
             limit=MAX_MESSAGE_BYTES,
         )

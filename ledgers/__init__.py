@@ -20,6 +20,7 @@ from ledgers._errors import (
 from ledgers._ledger import (
     DEFAULT_LEASE_S,
     DEFAULT_POOL,
+    QUOTE_LIFETIME_S,
     Approval,
     BalanceObservation,
     Budget,
@@ -27,6 +28,7 @@ from ledgers._ledger import (
     CallRecord,
     HoldInfo,
     Ledger,
+    Quote,
     RateLimit,
     RecordedCall,
     Usage,
@@ -34,7 +36,16 @@ from ledgers._ledger import (
     location,
 )
 from ledgers._money import MAX_AMOUNT, Amount, Rates
-from ledgers._report import MONEY_BALANCES, BalanceDrift, DoubtfulHold, RuleCount, Spend, SpendReport, StaleDenial
+from ledgers._report import (
+    MONEY_BALANCES,
+    BalanceDrift,
+    DoubtfulHold,
+    OverReservation,
+    RuleCount,
+    Spend,
+    SpendReport,
+    StaleDenial,
+)
 from ledgers._schema import SCHEMA_VERSION
 from ledgers._time import Clock, SystemClock, Window
 
@@ -43,6 +54,7 @@ __all__ = [
     "DEFAULT_POOL",
     "MAX_AMOUNT",
     "MONEY_BALANCES",
+    "QUOTE_LIFETIME_S",
     "SCHEMA_VERSION",
     "AlreadyPaid",
     "Amount",
@@ -61,7 +73,9 @@ __all__ = [
     "HoldStateError",
     "Ledger",
     "LedgerError",
+    "OverReservation",
     "PaymentInFlight",
+    "Quote",
     "RateLimit",
     "RateLimited",
     "Rates",

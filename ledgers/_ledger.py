@@ -66,6 +66,8 @@ BUSY_RETRIES = 50
 DEFAULT_POOL = 4
 # How long an operation waits for one of them before it fails (the call it serves is refused).
 POOL_TIMEOUT_S = 30.0
+# The longest a remembered price is used (a BOLT11 invoice's default expiry): prices change.
+QUOTE_LIFETIME_S = 3600
 
 
 def default_path() -> Path:
@@ -115,6 +117,8 @@ class RateLimit:
 
 @dataclass(frozen=True)
 class HoldInfo:
+    """A hold: `amount` was reserved; `settled` (in the same unit) is what was paid, which may be more."""
+
     id: int
     phase: str
     amount: Amount
@@ -127,6 +131,12 @@ class HoldInfo:
     balance_key: str | None = None
     server: str | None = None
     resource: str | None = None
+    priced_by: str | None = None  # what bounded the reservation (the caller's word: a quote, a cap...)
+
+    @property
+    def over_reservation(self) -> Amount | None:
+        """What was paid above the reservation, if anything was."""
+        return self.settled.above(self.amount) if self.settled is not None else None
 
 
 @dataclass(frozen=True)
@@ -164,6 +174,17 @@ class BudgetState:
     @property
     def remaining(self) -> int:
         return max(0, self.budget.limit.value - self.used)
+
+
+@dataclass(frozen=True)
+class Quote:
+    """A price named for `key` (a resource) before anything was paid, usable until `expires`."""
+
+    key: str
+    amount: Amount
+    expires: datetime
+    payment_id: str | None = None
+    seen: datetime | None = None  # set by the ledger when stored
 
 
 @dataclass(frozen=True)
@@ -213,6 +234,11 @@ class CallRecord:
     latency_us: int | None = None
     args_digest: str | None = None
     server: str | None = None
+
+    @property
+    def over_reservation(self) -> Amount | None:
+        """What the call paid above what it reserved (`price`), if anything."""
+        return self.spent.above(self.price) if self.spent is not None and self.price is not None else None
 
 
 @dataclass(frozen=True)
@@ -351,11 +377,12 @@ class Ledger:
         balance_key: str | None = None,
         server: str | None = None,
         resource: str | None = None,
+        priced_by: str | None = None,
     ) -> int:
         """Check every budget and rate limit and, in the same transaction, write the hold (and the
         calls the rate limits count). `balance_key` names the balance the payment draws on (see
-        `spent_from`); `server` and `resource` (a URL without its query) are for reports. Returns
-        the hold id.
+        `spent_from`); `server` and `resource` (a URL without its query) are for reports, `priced_by`
+        what bounded `amount` (a quote, a cap). Returns the hold id.
 
         Raises:
             BudgetExceeded / RateLimited: which rule, what remains, when to retry. Nothing written.
@@ -375,7 +402,7 @@ class Ledger:
             for budget, value in charges:
                 self._check_budget(conn, budget, value, now)
             mixed = any(b.limit.unit != amount.unit for b in budgets)
-            where = _Where(session, identity, tool, balance_key, server, resource)
+            where = _Where(session, identity, tool, balance_key, server, resource, priced_by)
             hold_id = self._insert_hold(conn, amount, idempotency_key, now, where, mixed)
             defined = self._define_budgets(conn, budgets, now)
             for budget, value in charges:
@@ -405,7 +432,9 @@ class Ledger:
         self._move(hold_id, ("reserved",), "forwarded")
 
     def settle(self, hold_id: int, actual: Amount) -> None:
-        """The call finished; `actual` (≤ the hold) was paid."""
+        """The call finished; `actual` was paid. All of it is recorded, above the hold too: then each
+        budget's charge is `actual` in its unit (rounded up), the budget may go over its limit, and every
+        further reservation against it is refused (see `HoldInfo.over_reservation`)."""
         self._finish(hold_id, ("reserved", "forwarded"), actual)
 
     def void(self, hold_id: int) -> None:
@@ -417,7 +446,8 @@ class Ledger:
         self._move(hold_id, ("forwarded",), "in_doubt")
 
     def resolve(self, hold_id: int, actual: Amount) -> None:
-        """An in-doubt hold's outcome became known: `actual` was paid (zero: nothing was)."""
+        """An in-doubt hold's outcome became known: `actual` was paid (zero: nothing was), recorded whole
+        as `settle` records it."""
         self._finish(hold_id, ("in_doubt",), actual if actual.value else None)
 
     def hold(self, hold_id: int) -> HoldInfo:
@@ -425,7 +455,7 @@ class Ledger:
             row = _run(
                 conn,
                 "SELECT id, phase, unit, amount, settled, idempotency_key, created_us, session, identity, tool,"
-                " balance_key, server, resource FROM ledger_holds WHERE id = :id",
+                " balance_key, server, resource, priced_by FROM ledger_holds WHERE id = :id",
                 {"id": hold_id},
             ).first()
         if row is None:
@@ -444,6 +474,7 @@ class Ledger:
             row.balance_key,
             row.server,
             row.resource,
+            row.priced_by,
         )
 
     def name_payment(self, hold_id: int, idempotency_key: str) -> bool:
@@ -571,7 +602,7 @@ class Ledger:
         with self._write(lock_keys=sorted({b.key for b in budgets})) as conn:
             now = self._now_us()
             mixed = any(b.limit.unit != amount.unit for b in budgets)
-            where = _Where(session, None, tool, balance_key, server, None)
+            where = _Where(session, None, tool, balance_key, server, None, None)
             hold_id = self._insert_hold(conn, amount, None, now, where, mixed)
             defined = self._define_budgets(conn, budgets, now)
             _run(
@@ -601,7 +632,61 @@ class Ledger:
         now = self._now_us()
         return [(_observation(row), (now - row.seen_us) / US_PER_S) for row in rows]
 
+    # quotes
+
+    def remember_quote(
+        self, key: str, amount: Amount, *, expires: datetime | None = None, payment_id: str | None = None
+    ) -> Quote | None:
+        """Remember the price named for `key` (replacing the one before), usable until `expires` and for
+        at most `QUOTE_LIFETIME_S`. Returns it as stored; None when it had expired already."""
+        if not isinstance(amount, Amount):
+            raise AmountError(f"a quote's amount must be an Amount, not {amount!r}")
+        now = self._now_us()
+        until = now + QUOTE_LIFETIME_S * US_PER_S
+        if expires is not None:
+            until = min(until, to_us(expires))
+        if until <= now:
+            return None
+        values = {"k": key, "a": amount.value, "u": amount.unit, "p": payment_id, "s": now, "e": until}
+        with self._write() as conn:
+            _run(conn, "DELETE FROM ledger_quotes WHERE expires_us <= :now", {"now": now})
+            _run(
+                conn,
+                "INSERT INTO ledger_quotes (key, amount, unit, payment_id, seen_us, expires_us)"
+                " VALUES (:k, :a, :u, :p, :s, :e) ON CONFLICT (key) DO UPDATE SET amount = :a, unit = :u,"
+                " payment_id = :p, seen_us = :s, expires_us = :e",
+                values,
+            )
+        return Quote(key, amount, from_us(until), payment_id, from_us(now))
+
+    def quote(self, key: str) -> Quote | None:
+        """The price last named for `key`, unless it expired (an expired quote is never used)."""
+        now = self._now_us()
+        with self._read() as conn:
+            row = _run(
+                conn,
+                "SELECT key, amount, unit, payment_id, seen_us, expires_us FROM ledger_quotes"
+                " WHERE key = :k AND expires_us > :now",
+                {"k": key, "now": now},
+            ).first()
+        if row is None:
+            return None
+        return Quote(
+            row.key, Amount(row.amount, row.unit), from_us(row.expires_us), row.payment_id, from_us(row.seen_us)
+        )
+
     # operators' views
+
+    def over_reservations(self, since: datetime) -> list[HoldInfo]:
+        """Holds settled since `since` at more than they reserved, oldest first."""
+        with self._read() as conn:
+            ids = _run(
+                conn,
+                "SELECT id FROM ledger_holds WHERE updated_us >= :s AND phase = 'settled' AND settled > amount"
+                " ORDER BY id",
+                {"s": to_us(since)},
+            ).all()
+        return [self.hold(int(row[0])) for row in ids]
 
     def budget_states(self, *, session: str | None = None, idle_after_s: float = 86_400) -> list[BudgetState]:
         """Budgets in use, by name then scope, as last defined by a guard. A budget is listed while its
@@ -1051,8 +1136,8 @@ class Ledger:
                 hold_id: Any = _run(
                     conn,
                     "INSERT INTO ledger_holds (idempotency_key, phase, unit, amount, owner, session, identity,"
-                    " tool, mixed_units, created_us, updated_us, balance_key, server, resource)"
-                    " VALUES (:k, 'reserved', :u, :a, :o, :s, :i, :t, :m, :now, :now, :bk, :sv, :r) RETURNING id",
+                    " tool, mixed_units, created_us, updated_us, balance_key, server, resource, priced_by)"
+                    " VALUES (:k, 'reserved', :u, :a, :o, :s, :i, :t, :m, :now, :now, :bk, :sv, :r, :pb) RETURNING id",
                     {
                         "k": key,
                         "u": amount.unit,
@@ -1066,6 +1151,7 @@ class Ledger:
                         "bk": where.balance_key,
                         "sv": where.server,
                         "r": where.resource,
+                        "pb": where.priced_by,
                     },
                 ).scalar_one()
         except IntegrityError:
@@ -1139,56 +1225,47 @@ class Ledger:
             settled = _run(
                 conn,
                 "UPDATE ledger_holds SET phase = 'settled', settled = :p, updated_us = :t"
-                f" WHERE id = :h AND phase IN {_sql_list(allowed)} AND unit = :u AND amount >= :p"
-                " RETURNING mixed_units",
+                f" WHERE id = :h AND phase IN {_sql_list(allowed)} AND unit = :u RETURNING mixed_units",
                 {"p": actual.value, "t": now, "h": hold_id, "u": actual.unit},
             ).first()
             if settled is not None:
                 unit, paid, mixed = actual.unit, actual.value, bool(settled.mixed_units)
-            else:  # another unit than the hold's, too much, or a step the phase does not allow
-                unit, amount = self._refuse_step(conn, hold_id, "settled", allowed)
+            else:  # another unit than the hold's, or a step the phase does not allow
+                unit = self._refuse_step(conn, hold_id, "settled", allowed)
                 paid = actual.to(unit, rounding="up").value
-                if paid > amount:
-                    raise AmountError(f"hold {hold_id}: settling {actual} is more than the {amount} {unit} it held")
                 _run(
                     conn,
                     "UPDATE ledger_holds SET phase = 'settled', settled = :p, updated_us = :t WHERE id = :h",
                     {"p": paid, "t": now, "h": hold_id},
                 )
                 mixed = True
-            # A charge never grows at settlement: what is spent is at most what was held.
+            # What was paid is what is spent, all of it: above the hold too (the ledger never says less
+            # than what left; the budget may go over its limit, and then refuses every reservation).
             _run(
                 conn,
-                "UPDATE ledger_charges SET spent = CASE WHEN held < :p THEN held ELSE :p END, held = 0"
-                " WHERE hold_id = :h AND unit = :u",
+                "UPDATE ledger_charges SET spent = :p, held = 0 WHERE hold_id = :h AND unit = :u",
                 {"p": paid, "h": hold_id, "u": unit},
             )
             if not mixed:
                 return
             others = _run(
                 conn,
-                "SELECT id, unit, held FROM ledger_charges WHERE hold_id = :h AND unit != :u",
+                "SELECT id, unit FROM ledger_charges WHERE hold_id = :h AND unit != :u",
                 {"h": hold_id, "u": unit},
             ).all()
             for charge in others:
                 spent = Amount(paid, unit).to(charge.unit, rates=self._rates, rounding="up").value
-                _run(
-                    conn,
-                    "UPDATE ledger_charges SET held = 0, spent = :s WHERE id = :c",
-                    {"s": min(spent, charge.held), "c": charge.id},
-                )
+                _run(conn, "UPDATE ledger_charges SET held = 0, spent = :s WHERE id = :c", {"s": spent, "c": charge.id})
 
-    def _refuse_step(
-        self, conn: Connection, hold_id: int, phase: str, allowed: tuple[str, ...] = ()
-    ) -> tuple[str, int]:
+    def _refuse_step(self, conn: Connection, hold_id: int, phase: str, allowed: tuple[str, ...] = ()) -> str:
         """Raise why a hold cannot take this step, unless it is only a unit to convert (then say the
-        hold's unit and amount)."""
-        row = _run(conn, "SELECT phase, unit, amount FROM ledger_holds WHERE id = :h", {"h": hold_id}).first()
+        hold's unit)."""
+        row = _run(conn, "SELECT phase, unit FROM ledger_holds WHERE id = :h", {"h": hold_id}).first()
         if row is None:
             raise HoldStateError(f"hold {hold_id} does not exist")
         if row.phase not in allowed:
             raise HoldStateError(f"hold {hold_id} is {row.phase}: it cannot become {phase}")
-        return row.unit, int(row.amount)
+        return str(row.unit)
 
     # transactions
 
@@ -1255,6 +1332,7 @@ class _Where:
     balance_key: str | None
     server: str | None
     resource: str | None
+    priced_by: str | None
 
 
 def _us(moment: datetime | None) -> int:
@@ -1346,6 +1424,7 @@ def _latest_stored_us(conn: Connection) -> int:
         ("ledger_rate_events", "at_us"),
         ("ledger_observations", "seen_us"),
         ("ledger_call_events", "at_us"),
+        ("ledger_quotes", "seen_us"),
     ):
         value = _run(conn, f"SELECT MAX({column}) FROM {table}").scalar()
         latest = max(latest, int(value or 0))
@@ -1465,12 +1544,14 @@ def _safe_url(url: str) -> str:
 
 
 __all__ = [
+    "QUOTE_LIFETIME_S",
     "BalanceObservation",
     "Budget",
     "BudgetState",
     "CallRecord",
     "HoldInfo",
     "Ledger",
+    "Quote",
     "RateLimit",
     "Usage",
     "default_path",

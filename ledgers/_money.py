@@ -113,6 +113,15 @@ class Amount:
             raise UnitMismatch(f"cannot compare {self.unit} with {unit}: no exchange rate is configured")
         return Amount(_rounded(self.value * ratio, rounding, f"{self} in {unit}"), unit)
 
+    def above(self, bound: Amount) -> Amount | None:
+        """How much more than `bound` this is, in `bound`'s unit (this amount rounded up, as settling
+        converts it); None when it is not more, or the units do not compare without a rate."""
+        try:
+            over = self.to(bound.unit, rounding="up").value - bound.value
+        except UnitMismatch:
+            return None
+        return Amount(over, bound.unit) if over > 0 else None
+
 
 def _whole(number: Decimal, text: str) -> int:
     value = int(number)

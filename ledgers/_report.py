@@ -7,6 +7,8 @@ What is counted:
   and msat holds add up exactly); other units are never mixed.
 - denials, rate-limit hits and stale-balance denials come from the call events of the period;
 - holds in doubt are every hold in doubt now, whenever it was made;
+- payments above their reservation: holds created in the period and settled at more than they held
+  (the spend above counts all of it);
 - balance drift: for each money balance (`p402:*`, `wallet:*`) observed in the period, how its first
   and last observation differ, against what the guard counted as drawn on it in between.
 
@@ -95,6 +97,27 @@ class DoubtfulHold:
 
 
 @dataclass(frozen=True)
+class OverReservation:
+    """A payment settled above what was reserved for it: the upstream paid more than the guard's price
+    bound (`priced_by`: what set that bound). Amounts in the hold's unit."""
+
+    id: int
+    reserved: Amount
+    paid: Amount
+    tool: str | None
+    session: str | None
+    identity: str | None
+    server: str | None
+    resource: str | None
+    priced_by: str | None
+    created: datetime
+
+    @property
+    def excess(self) -> Amount:
+        return Amount(self.paid.value - self.reserved.value, self.reserved.unit)
+
+
+@dataclass(frozen=True)
 class BalanceDrift:
     """A money balance's first and last observation in the period, against what the guard knows moved it
     in between: its own payments drawn on it (settled, and in doubt in full), spend it saw only in the
@@ -145,6 +168,7 @@ class SpendReport:
     rate_limit_hits: tuple[RuleCount, ...]
     stale_denials: tuple[StaleDenial, ...]
     in_doubt: tuple[DoubtfulHold, ...]
+    over_reservations: tuple[OverReservation, ...]
     drift: tuple[BalanceDrift, ...]
 
     @property
@@ -188,6 +212,7 @@ def build_report(conn: Connection, start: datetime, end: datetime, now_us: int) 
         rate_limit_hits=tuple(d for d in denials if _RATE_LIMIT_RULE.search(d.rule)),
         stale_denials=_stale_denials(conn, period),
         in_doubt=_in_doubt(conn, now_us, zone),
+        over_reservations=_over_reservations(conn, period, zone),
         drift=_drift(conn, period, zone),
     )
 
@@ -353,6 +378,32 @@ def _in_doubt(conn: Connection, now_us: int, zone: tzinfo) -> tuple[DoubtfulHold
     )
 
 
+_OVER_SQL = """
+SELECT id, unit, amount, settled, tool, session, identity, server, resource, priced_by, created_us
+FROM ledger_holds
+WHERE created_us >= :start AND created_us < :end AND phase = 'settled' AND settled > amount
+ORDER BY created_us, id
+"""
+
+
+def _over_reservations(conn: Connection, period: dict[str, int], zone: tzinfo) -> tuple[OverReservation, ...]:
+    return tuple(
+        OverReservation(
+            id=int(row.id),
+            reserved=Amount(int(row.amount), row.unit),
+            paid=Amount(int(row.settled), row.unit),
+            tool=row.tool,
+            session=row.session,
+            identity=row.identity,
+            server=row.server,
+            resource=row.resource,
+            priced_by=row.priced_by,
+            created=from_us(row.created_us).astimezone(zone),
+        )
+        for row in _rows(conn, _OVER_SQL, period)
+    )
+
+
 def _lightning(value: int, unit: str) -> Amount:
     """An amount as reports count it: Lightning in msat (so sat and msat add up), other units as they are."""
     return Amount(value * 1000, "msat") if unit == "sat" else Amount(value, unit)
@@ -439,6 +490,7 @@ def _sql(statement: str) -> TextClause:
 __all__ = [
     "BalanceDrift",
     "DoubtfulHold",
+    "OverReservation",
     "RuleCount",
     "Spend",
     "SpendReport",

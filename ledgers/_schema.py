@@ -45,7 +45,10 @@ class Owner(SQLModel, table=True):
 
 
 class Hold(SQLModel, table=True):
-    """A two-phase spend: reserved (and counted) before the call, settled or voided after."""
+    """A two-phase spend: reserved (and counted) before the call, settled or voided after.
+
+    As the first release made it: later steps add columns, and `_v5` rebuilds it so that `settled` (what
+    was paid) may be more than `amount` (what was reserved): the ledger records what left, all of it."""
 
     __tablename__ = "ledger_holds"
     __table_args__ = (
@@ -199,6 +202,23 @@ class BudgetRow(SQLModel, table=True):
     defined_us: int = Field(sa_column=_big(nullable=False))
 
 
+class QuoteRow(SQLModel, table=True):
+    """The last price named for a key (a resource) before anything was paid, usable until it expires.
+    Added by `_v5`; one row per key, shared by guards on one ledger."""
+
+    __tablename__ = "ledger_quotes"
+    __table_args__ = (
+        CheckConstraint("amount >= 0", name="quote_not_negative"),
+        Index("ledger_quotes_expires", "expires_us"),
+    )
+    key: str = Field(primary_key=True)
+    amount: int = Field(sa_column=_big(nullable=False))
+    unit: str
+    payment_id: str | None = None  # the invoice's payment hash, when there is one
+    seen_us: int = Field(sa_column=_big(nullable=False))
+    expires_us: int = Field(sa_column=_big(nullable=False))
+
+
 class AlertRow(SQLModel, table=True):
     """An alert claimed for sending (once per key: a budget's threshold in one window period, a hold in
     doubt). Added by `_v4`. The primary key makes guards sharing a ledger send each alert once."""
@@ -248,7 +268,72 @@ def _v4(conn: Connection) -> None:
     SQLModel.metadata.create_all(conn, tables=[getattr(t, "__table__") for t in (BudgetRow, AlertRow)])  # noqa: B009
 
 
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3, _v4]
+# ledger_holds as `_v5` leaves it: `settled` may exceed `amount` (a payment above its reservation is
+# recorded whole); `priced_by` says what bounded the reservation. Frozen, as every released step is.
+_HOLDS_V5 = """
+CREATE TABLE ledger_holds_v5 (
+    id INTEGER NOT NULL PRIMARY KEY,
+    idempotency_key VARCHAR,
+    phase VARCHAR NOT NULL,
+    unit VARCHAR NOT NULL,
+    amount BIGINT NOT NULL,
+    settled BIGINT,
+    owner VARCHAR NOT NULL,
+    session VARCHAR,
+    identity VARCHAR,
+    tool VARCHAR,
+    mixed_units BOOLEAN DEFAULT 0 NOT NULL,
+    created_us BIGINT NOT NULL,
+    updated_us BIGINT NOT NULL,
+    balance_key VARCHAR,
+    server VARCHAR,
+    resource VARCHAR,
+    external BOOLEAN DEFAULT 0 NOT NULL,
+    priced_by VARCHAR,
+    CONSTRAINT hold_amount_not_negative CHECK (amount >= 0),
+    CONSTRAINT hold_settled_not_negative CHECK (settled IS NULL OR settled >= 0),
+    CONSTRAINT hold_phase_known CHECK (phase IN ('reserved', 'forwarded', 'settled', 'voided', 'in_doubt'))
+)
+"""
+_HOLDS_COLUMNS = (
+    "id, idempotency_key, phase, unit, amount, settled, owner, session, identity, tool, mixed_units, created_us,"
+    " updated_us, balance_key, server, resource, external"
+)
+_HOLDS_INDEXES = (
+    "CREATE UNIQUE INDEX ledger_holds_open_key ON ledger_holds (idempotency_key)"
+    " WHERE phase != 'voided' AND idempotency_key IS NOT NULL",
+    "CREATE INDEX ledger_holds_phase_owner ON ledger_holds (phase, owner)",
+    "CREATE INDEX ledger_holds_updated ON ledger_holds (updated_us)",
+    "CREATE INDEX ledger_holds_balance_time ON ledger_holds (balance_key, updated_us)",
+    "CREATE INDEX ledger_holds_created ON ledger_holds (created_us)",
+    "CREATE INDEX ledger_holds_session ON ledger_holds (session)",
+)
+
+
+def _v5(conn: Connection) -> None:
+    """The truth, always: a payment above its reservation is settled whole (the CHECK `settled <= amount`
+    goes; SQLite cannot drop a CHECK, so its table is rebuilt and the rows moved); holds say what priced
+    them; quotes move to a table of their own with an expiry (quote observations, keyed by whole URLs
+    that may carry credentials and never expiring, are deleted)."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(
+            text(
+                "ALTER TABLE ledger_holds DROP CONSTRAINT hold_settled_in_range, ADD CONSTRAINT"
+                " hold_settled_not_negative CHECK (settled IS NULL OR settled >= 0), ADD COLUMN priced_by VARCHAR"
+            )
+        )
+    else:
+        conn.execute(text(_HOLDS_V5))
+        conn.execute(text(f"INSERT INTO ledger_holds_v5 ({_HOLDS_COLUMNS}) SELECT {_HOLDS_COLUMNS} FROM ledger_holds"))
+        conn.execute(text("DROP TABLE ledger_holds"))
+        conn.execute(text("ALTER TABLE ledger_holds_v5 RENAME TO ledger_holds"))
+        for index in _HOLDS_INDEXES:
+            conn.execute(text(index))
+    conn.execute(text("DELETE FROM ledger_observations WHERE key LIKE 'quote:%'"))
+    SQLModel.metadata.create_all(conn, tables=[getattr(QuoteRow, "__table__")])  # noqa: B009
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3, _v4, _v5]
 MIGRATION_LOCK = 0x6775617264  # "guard": the advisory lock key that serializes migrations
 SCHEMA_VERSION = len(MIGRATIONS)
 

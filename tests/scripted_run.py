@@ -12,13 +12,14 @@ tests/fixtures/policies/report-alby.yaml and report-402mcp.yaml.
    get_balance says 99 000 sat: 1 000 sat spent another way (external). The invoice is paid (25 sat);
    get_balance says 98 975 (explained); the wallet is topped up by 500 sat behind the guard's back;
    get_balance says 99 475 (a top-up).
-2. alice-1 (identity alice), fake 402-mcp: previews, then pays WEATHER (30 sat) and CHAT (20 sat).
+2. alice-1 (identity alice), fake 402-mcp: previews, then pays WEATHER (30 sat) and CHAT, whose price
+   went from 20 to 25 sat after the preview: 25 sat paid on a 20 sat reservation (an over-reservation).
 3. bob-1 (identity bob), fake 402-mcp: three previews, a fourth is refused (`tools.l402-fetch-preview.
    rate_limit`, 3/minute); pays WEATHER (30), EMBED (40: the fake answers `unknown`, the hold stays in
-   doubt), CHAT (20); then RADAR (never quoted: its max_price 50 sat does not fit the 10 sat left) is
+   doubt), CHAT (20); then RADAR (guard previews it itself: 15 sat do not fit the 10 sat left) is
    refused (`budgets.per-session`).
 
-So the fakes were paid 30 + 20 + 30 + 40 + 20 = 140 sat by 402-mcp (40 of it reported `unknown`) and
+So the fakes were paid 30 + 25 + 30 + 40 + 20 = 145 sat by 402-mcp (40 of it reported `unknown`) and
 25 sat by Alby; the wallet shows 1 000 sat spent elsewhere and a 500 sat top-up.
 """
 
@@ -49,7 +50,8 @@ WEATHER = "https://weather.example/forecast"
 RADAR = "https://weather.example/radar"
 CHAT = "https://llm.example/v1/chat"
 EMBED = "https://llm.example/v1/embed"
-PRICES = {WEATHER: 30, CHAT: 20, EMBED: 40, RADAR: 10}
+PRICES = {WEATHER: 30, CHAT: 20, EMBED: 40, RADAR: 15}
+CHAT_RAISED = 25  # CHAT's price when alice fetches it, after her preview said 20
 SESSIONS = {"carol-1": "carol", "alice-1": "alice", "bob-1": "bob"}  # session: identity
 WALLET = "wallet:alby"
 WALLET_SEEN = 100_000  # sat, two hours before the run
@@ -146,6 +148,7 @@ def _alice(directory: Path) -> list[JSON]:
     try:
         for url in (WEATHER, CHAT):
             guard.checked("l402-fetch-preview", {"url": url})
+        guard.edit_state(prices={**PRICES, CHAT: CHAT_RAISED})
         for url in (WEATHER, CHAT):
             guard.checked("l402-fetch", {"url": url, "autoPay": True})
     finally:
@@ -195,6 +198,7 @@ def _invoice(sats: int) -> str:
 
 __all__ = [
     "CHAT",
+    "CHAT_RAISED",
     "EMBED",
     "EXTERNAL_SPEND",
     "INVOICE_SATS",

@@ -20,7 +20,7 @@ import anyio.to_thread
 import pytest
 
 from guard import Session, ToolCall
-from guard._alerts import Alerter
+from guard._alerts import OVER_RESERVATION_LOOKBACK_S, Alerter
 from guard._gate import PolicyGate
 from guard._policy_files import parse
 from guard._policy_source import PolicySource
@@ -392,6 +392,44 @@ async def test_a_hold_in_doubt_alerts_once(ledger: Ledger, receiver: Receiver, c
         "since": "2026-11-21T12:00:00+00:00",
         "at": "2026-11-21T12:00:05+00:00",
     }
+
+
+@pytest.mark.anyio
+async def test_a_payment_above_its_reservation_alerts_once_while_it_is_recent(
+    ledger: Ledger, receiver: Receiver, clock: FakeClock
+) -> None:
+    big = Budget("daily", Amount(10_000, SAT), "global", Window.calendar("day"))  # no threshold passed
+    alerts = alerter(source_for(receiver.url), ledger, clock)
+    hold = ledger.reserve([big], Amount(10, SAT), session="s1", tool="buy", priced_by="quote")
+    ledger.settle(hold, Amount(50, SAT))
+    clock.advance(5)
+    await alerts.sweep()
+    await alerts.sweep()
+    [event] = receiver.taken()
+    assert event == {
+        "event": "payment.over_reservation",
+        "text": "guard: a payment by buy of 50 sat was 40 sat more than the 10 sat reserved for it (hold 1);"
+        " the ledger counts all of it",
+        "hold_id": hold,
+        "reserved": 10,
+        "paid": 50,
+        "excess": 40,
+        "unit": "sat",
+        "priced_by": "quote",
+        "tool": "buy",
+        "session": "s1",
+        "identity": None,
+        "server": None,
+        "resource": None,
+        "since": "2026-11-21T12:00:00+00:00",
+        "at": "2026-11-21T12:00:05+00:00",
+    }
+    # A day later it is no longer looked for: another one made now is.
+    clock.advance(OVER_RESERVATION_LOOKBACK_S)
+    later = ledger.reserve([big], Amount(10, SAT), session="s1", tool="buy")
+    ledger.settle(later, Amount(11, SAT))
+    await alerts.sweep()
+    assert [e["hold_id"] for e in receiver.taken()] == [later]
 
 
 @pytest.mark.anyio

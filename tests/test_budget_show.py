@@ -44,7 +44,7 @@ def some_spend(url: str) -> None:
         ledger.mark_in_doubt(doubtful)
         ledger.reserve([Budget("per-session", Amount(100, "sat"), "session:s2")], Amount(5, "sat"), session="s2")
         ledger.observe(BalanceObservation("p402", "p402:sess_1", Amount(4_500_000, "usd_micro"), status="active"))
-        ledger.observe(BalanceObservation("quote", "quote:https://x.example/a", Amount(10, "sat"), status="quote"))
+        ledger.remember_quote("https://x.example/a", Amount(10, "sat"))
 
 
 def test_json_has_a_row_per_budget_and_scope_and_the_latest_balances(ledger_url: str) -> None:

@@ -95,6 +95,29 @@ def test_calls_denials_spend_and_upstream_latency_are_counted_by_tool_rule_decis
     assert "session-7f3a" not in exposition and "alice" not in exposition
 
 
+def test_payments_settled_above_their_reservation_are_counted_with_their_excess_by_unit(ledger: Ledger) -> None:
+    metrics = PrometheusMetrics(ledger)
+    metrics.call_done(CallRecord("fetch", "allow", price=Amount(10, "sat"), spent=Amount(50, "sat")), 0.1)
+    metrics.call_done(CallRecord("fetch", "allow", price=Amount(20_500, "msat"), spent=Amount(21, "sat")), 0.1)
+    metrics.call_done(CallRecord("fetch", "allow", price=Amount(30, "sat"), spent=Amount(30, "sat")), 0.1)
+    metrics.call_done(CallRecord("fetch", "allow", price=Amount(30, "sat"), spent=Amount(5, "sat")), 0.1)
+    metrics.call_done(CallRecord("chat", "allow", price=Amount(100, "usdc"), spent=Amount(101, "usdc")), 0.1)
+    metrics.call_done(CallRecord("fetch", "resolve", spent=Amount(70, "sat")), None)  # no reservation named
+
+    samples = parse(metrics.exposition().decode())
+    assert series(samples, "guard_over_reservation_payments_total") == {
+        labels(unit="sat"): 1,
+        labels(unit="msat"): 1,
+        labels(unit="usdc"): 1,
+    }
+    # In the reservation's unit: 21 sat on 20 500 msat is 500 msat over.
+    assert series(samples, "guard_over_reservation_total") == {
+        labels(unit="sat"): 40,
+        labels(unit="msat"): 500,
+        labels(unit="usdc"): 1,
+    }
+
+
 def test_holds_are_read_from_the_ledger_by_state_at_each_scrape(ledger: Ledger) -> None:
     metrics = PrometheusMetrics(ledger)
     budget = Budget("total", Amount(1000, "sat"))

@@ -206,11 +206,11 @@ def test_a_100_sat_session_budget_admits_three_quoted_30_sat_fetches_and_the_led
     assert [c.spent for c in paying] == [Amount(30, "sat")] * 3
 
 
-def test_a_fetch_with_no_known_price_reserves_the_policys_max_price_and_settles_at_what_the_fake_paid(
+def test_a_fetch_with_no_live_quote_is_priced_by_a_preview_guard_asks_itself_and_a_free_one_by_max_price(
     start: Callable[..., Guard],
 ) -> None:
     guard = start("fake_402mcp", L402_POLICY, state={"prices": {site(5): 20}}, session="s2")
-    # No preview, no discover, no 402 seen: nothing names these prices before they are paid.
+    # No preview, no discover, no 402 seen by the agent: guard previews each URL itself before paying.
     fetched = guard.call("l402-fetch", {"url": site(5), "autoPay": True})
     unquoted = guard.call("l402-fetch", {"url": site(6), "autoPay": True})
     guard.stop()
@@ -223,7 +223,12 @@ def test_a_fetch_with_no_known_price_reserves_the_policys_max_price_and_settles_
         usage = ledger.usage(Budget("per-session", Amount(100, "sat"), "session:s2"))
         [first, second] = [e.call for e in ledger.calls(last=100) if e.call.tool == "l402-fetch"]
         assert ledger.open_holds() == []
-    assert (first.price, first.spent) == (Amount(50, "sat"), Amount(20, "sat"))
+        assert (ledger.hold(first.hold_id or 0).priced_by, ledger.hold(second.hold_id or 0).priced_by) == (
+            "quote",
+            "max_price",
+        )
+    assert (first.price, first.spent) == (Amount(20, "sat"), Amount(20, "sat"))
+    # The preview of a free resource names no price: max_price still bounds the call.
     assert (second.price, second.spent) == (Amount(50, "sat"), Amount(0, "sat"))
     assert (usage.spent, usage.held) == (20, 0) == (sum(p["amount"] for p in payments), 0)
 
@@ -680,11 +685,11 @@ def test_x402_upto_reserves_the_accepted_amount_settles_at_the_receipt_and_a_rep
     [record] = guard.state()["payments"]
     assert (record["amount"], record["max_amount"], record["scheme"]) == (3000, 50000, "upto")
     with read_ledger(guard.ledger) as ledger:
-        quote = ledger.latest("quote:mcp://tool/summarize")
+        quote = ledger.quote("mcp://tool/summarize")
         usage = ledger.usage(Budget("usdc", Amount(1_000_000, "usdc"), "session:s1"))
         [event] = [e.call for e in ledger.calls(last=10) if e.call.hold_id is not None]
         hold = ledger.hold(event.hold_id or 0)
-    assert quote is not None and (quote[0].amount, quote[0].status) == (Amount(50_000, "usdc"), "quote")
+    assert quote is not None and quote.amount == Amount(50_000, "usdc")
     assert (hold.amount, hold.settled, hold.idempotency_key) == (
         Amount(50_000, "usdc"),
         Amount(3000, "usdc"),

@@ -28,7 +28,18 @@ import pytest
 from guard._report import FORMATS, day_period, render, to_json, write_reports
 from ledgers import Amount, BalanceObservation, Budget, CallRecord, Ledger, Spend, SpendReport
 from tests.conftest import GUARD, WAIT_S, FakeClock
-from tests.scripted_run import CHAT, EMBED, EXTERNAL_SPEND, TOPUP, WALLET, WALLET_SEEN, WEATHER, ScriptedRun
+from tests.scripted_run import (
+    CHAT,
+    CHAT_RAISED,
+    EMBED,
+    EXTERNAL_SPEND,
+    PRICES,
+    TOPUP,
+    WALLET,
+    WALLET_SEEN,
+    WEATHER,
+    ScriptedRun,
+)
 from tests.scripted_run import scripted_run as run_script
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -80,6 +91,7 @@ def normalised(report: SpendReport) -> SpendReport:
         generated=FIXED_END,
         by_hour=tuple(Spend(hour.isoformat(timespec="minutes"), unit, *v) for unit, v in sorted(per_unit.items())),
         in_doubt=tuple(replace(h, created=hour, age_s=60.0) for h in report.in_doubt),
+        over_reservations=tuple(replace(o, created=hour) for o in report.over_reservations),
         drift=tuple(replace(d, first_seen=hour - timedelta(hours=2), last_seen=hour) for d in report.drift),
     )
 
@@ -107,7 +119,7 @@ def test_the_reported_sums_are_what_the_fake_upstreams_say_was_paid(run: Scripte
     [total] = scripted.totals
     # Lightning is counted in msat; the fakes count sat. Payments the fake reported `unknown` are in doubt.
     assert total.unit == "msat"
-    assert total.spent == 1000 * run.paid("paid") == 1000 * (25 + 30 + 20 + 30 + 20)
+    assert total.spent == 1000 * run.paid("paid") == 1000 * (25 + 30 + CHAT_RAISED + 30 + 20)
     assert total.in_doubt == 1000 * run.paid("unknown") == 1000 * 40
     assert total.external == 1000 * EXTERNAL_SPEND
     assert total.total == total.spent + total.external
@@ -115,7 +127,7 @@ def test_the_reported_sums_are_what_the_fake_upstreams_say_was_paid(run: Scripte
     for p in run.payments:
         if p["url"] and p["reported"] == "paid":
             paid_by_url[p["url"]] = paid_by_url.get(p["url"], 0) + 1000 * p["amount"]
-    assert {s.key: s.spent for s in scripted.top_urls if s.spent} == paid_by_url == {WEATHER: 60_000, CHAT: 40_000}
+    assert {s.key: s.spent for s in scripted.top_urls if s.spent} == paid_by_url == {WEATHER: 60_000, CHAT: 45_000}
     assert [(h.resource, h.amount) for h in scripted.in_doubt] == [(EMBED, Amount(40_000, "msat"))]
     # Every breakdown adds up to the totals.
     for section in (scripted.by_session, scripted.by_identity, scripted.by_server, scripted.by_tool):
@@ -123,6 +135,20 @@ def test_the_reported_sums_are_what_the_fake_upstreams_say_was_paid(run: Scripte
         assert sum(s.in_doubt + s.external for s in section) == total.in_doubt + total.external
     assert sum(s.spent for s in scripted.by_hour) == total.spent
     assert {s.key for s in scripted.by_session} == set(run.sessions)  # external spend names its session too
+
+
+def test_the_payment_above_its_reservation_is_listed_and_counted_whole(run: ScriptedRun, scripted: SpendReport) -> None:
+    # alice's CHAT: previewed at 20 sat, paid 25 when fetched (the price changed in between).
+    [over] = scripted.over_reservations
+    assert (over.resource, over.tool, over.session, over.priced_by) == (CHAT, "l402-fetch", "alice-1", "quote")
+    assert (over.reserved, over.paid, over.excess) == (
+        Amount(PRICES[CHAT], "sat"),
+        Amount(CHAT_RAISED, "sat"),
+        Amount(CHAT_RAISED - PRICES[CHAT], "sat"),
+    )
+    [alice] = [s for s in scripted.by_session if s.key == "alice-1"]
+    alices = [p["amount"] for p in run.payments if p["tool"] == "l402-fetch"][:2]  # hers came first
+    assert alice.spent == 1000 * sum(alices) == 1000 * (PRICES[WEATHER] + CHAT_RAISED)
 
 
 def test_the_wallet_drift_is_explained_by_the_payment_the_external_spend_and_the_top_up(

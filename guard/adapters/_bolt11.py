@@ -1,4 +1,4 @@
-"""What a BOLT11 invoice says: its amount (exact, in msat) and its payment hash.
+"""What a BOLT11 invoice says: its amount (exact, in msat), its payment hash, and when it expires.
 
 An invoice is secrets-adjacent (it carries the payment secret): no message raised here ever
 contains it, and the decoder's own exceptions are not chained onto ours.
@@ -7,6 +7,8 @@ contains it, and the decoder's own exceptions are not chained onto ours.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from fractions import Fraction
 
 import bolt11
@@ -33,8 +35,15 @@ class InvoiceError(ValueError):
     """An invoice that cannot be read. The message names the reason, never the invoice."""
 
 
-def invoice_facts(invoice: str) -> tuple[Amount | None, str]:
-    """The invoice's amount in msat (None for an amountless invoice) and its payment hash (hex).
+@dataclass(frozen=True)
+class Invoice:
+    amount: Amount | None  # in msat; None for an amountless invoice
+    payment_hash: str  # hex, lowercased
+    expires: datetime | None  # its timestamp + expiry (3600 s unless it says); None when out of range
+
+
+def read_invoice(invoice: str) -> Invoice:
+    """What a BOLT11 invoice says.
 
     Raises `InvoiceError` for anything that is not a readable BOLT11 invoice with a payment hash.
     The amount comes from the human-readable part, exactly: a pico amount that is not a whole
@@ -65,7 +74,11 @@ def invoice_facts(invoice: str) -> tuple[Amount | None, str]:
     payment_hash = tag.data if tag is not None else None
     if not isinstance(payment_hash, str) or not _HASH.match(payment_hash.lower()):
         raise InvoiceError("the invoice has no payment hash")
-    return amount, payment_hash.lower()
+    try:
+        expires: datetime | None = datetime.fromtimestamp(decoded.expiry_time, UTC)
+    except (OverflowError, OSError, ValueError, TypeError):
+        expires = None
+    return Invoice(amount, payment_hash.lower(), expires)
 
 
 def _amount(digits: str | None, multiplier: str | None) -> Amount | None:

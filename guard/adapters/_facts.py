@@ -9,13 +9,15 @@ Observation keys (one convention, shared by adapters, the gate and reports):
 - `credits:<origin>`: a 402-mcp origin's credits (unit `credits:<origin>`; origin = scheme://host[:port]);
 - `p402:<session id>`: a P402 session's remaining budget (usd_micro) and status;
 - `wallet:<family>`: a wallet's balance (`wallet:alby`, sat);
-- `tokens:<session id>`: a Token Pilot token budget (unit `tokens`);
-- `quote:<url>`: the last price named for a resource (see `Quote`).
+- `tokens:<session id>`: a Token Pilot token budget (unit `tokens`).
+
+Quotes (see `Quote`) are not observations: the ledger keeps them apart, keyed by `public_url`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Literal, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
@@ -33,6 +35,7 @@ class Quote:
     resource: str  # the URL, as the call names it
     amount: Amount
     payment_id: str | None = None  # the invoice's payment hash, when there is one
+    expires: datetime | None = None  # when the upstream says the price stops holding (an invoice's expiry)
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,7 @@ class Prepared:
     upto: bool = False  # `price` is a maximum; the settled amount may be lower (x402 `upto`)
     payment_id: str | None = None  # idempotency key: a payment hash, an x402 nonce / payment identifier
     quote_for: str | None = None  # no price in the call: a remembered quote for this resource bounds it
+    quote_with: Refresh | None = None  # no live quote: the upstream call that names the price without paying
     depends_on: tuple[str, ...] = ()  # observation keys that must be fresh and sufficient before paying
     refuse: str | None = None  # the adapter cannot let this call pay (unknown asset, unreadable invoice)
     # What is paid for, a URL: descriptive only (reports show it without its query, `paid_for`).
@@ -92,7 +96,8 @@ class Outcome:
 
 @dataclass(frozen=True)
 class Refresh:
-    """The upstream call that gives a fresh observation of a key (e.g. `l402-balance {origin}`)."""
+    """An upstream call the guard makes itself: for a fresh observation of a key (`l402-balance {origin}`),
+    or for a price before paying (`l402-fetch-preview {url}`)."""
 
     tool: str
     arguments: JSON

@@ -10,7 +10,7 @@ is `unknown` (the payment may have gone through).
 
 from __future__ import annotations
 
-from guard.adapters._bolt11 import InvoiceError, invoice_facts
+from guard.adapters._bolt11 import InvoiceError, read_invoice
 from guard.adapters._facts import JSON, Outcome, Prepared, Refresh
 from guard.adapters.l402_mcp import MAX_SATS, Reading, read_count, read_result
 from ledgers import MAX_AMOUNT, Amount, BalanceObservation
@@ -102,7 +102,8 @@ def _invoice(args: JSON) -> tuple[Amount | None, str]:
     invoice = args.get("invoice")
     if not isinstance(invoice, str):
         raise InvoiceError("the invoice is missing or not a string")
-    return invoice_facts(invoice)
+    read = read_invoice(invoice)
+    return read.amount, read.payment_hash
 
 
 def _prepare_pay_invoice(args: JSON) -> Prepared:

@@ -16,12 +16,12 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 from urllib.parse import urlsplit
 
-from guard.adapters._bolt11 import InvoiceError, invoice_facts
+from guard.adapters._bolt11 import InvoiceError, read_invoice
 from guard.adapters._facts import JSON, Outcome, OutcomeState, Prepared, Quote, Refresh
 from ledgers import MAX_AMOUNT, Amount, BalanceObservation
 
@@ -49,6 +49,7 @@ _DEFAULT_PORTS = {"http": 80, "https": 443}
 _HASH = re.compile(r"^[0-9a-fA-F]{64}$")
 _DIGITS = re.compile(r"^\s*(\d{1,30})\s*$")
 _NO_CREDENTIALS = "No stored credentials for"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def canonical(tool: str) -> str:
@@ -212,7 +213,9 @@ class L402Mcp:
                 return Prepared(pays=False)
             # No balance gates it: an origin's credits are spent first, and when they are exhausted the
             # fetch buys more with sats, which the budgets count. (l402-balance only reads a cache.)
-            return Prepared(pays=True, quote_for=_primary_url(args))
+            # The price is in the invoice the fetch will meet: with no live quote, a preview names it.
+            url = _primary_url(args)
+            return Prepared(pays=True, quote_for=url, quote_with=_preview_of(url, args, snake="_" in tool))
         if name == "l402-pay":
             return _prepare_pay(args)
         if name == "l402-buy-credits":
@@ -279,6 +282,16 @@ def _primary_url(args: JSON) -> str | None:
     return url if isinstance(url, str) else None
 
 
+def _preview_of(url: str | None, args: JSON, *, snake: bool) -> Refresh | None:
+    """`l402-fetch-preview` of the URL a fetch pays for (with its method: a price may depend on it), named
+    in the case style the fetch was (a 402-mcp before v3.14 knows only `l402_fetch_preview`)."""
+    if url is None:
+        return None
+    method = args.get("method")
+    tool = "l402_fetch_preview" if snake else "l402-fetch-preview"
+    return Refresh(tool, {"url": url} | ({"method": method} if isinstance(method, str) else {}))
+
+
 def _asked_sats(value: object) -> int | None:
     """`amountSats` from a call: a whole number 1..MAX_SATS (a string, a fraction, a bool: None)."""
     if isinstance(value, str):
@@ -293,10 +306,10 @@ def _prepare_pay(args: JSON) -> Prepared:
         # 402-mcp pays the invoice it cached for `paymentHash`: the price is not in the call.
         return Prepared(pays=True, payment_id=payment_hash(args.get("paymentHash")))
     try:
-        amount, hash_ = invoice_facts(invoice)
+        read = read_invoice(invoice)
     except InvoiceError as error:
         return Prepared(pays=True, refuse=f"l402-pay: {error}")
-    return Prepared(pays=True, price=amount, payment_id=hash_)
+    return Prepared(pays=True, price=read.amount, payment_id=read.payment_hash)
 
 
 def _invoice_of(args: JSON) -> tuple[Amount | None, str | None]:
@@ -304,9 +317,10 @@ def _invoice_of(args: JSON) -> tuple[Amount | None, str | None]:
     invoice = args.get("invoice")
     if isinstance(invoice, str) and invoice:
         try:
-            return invoice_facts(invoice)
+            read = read_invoice(invoice)
         except InvoiceError:
             return None, None
+        return read.amount, read.payment_hash
     return None, payment_hash(args.get("paymentHash"))
 
 
@@ -336,26 +350,46 @@ def _unreadable(pays: bool, reading: Reading, payment_id: str | None = None) -> 
 
 def _quote(resource: str | None, data: JSON, reading: Reading) -> Quote | None:
     """The price a 402 answer, a preview or a discover names: the invoice's amount when it carries a
-    readable one (exact), else `costSats`; `costUsd` alone makes no quote."""
+    readable one (exact), else `costSats`; `costUsd` alone makes no quote. It expires with the invoice
+    (its timestamp + expiry) or at `expiresAt` (a preview's, epoch ms), whichever comes first."""
     if resource is None:
         return None
     amount = None
     hash_ = payment_hash(data.get("paymentHash"))
+    expiries = [_epoch_ms(data.get("expiresAt"), "expiresAt", reading.problems)]
     invoice = data.get("invoice")
     if isinstance(invoice, str) and invoice:
         try:
-            amount, invoice_hash = invoice_facts(invoice)
+            read = read_invoice(invoice)
         except InvoiceError:
             reading.problems.append("the invoice in the result cannot be read")
         else:
-            if hash_ is not None and hash_ != invoice_hash:
+            if hash_ is not None and hash_ != read.payment_hash:
                 reading.problems.append("paymentHash differs from the invoice's")
-            hash_ = invoice_hash
+            amount, hash_ = read.amount, read.payment_hash
+            expiries.append(read.expires)
     if amount is None:
         sats = reading.count(data, "costSats", MAX_SATS)
         if sats is not None:
             amount = Amount(sats, "sat")
-    return Quote(resource, amount, hash_) if amount is not None else None
+    expires = min((e for e in expiries if e is not None), default=None)
+    return Quote(resource, amount, hash_, expires) if amount is not None else None
+
+
+def _epoch_ms(value: object, name: str, problems: list[str]) -> datetime | None:
+    """Epoch milliseconds (as JavaScript's `Date.now()` counts) as an aware UTC datetime; None, noted,
+    when it is not a whole number of milliseconds in range."""
+    if value is None:
+        return None
+    ms, note = read_count(value)
+    if ms is None or note is not None:
+        problems.append(f"{name} is not a time in epoch milliseconds")
+        return None
+    try:
+        return _EPOCH + timedelta(milliseconds=ms)
+    except OverflowError:
+        problems.append(f"{name} is out of range")
+        return None
 
 
 def _fetch_outcome(args: JSON, reading: Reading) -> Outcome:

@@ -14,7 +14,7 @@ import bolt11
 import pytest
 from bolt11 import Bolt11, MilliSatoshi, TagChar, Tags
 
-from guard.adapters._bolt11 import InvoiceError, invoice_facts
+from guard.adapters._bolt11 import InvoiceError, read_invoice
 from guard.adapters._facts import Outcome, Prepared, Quote, Refresh
 from guard.adapters.l402_mcp import L402Mcp, origin_of
 from ledgers import Amount, BalanceObservation
@@ -40,6 +40,8 @@ def make_invoice(msat: int | None, payment_hash: str = HASH, *, with_hash: bool 
 
 
 INVOICE_21_SAT = make_invoice(21_000)
+# make_invoice's invoices are dated 1 700 000 000 and name no expiry: BOLT11's default, an hour.
+INVOICE_EXPIRES = datetime.fromtimestamp(1_700_000_000 + 3600, UTC)
 AMOUNTLESS = make_invoice(None)
 # The BOLT 11 specification's "2500u for a cup of coffee" vector (no payment secret: an older invoice).
 SPEC_VECTOR = (
@@ -52,6 +54,11 @@ SPEC_HASH = "0001020304050607080900010203040506070809000102030405060708090102"
 URL = "https://api.example.com/v1/joke"
 ORIGIN = "https://api.example.com"
 CREDITS = f"credits:{ORIGIN}"
+
+
+def preview(url: str, **arguments: str) -> Refresh:
+    """The preview guard makes itself before an auto-paid fetch of `url` with no live quote."""
+    return Refresh("l402-fetch-preview", {"url": url, **arguments})
 
 
 def result(payload: object, *, error: bool = False) -> JSON:
@@ -86,7 +93,8 @@ def credits(value: int) -> Amount:
 def test_an_invoice_reads_as_its_exact_msat_amount_and_its_payment_hash(
     invoice: str, amount: Amount | None, payment_hash: str
 ) -> None:
-    assert invoice_facts(invoice) == (amount, payment_hash)
+    read = read_invoice(invoice)
+    assert (read.amount, read.payment_hash) == (amount, payment_hash)
 
 
 def _flip_last(invoice: str) -> str:
@@ -124,7 +132,7 @@ def _flip_last(invoice: str) -> str:
 )
 def test_an_unreadable_invoice_is_refused_with_a_reason_that_never_quotes_it(invoice: str, reason: str) -> None:
     with pytest.raises(InvoiceError) as raised:
-        invoice_facts(invoice)
+        read_invoice(invoice)
     message = str(raised.value)
     assert reason in message
     if invoice.strip():
@@ -134,9 +142,39 @@ def test_an_unreadable_invoice_is_refused_with_a_reason_that_never_quotes_it(inv
     assert raised.value.__context__ is None or raised.value.__suppress_context__
 
 
+def expiring_invoice(date: int, expiry_s: int | None) -> str:
+    tags = Tags()
+    tags.add(TagChar.payment_hash, HASH)
+    tags.add(TagChar.payment_secret, "11" * 32)
+    tags.add(TagChar.description, "guard test")
+    if expiry_s is not None:
+        tags.add(TagChar.expire_time, expiry_s)
+    return bolt11.encode(Bolt11(currency="bc", date=date, tags=tags, amount_msat=MilliSatoshi(1000)), private_key=KEY)
+
+
+@pytest.mark.parametrize(
+    ("date", "expiry_s", "expires"),
+    [
+        (1_700_000_000, None, datetime(2023, 11, 14, 23, 13, 20, tzinfo=UTC)),  # no `x` tag: an hour
+        (1_700_000_000, 60, datetime(2023, 11, 14, 22, 14, 20, tzinfo=UTC)),
+        (1_700_000_000, 86_400 * 7, datetime(2023, 11, 21, 22, 13, 20, tzinfo=UTC)),
+    ],
+    ids=["default hour", "a minute", "a week"],
+)
+def test_an_invoice_expires_at_its_timestamp_plus_its_expiry(
+    date: int, expiry_s: int | None, expires: datetime
+) -> None:
+    assert read_invoice(expiring_invoice(date, expiry_s)).expires == expires
+
+
+def test_an_invoice_whose_expiry_is_past_any_calendar_has_none_and_is_still_read() -> None:
+    read = read_invoice(expiring_invoice(1_700_000_000, 2**40))
+    assert (read.amount, read.payment_hash, read.expires) == (Amount(1000, "msat"), HASH, None)
+
+
 def test_an_invoice_that_is_not_a_string_is_refused() -> None:
     with pytest.raises(InvoiceError, match="not a string"):
-        invoice_facts(21)  # type: ignore[arg-type]
+        read_invoice(21)  # type: ignore[arg-type]
 
 
 # --- which tools, which origins --------------------------------------------------------------------
@@ -198,24 +236,37 @@ def test_an_origin_is_scheme_host_and_port_with_default_ports_dropped(url: objec
         ("l402-fetch", {"url": URL}, Prepared(pays=False)),
         ("l402-fetch", {"url": URL, "autoPay": False}, Prepared(pays=False)),
         ("l402-fetch", {"url": URL, "autoPay": None}, Prepared(pays=False)),
-        ("l402-fetch", {"url": URL, "autoPay": True}, Prepared(pays=True, quote_for=URL)),
+        ("l402-fetch", {"url": URL, "autoPay": True}, Prepared(pays=True, quote_for=URL, quote_with=preview(URL))),
         (
             "l402_fetch",
             {"url": "HTTPS://API.example.com:443/v1/joke", "autoPay": True},
-            Prepared(pays=True, quote_for="HTTPS://API.example.com:443/v1/joke"),
+            Prepared(
+                pays=True,
+                quote_for="HTTPS://API.example.com:443/v1/joke",
+                quote_with=Refresh("l402_fetch_preview", {"url": "HTTPS://API.example.com:443/v1/joke"}),
+            ),
         ),
         (
             "l402-fetch",
             {"url": "http://localhost:8080/x", "autoPay": True},
-            Prepared(pays=True, quote_for="http://localhost:8080/x"),
+            Prepared(pays=True, quote_for="http://localhost:8080/x", quote_with=preview("http://localhost:8080/x")),
         ),
         (
             "l402-fetch",
             {"url": URL, "urls": [URL, "http://joke.onion/v1/joke"], "autoPay": True},
-            Prepared(pays=True, quote_for=URL),
+            Prepared(pays=True, quote_for=URL, quote_with=preview(URL)),
         ),
-        ("l402-fetch", {"url": URL, "autoPay": "true"}, Prepared(pays=True, quote_for=URL)),
-        ("l402-fetch", {"url": "not a url", "autoPay": True}, Prepared(pays=True, quote_for="not a url")),
+        ("l402-fetch", {"url": URL, "autoPay": "true"}, Prepared(pays=True, quote_for=URL, quote_with=preview(URL))),
+        (
+            "l402-fetch",
+            {"url": URL, "method": "POST", "headers": {"Authorization": "Bearer t"}, "autoPay": True},
+            Prepared(pays=True, quote_for=URL, quote_with=preview(URL, method="POST")),
+        ),
+        (
+            "l402-fetch",
+            {"url": "not a url", "autoPay": True},
+            Prepared(pays=True, quote_for="not a url", quote_with=preview("not a url")),
+        ),
         ("l402-fetch", {"autoPay": True}, Prepared(pays=True)),
         (
             "l402-pay",
@@ -249,11 +300,12 @@ def test_an_origin_is_scheme_host_and_port_with_default_ports_dropped(url: objec
         "fetch without autoPay does not pay",
         "fetch with autoPay false does not pay",
         "fetch with autoPay null does not pay",
-        "fetch with autoPay pays, bound by a quote, needing the origin's credits",
+        "fetch with autoPay pays, bound by a quote (a preview when none is live)",
         "snake-case fetch, origin normalised, quote for the url as written",
         "fetch to a non-default port",
         "fetch with transport urls uses the first",
         "fetch with autoPay as a string counts as paying",
+        "fetch with a method previews with that method (and never its headers)",
         "fetch to an unreadable url pays with no credits to check",
         "fetch without a url",
         "pay is priced by its invoice",
@@ -362,7 +414,7 @@ ANSWERED = {"status": 200, "headers": {"content-type": "text/plain"}, "body": "a
                     "message": "Payment of 21 sats required. Exceeds MAX_AUTO_PAY_SATS (10).",
                 }
             ),
-            Outcome("not_paid", quotes=(Quote(URL, Amount(21_000, "msat"), HASH),), payment_id=HASH),
+            Outcome("not_paid", quotes=(Quote(URL, Amount(21_000, "msat"), HASH, INVOICE_EXPIRES),), payment_id=HASH),
         ),
         (
             FREE_FETCH,
@@ -393,7 +445,7 @@ ANSWERED = {"status": 200, "headers": {"content-type": "text/plain"}, "body": "a
             Outcome(
                 "not_paid",
                 observations=(BalanceObservation("l402-fetch", CREDITS, credits(0), status="exhausted"),),
-                quotes=(Quote(URL, Amount(21_000, "msat"), HASH),),
+                quotes=(Quote(URL, Amount(21_000, "msat"), HASH, INVOICE_EXPIRES),),
                 payment_id=HASH,
             ),
         ),
@@ -545,7 +597,9 @@ def test_a_fetch_answer_after_a_qr_code_is_read() -> None:
     payload = json.dumps({"status": 402, "costSats": 21, "invoice": INVOICE_21_SAT, "paymentHash": HASH}, indent=2)
     answer = raw("█▀▀▀▀▀█ ▄ █\n█ ███ █ ▀▄█\n\n" + payload)
     outcome = ADAPTER.outcome("l402-fetch", PAYING_FETCH, None, answer)
-    assert outcome == Outcome("not_paid", quotes=(Quote(URL, Amount(21_000, "msat"), HASH),), payment_id=HASH)
+    assert outcome == Outcome(
+        "not_paid", quotes=(Quote(URL, Amount(21_000, "msat"), HASH, INVOICE_EXPIRES),), payment_id=HASH
+    )
 
 
 def test_a_problem_never_repeats_a_secret_from_the_answer() -> None:
@@ -971,7 +1025,7 @@ def test_odd_credentials_answers_never_raise(answer: JSON, count: int, problem: 
                     "message": "Payment of 10 sats required.",
                 }
             ),
-            (Quote(URL, Amount(10, "sat"), HASH),),
+            (Quote(URL, Amount(10, "sat"), HASH, datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)),),
         ),
         (
             "l402_fetch_preview",
@@ -1016,19 +1070,19 @@ def test_odd_credentials_answers_never_raise(answer: JSON, count: int, problem: 
                     "server": "toll-booth",
                 }
             ),
-            (Quote(URL, Amount(21_000, "msat"), HASH),),
+            (Quote(URL, Amount(21_000, "msat"), HASH, INVOICE_EXPIRES),),
         ),
         (
             "l402_discover",
             {"url": URL},
             result({"url": URL, "costSats": 99, "invoice": make_invoice(20_500), "paymentHash": HASH}),
-            (Quote(URL, Amount(20_500, "msat"), HASH),),
+            (Quote(URL, Amount(20_500, "msat"), HASH, INVOICE_EXPIRES),),
         ),
         (
             "l402-discover",
             {"url": URL},
             result({"url": URL, "costSats": 21, "invoice": AMOUNTLESS, "paymentHash": HASH}),
-            (Quote(URL, Amount(21, "sat"), HASH),),
+            (Quote(URL, Amount(21, "sat"), HASH, INVOICE_EXPIRES),),
         ),
     ],
     ids=[
@@ -1046,6 +1100,35 @@ def test_a_preview_or_discover_answer_is_remembered_as_a_quote(
     tool: str, arguments: JSON, answer: JSON, quotes: tuple[Quote, ...]
 ) -> None:
     assert ADAPTER.outcome(tool, arguments, None, answer) == Outcome("no_payment", quotes=quotes)
+
+
+def test_a_quote_expires_at_the_earlier_of_the_invoices_expiry_and_the_previews_expires_at() -> None:
+    invoice = expiring_invoice(1_700_000_000, 600)  # expires 1 700 000 600
+    for expires_at, expires in [
+        (1_700_000_300_000, datetime.fromtimestamp(1_700_000_300, UTC)),
+        (1_700_000_900_000, datetime.fromtimestamp(1_700_000_600, UTC)),
+    ]:
+        answer = result({"url": URL, "costSats": 1, "invoice": invoice, "paymentHash": HASH, "expiresAt": expires_at})
+        [quote] = ADAPTER.outcome("l402-discover", {"url": URL}, None, answer).quotes
+        assert quote.expires == expires
+
+
+@pytest.mark.parametrize(
+    ("expires_at", "problem"),
+    [
+        ("1735787045000", "expiresAt is not a time in epoch milliseconds"),
+        (1735787045000.5, "expiresAt is not a time in epoch milliseconds"),
+        (-1, "expiresAt is not a time in epoch milliseconds"),
+        (10**18, "expiresAt is out of range"),
+    ],
+)
+def test_a_preview_whose_expires_at_cannot_be_read_quotes_without_it_and_is_flagged(
+    expires_at: object, problem: str
+) -> None:
+    answer = result({"status": "preview", "endpoint": URL, "costSats": 10, "expiresAt": expires_at})
+    outcome = ADAPTER.outcome("l402-fetch-preview", {"url": URL}, None, answer)
+    assert outcome.quotes == (Quote(URL, Amount(10, "sat")),)
+    assert outcome.problem is not None and problem in outcome.problem
 
 
 @pytest.mark.parametrize(

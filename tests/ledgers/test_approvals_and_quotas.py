@@ -331,7 +331,7 @@ def test_a_first_release_ledger_file_is_upgraded_and_its_rate_events_count_once_
         ledger.use_approval(pending.id)
     url = f"sqlite:///{path}"
     assert query(url, "SELECT value FROM ledger_meta WHERE key = 'schema_version'")[0][0] == str(SCHEMA_VERSION)
-    assert SCHEMA_VERSION == 4
+    assert SCHEMA_VERSION == 5
     assert sorted(row[0] for row in query(url, "SELECT weight FROM ledger_rate_events")) == [1, 1, 1, 7]
     assert [row[0] for row in query(url, "SELECT state FROM ledger_approvals")] == ["used"]
 

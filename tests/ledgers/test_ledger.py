@@ -172,14 +172,6 @@ def test_a_hold_resolves_at_most_once(ledger: Ledger, steps: list[str], message:
     assert ledger.usage(SESSION) == before
 
 
-def test_settling_more_than_was_held_is_refused_and_changes_nothing(ledger: Ledger) -> None:
-    hold = ledger.reserve([SESSION], Amount(100, SAT))
-    with pytest.raises(AmountError, match="more than the 100 sat it held"):
-        ledger.settle(hold, Amount(101, SAT))
-    assert ledger.hold(hold).phase == "reserved"
-    assert ledger.usage(SESSION).held == 100
-
-
 @pytest.mark.parametrize(
     ("amount", "error"),
     [

@@ -3,8 +3,10 @@
 A Hypothesis state machine drives the real `Ledger` and a plain-Python model side by side: reserve
 (against one to three budgets, with an idempotency key from a small pool, sometimes a rate limit),
 mark forwarded, settle, void, mark in doubt, resolve, steps a hold's phase does not allow, crashes and
-restarts, clock jumps forwards and backwards, rate-limit hits. After every step the two must agree on
-every budget's use, on every hold, and on the rate window, and no budget may be over its limit.
+restarts, clock jumps forwards and backwards, rate-limit hits, payments above their hold. After every
+step the two must agree on every budget's use, on every hold, and on the rate window; no budget may be
+over its limit unless a payment above its hold was recorded in its window; and no budget may count less
+than the payments settled against it.
 
 The model is deliberately naive: a dict of holds with phase, amount, settled amount and what each
 charges its budgets; a budget's use is a sum over the holds its window counts. Its time rule is the
@@ -39,7 +41,6 @@ from sqlalchemy import create_engine, text
 from ledgers import (
     AlreadyPaid,
     Amount,
-    AmountError,
     Budget,
     BudgetExceeded,
     HoldInfo,
@@ -267,12 +268,27 @@ class Model:
         return hold
 
     def pay(self, hold_id: int, allowed: tuple[str, ...], actual: Amount, now_us: int) -> None:
+        """Settle at `actual`, all of it (above the hold too): each budget counts it in its unit, rounded up."""
         hold = self.step(hold_id, allowed, "settled", now_us)
         hold.settled = convert_up(actual.value, actual.unit, hold.unit)
-        assert hold.settled <= hold.amount
-        for name, held in hold.charges.items():
+        for name in hold.charges:
             hold.spent[name] = convert_up(hold.settled, hold.unit, BUDGETS[name].limit.unit)
-            assert hold.spent[name] <= held
+
+    def over_reserved(self, budget: Budget, now_us: int) -> bool:
+        """Whether a payment above its hold was recorded against `budget` in its current window."""
+        return any(
+            budget.name in hold.charges and hold.settled is not None and hold.settled > hold.amount
+            for hold in self.holds.values()
+            if in_window(budget, hold.created_us, now_us)
+        )
+
+    def settled_msat(self, budget: Budget, now_us: int) -> int:
+        """What the payments settled against `budget` in its window came to, in msat (exactly)."""
+        return sum(
+            (hold.settled or 0) * MSAT_PER[hold.unit]
+            for hold in self.holds.values()
+            if budget.name in hold.charges and hold.phase == "settled" and in_window(budget, hold.created_us, now_us)
+        )
 
     # recovery
 
@@ -445,17 +461,21 @@ class LedgerMachine(RuleBasedStateMachine):
             self.model.pay(hold_id, STEPS["resolve"], actual, self.model.now())
 
     @precondition(lambda self: bool(self.model.ids(*OPEN)))
-    @rule(pick=PICKS, extra=st.integers(1, 1000))
-    def pay_more_than_held(self, pick: int, extra: int) -> None:
-        """Settling (or resolving) above the hold is refused and changes nothing."""
+    @rule(pick=PICKS, extra=st.integers(1, 50), unit=UNITS)
+    def pay_more_than_held(self, pick: int, extra: int, unit: str) -> None:
+        """The upstream paid more than the hold: settling (or resolving) records all of it, and the
+        budgets it counts against may go over their limits (then they refuse every reservation)."""
         hold_id = self.pick(pick, *OPEN)
         hold = self.model.holds[hold_id]
-        too_much = Amount(hold.amount + extra, hold.unit)
-        with pytest.raises(AmountError):
-            if hold.phase == "in_doubt":
-                self.ledger.resolve(hold_id, too_much)
-            else:
-                self.ledger.settle(hold_id, too_much)
+        too_much = Amount(hold.amount * MSAT_PER[hold.unit] // MSAT_PER[unit] + extra, unit)
+        event("paid more than held")
+        if hold.phase == "in_doubt":
+            self.ledger.resolve(hold_id, too_much)
+            self.model.pay(hold_id, STEPS["resolve"], too_much, self.model.now())
+        else:
+            self.ledger.settle(hold_id, too_much)
+            self.model.pay(hold_id, STEPS["settle"], too_much, self.model.now())
+        assert self.ledger.hold(hold_id).over_reservation is not None
 
     @rule(step=st.sampled_from(sorted(STEPS)), pick=PICKS)
     def step_in_the_wrong_phase(self, step: str, pick: int) -> None:
@@ -547,7 +567,10 @@ class LedgerMachine(RuleBasedStateMachine):
         for budget in BUDGETS.values():
             usage = self.ledger.usage(budget)
             assert (usage.held, usage.spent) == self.model.usage(budget, now), budget.name
-            assert usage.spent + usage.held <= budget.limit.value, f"{budget.name} is over its limit"
+            if not self.model.over_reserved(budget, now):
+                assert usage.spent + usage.held <= budget.limit.value, f"{budget.name} is over its limit"
+            unit = MSAT_PER[budget.limit.unit]
+            assert usage.spent * unit >= self.model.settled_msat(budget, now), f"{budget.name} counts less than paid"
             assert usage.window_start == window_start(budget, now)
         for hold_id in self.model.holds:
             assert self.ledger.hold(hold_id) == self.model.info(hold_id)
