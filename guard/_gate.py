@@ -33,7 +33,7 @@ from guard._budget_view import budget_fields
 from guard._payments import Payments, Reading
 from guard._policy import Denial, Limit, Policy, PriceUnknown, Who, args_digest, seconds
 from guard._policy_source import PolicySource
-from guard._relay import JSON, UPSTREAM_UNAVAILABLE, Forward, Session, SessionLink, ToolCall, UpstreamError
+from guard._relay import JSON, Forward, Session, SessionLink, ToolCall, UpstreamError
 from ledgers import (
     Amount,
     AmountError,
@@ -148,7 +148,7 @@ class PolicyGate:
             result = await forward()
         except UpstreamError as exc:
             if hold is not None:
-                await self._unanswered(hold, call.name, gone=exc.error.code == UPSTREAM_UNAVAILABLE)
+                await self._unanswered(hold, call.name, refused=exc.refused)
             error = record(decision="error", reason="upstream error", price=price, hold_id=hold)
             self._note(error, time.perf_counter() - forwarded)
             raise
@@ -157,7 +157,7 @@ class PolicyGate:
             # have left, so the hold stays counted until someone resolves it.
             if hold is not None:
                 with anyio.CancelScope(shield=True):
-                    await self._unanswered(hold, call.name, gone=True)
+                    await self._unanswered(hold, call.name)
             raise
         upstream_s = time.perf_counter() - forwarded
         try:
@@ -165,7 +165,7 @@ class PolicyGate:
         except BaseException:
             if hold is not None:  # the answer came, but the guard could not finish: keep it counted
                 with anyio.CancelScope(shield=True):
-                    await self._unanswered(hold, call.name, gone=True)
+                    await self._unanswered(hold, call.name)
             raise
         latency = (time.perf_counter_ns() - started) // 1000
         flagged = f"flagged: {settled.problem}" if settled.problem else None
@@ -196,6 +196,19 @@ class PolicyGate:
             # guard's own tool replaces an upstream tool of the same name (calls to that name never reach it).
             visible = [t for t in visible if t.get("name") != BUDGET_TOOL] + [BUDGET_TOOL_DEFINITION]
         return {**result, "tools": visible}
+
+    def call_refused(self, session: Session, tool: str, reason: str) -> None:
+        self._note(
+            CallRecord(
+                tool=tool,
+                decision="deny",
+                session=session.id,
+                identity=session.identity,
+                rule="wire",
+                reason=reason,
+                server=self._server,
+            )
+        )
 
     def subscribe(self, session: Session, link: SessionLink) -> Callable[[], None]:
         self._links[session.id] = link
@@ -310,15 +323,16 @@ class PolicyGate:
             return [], Denial("budgets", f"no budget covers payments in {price.unit}: paying tools need one")
         return budgets, None
 
-    async def _unanswered(self, hold: int, tool: str, *, gone: bool) -> None:
-        """A forwarded payment got no result: in doubt when it may have left, void when the upstream
-        refused the request itself (a JSON-RPC error: the tool did not run)."""
+    async def _unanswered(self, hold: int, tool: str, *, refused: bool = False) -> None:
+        """A forwarded payment got no result: void when the upstream refused the request itself (its own
+        error proves the tool did not run), else in doubt (it may have paid: a tool error, no answer in
+        time, the upstream gone, the call cancelled)."""
         try:
-            if gone:
-                logger.warning("payment by %s is in doubt (hold %d): no answer from the upstream", tool, hold)
-                await self._db(self._ledger.mark_in_doubt, hold)
-            else:
+            if refused:
                 await self._db(self._ledger.void, hold)
+            else:
+                logger.warning("payment by %s is in doubt (hold %d): no result from the upstream", tool, hold)
+                await self._db(self._ledger.mark_in_doubt, hold)
         except HoldStateError:
             pass  # already settled or voided: the answer was read before the failure
 

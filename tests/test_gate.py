@@ -26,6 +26,7 @@ class RecordingGate:
         self.calls: list[ToolCall] = []
         self.upstream_results: list[JSON] = []
         self.listed = 0
+        self.refused: list[tuple[str, str]] = []
 
     async def call_tool(self, call: ToolCall, forward: Forward) -> JSON:
         self.calls.append(call)
@@ -43,6 +44,9 @@ class RecordingGate:
 
     def subscribe(self, session: Session, link: Any) -> Any:
         return lambda: None
+
+    def call_refused(self, session: Session, tool: str, reason: str) -> None:
+        self.refused.append((tool, reason))
 
 
 class RawClient:
