@@ -95,21 +95,22 @@ class PolicyGate:
     async def write_audit(self) -> None:
         """Write call events as they come, a batch per transaction, until cancelled; then the rest.
         (A background task of the front: the audit trail costs a call no disk sync of its own.)"""
+        taken: list[CallRecord] = []  # out of the queue, not yet written
         try:
             while True:
-                batch = [await self._audit.get()]
+                taken = [await self._audit.get()]
                 # Gather what else comes in a moment: one write (one disk sync, one turn of the SQLite
                 # write lock that paying calls also need) for many events.
                 await anyio.sleep(AUDIT_GATHER_S)
                 while not self._audit.empty():
-                    batch.append(self._audit.get_nowait())
-                await self._write_batch(batch)
+                    taken.append(self._audit.get_nowait())
+                batch, taken = taken, []
+                await self._write_batch(batch)  # a worker thread: once started it finishes, cancelled or not
         finally:
             with anyio.CancelScope(shield=True):
-                rest = []
                 while not self._audit.empty():
-                    rest.append(self._audit.get_nowait())
-                await self._write_batch(rest)
+                    taken.append(self._audit.get_nowait())
+                await self._write_batch(taken)
 
     async def _write_batch(self, batch: list[CallRecord]) -> None:
         try:
