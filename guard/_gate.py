@@ -149,7 +149,7 @@ class PolicyGate:
             result = await forward()
         except UpstreamError as exc:
             if hold is not None:
-                await self._unanswered(hold, call.name, refused=exc.refused)
+                await self._unanswered(hold, call.name, not_run=exc.not_run)
             error = record(decision="error", reason="upstream error", price=price, hold_id=hold)
             self._note(error, time.perf_counter() - forwarded)
             raise
@@ -324,12 +324,12 @@ class PolicyGate:
             return [], Denial("budgets", f"no budget covers payments in {price.unit}: paying tools need one")
         return budgets, None
 
-    async def _unanswered(self, hold: int, tool: str, *, refused: bool = False) -> None:
-        """A forwarded payment got no result: void when the upstream refused the request itself (its own
-        error proves the tool did not run), else in doubt (it may have paid: a tool error, no answer in
-        time, the upstream gone, the call cancelled)."""
+    async def _unanswered(self, hold: int, tool: str, *, not_run: bool = False) -> None:
+        """A forwarded payment got no result: void when the tool did not run (the upstream's own error proves
+        it, or guard never sent the call), else in doubt (it may have paid: a tool error, no answer in time,
+        the upstream gone, the call cancelled)."""
         try:
-            if refused:
+            if not_run:
                 await self._db(self._ledger.void, hold)
             else:
                 logger.warning("payment by %s is in doubt (hold %d): no result from the upstream", tool, hold)

@@ -22,7 +22,7 @@ import itertools
 import logging
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Literal, Protocol, TypeVar
 
@@ -81,13 +81,13 @@ class ToolCall:
 
 class UpstreamError(Exception):
     """A forwarded call got no result: the upstream answered with a JSON-RPC error, went away, or did not
-    answer in time. `refused`: the upstream's own error proves the tool did not run (see `NOT_RUN`), so
-    nothing was paid; otherwise the outcome is unknown."""
+    answer in time. `not_run`: the tool did not run, so nothing was paid (the upstream's own error proves it,
+    see `NOT_RUN`, or guard never sent the call); otherwise the outcome is unknown."""
 
-    def __init__(self, error: types.ErrorData, *, refused: bool = False) -> None:
+    def __init__(self, error: types.ErrorData, *, not_run: bool = False) -> None:
         super().__init__(error.message)
         self.error = error
-        self.refused = refused
+        self.not_run = not_run
 
 
 Background = Callable[[], Coroutine[Any, Any, None]]
@@ -163,6 +163,17 @@ class ClientPort:
 
 
 @dataclass(eq=False)
+class _Call:
+    """A tools/call in the gate, until answered."""
+
+    metadata: ServerMessageMetadata | None
+    # Nobody waits for its answer any more (the client cancelled it, or left) and, if it was not forwarded
+    # yet, it never will be: the gate then voids its hold.
+    withdrawn: bool = False
+    task: asyncio.Task[None] = field(init=False)
+
+
+@dataclass(eq=False)
 class _Forwarded:
     """A request sent upstream under guard's own id, until it is answered, cancelled or overdue."""
 
@@ -198,8 +209,7 @@ class Relay:
         # spawn costs four times as much, on the hot path of every call.
         self._call_tasks: set[asyncio.Task[None]] = set()
         # tools/call not yet answered, by the client's id.
-        self._calls: dict[types.RequestId, asyncio.Task[None]] = {}
-        self._call_metadata: dict[types.RequestId, ServerMessageMetadata] = {}
+        self._calls: dict[types.RequestId, _Call] = {}
         self._gone: str | None = None
         self._gone_known = anyio.Event()  # set once `_gone` says why the upstream went away
         self._era_meta: JSON | None = None  # the client's 2026-07-28 protocol-version _meta, to copy
@@ -240,15 +250,21 @@ class Relay:
                 await self._end_calls()
 
     async def _end_calls(self) -> None:
-        """Cancel the calls still in the gate; after an upstream failure, first give them a moment to
-        deliver it to the client. (The client leaving: nobody is waiting for their answers.)"""
-        calls = list(self._call_tasks)
-        if calls and self._gone is not None:
-            await asyncio.wait(calls, timeout=CALL_DRAIN_S)
-        for task in calls:
+        """Let the calls still in the gate end (bounded), then cancel what is left. After an upstream failure
+        each one tells the client why; when the client left, nobody waits for their answers: a call not yet
+        forwarded never will be (its hold is voided), a forwarded one is cancelled (its hold stays in doubt)."""
+        if self._gone is None:
+            for request_id, call in self._calls.items():
+                call.withdrawn = True
+                if request_id in self._upstream_ids:
+                    call.task.cancel()
+        tasks = list(self._call_tasks)
+        if tasks:
+            await asyncio.wait(tasks, timeout=CALL_DRAIN_S)
+        for task in tasks:
             task.cancel()
-        if calls:
-            await asyncio.wait(calls)
+        if tasks:
+            await asyncio.wait(tasks)
 
     # client -> upstream
 
@@ -292,10 +308,10 @@ class Relay:
             await self._refuse(MessageRefused(types.INVALID_REQUEST, reason, request.id, tool=tool))
             return
         if is_call:
-            task = asyncio.get_running_loop().create_task(self._tool_call(request, metadata))
-            self._calls[request.id] = task
-            self._call_tasks.add(task)
-            task.add_done_callback(partial(self._call_done, request.id))
+            call = self._calls[request.id] = _Call(metadata)
+            call.task = asyncio.get_running_loop().create_task(self._tool_call(request, call))
+            self._call_tasks.add(call.task)
+            call.task.add_done_callback(partial(self._call_done, request.id, call))
             return
         upstream_request = self._track(request.method, request.params, request.id, metadata)
         if not await self._to_upstream(upstream_request):
@@ -325,12 +341,16 @@ class Relay:
         if refusal.answerable:
             await self._reply_error(refusal.request_id, refusal.code, refusal.message)
 
-    def _call_done(self, request_id: types.RequestId, task: asyncio.Task[None]) -> None:
+    def _call_done(self, request_id: types.RequestId, call: _Call, task: asyncio.Task[None]) -> None:
         self._call_tasks.discard(task)
-        if self._calls.get(request_id) is task:
-            del self._calls[request_id]
+        self._answering(request_id, call)
         if not task.cancelled() and (exc := task.exception()) is not None:
             logger.error("tools/call %s failed inside the relay", request_id, exc_info=exc)
+
+    def _answering(self, request_id: types.RequestId, call: _Call) -> None:
+        """The call's id is free again (a client may reuse it as soon as it reads the answer)."""
+        if self._calls.get(request_id) is call:
+            del self._calls[request_id]
 
     async def _client_cancelled(self, note: types.JSONRPCNotification) -> None:
         params = note.params or {}
@@ -338,24 +358,27 @@ class Relay:
         if not usable_id(request_id):  # the wire refuses these; no front may make the relay fail on one
             return
         metadata = None
-        if (upstream_id := self._upstream_ids.get(request_id)) is not None:
-            forwarded = self._untrack(upstream_id)
+        forwarded_id = self._upstream_ids.get(request_id)
+        if forwarded_id is not None:
+            forwarded = self._untrack(forwarded_id)
             metadata = forwarded.metadata if forwarded is not None else None
             reason = params.get("reason")
-            await self._cancel_upstream(upstream_id, reason if isinstance(reason, str) else None)
-        if (task := self._calls.pop(request_id, None)) is not None:
-            task.cancel()
-            metadata = self._call_metadata.pop(request_id, None)
+            await self._cancel_upstream(forwarded_id, reason if isinstance(reason, str) else None)
+        if (call := self._calls.pop(request_id, None)) is not None:
+            metadata = call.metadata
+            call.withdrawn = True
+            if forwarded_id is not None:  # its payment may be on its way: the gate keeps it in doubt
+                call.task.cancel()
         # Cancelled requests get no response; an HTTP front must still close that request's stream.
         if metadata is not None and metadata.on_request_unanswered is not None:
             await metadata.on_request_unanswered()
 
-    async def _tool_call(self, request: types.JSONRPCRequest, metadata: ServerMessageMetadata | None) -> None:
+    async def _tool_call(self, request: types.JSONRPCRequest, entry: _Call) -> None:
         params = request.params or {}
         name, arguments, meta = params.get("name"), params.get("arguments", {}), params.get("_meta")
         if not isinstance(name, str) or not isinstance(arguments, dict) or not isinstance(meta, dict | None):
             # Unparseable: a JSON-RPC error, and never forwarded.
-            self._calls.pop(request.id, None)
+            self._answering(request.id, entry)
             reason = "Invalid tools/call params: 'name' must be a string and 'arguments' an object"
             await self._refuse(MessageRefused(types.INVALID_PARAMS, reason, request.id, tool=tool_named(params)))
             return
@@ -365,10 +388,11 @@ class Relay:
             self._era_meta = {k: v for k, v in meta.items() if k.startswith(ENVELOPE_PREFIX)}
 
         async def forward() -> JSON:
+            if entry.withdrawn:
+                error = types.ErrorData(code=types.INTERNAL_ERROR, message="cancelled before guard forwarded it")
+                raise UpstreamError(error, not_run=True)
             return await self._exchange(request.method, request.params, request.id)
 
-        if metadata is not None:
-            self._call_metadata[request.id] = metadata
         answer: types.JSONRPCMessage
         try:
             result = await self._gate.call_tool(call, forward)
@@ -385,11 +409,9 @@ class Relay:
                 # denial, guard-budget) are complete results.
                 result = {**result, "resultType": "complete"}
             answer = types.JSONRPCResponse(jsonrpc="2.0", id=request.id, result=result)
-        finally:
-            self._call_metadata.pop(request.id, None)
-        # The id is free again once answered: a client may reuse it as soon as it reads the answer.
-        self._calls.pop(request.id, None)
-        await self._send_client(answer)
+        if not entry.withdrawn:  # a cancelled request gets no answer
+            self._answering(request.id, entry)
+            await self._send_client(answer)
 
     def _track(
         self,
@@ -506,7 +528,7 @@ class Relay:
                 if isinstance(answer, types.JSONRPCResponse):
                     forwarded.waiter.set_result(answer)
                 else:
-                    forwarded.waiter.set_result(UpstreamError(answer.error, refused=answer.error.code in NOT_RUN))
+                    forwarded.waiter.set_result(UpstreamError(answer.error, not_run=answer.error.code in NOT_RUN))
             return
         assert forwarded.client_id is not None  # requests of the guard's own always have a waiter
         reply: types.JSONRPCMessage
@@ -563,7 +585,7 @@ class Relay:
         Raises:
             UpstreamError: the upstream answered with an error, went away, or did not answer in time."""
         if self._gone is not None:
-            raise UpstreamError(types.ErrorData(code=UPSTREAM_UNAVAILABLE, message=self._gone))
+            raise UpstreamError(types.ErrorData(code=UPSTREAM_UNAVAILABLE, message=self._gone), not_run=True)
         waiter: asyncio.Future[types.JSONRPCResponse | UpstreamError] = asyncio.get_running_loop().create_future()
         request = self._track(method, params, client_id, waiter=waiter)
         try:

@@ -8,6 +8,7 @@ guard's stderr arrives on the same event queue, so a test can wait for "the upst
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import queue
@@ -83,7 +84,7 @@ class StdioGuard:
         ]
         for reader in self._readers:
             reader.start()
-        self._ids = iter(range(1000, 1_000_000))
+        self._ids = itertools.count(1)
         self.request("initialize", INITIALIZE["params"])  # type: ignore[arg-type]
         self.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
 
@@ -108,8 +109,9 @@ class StdioGuard:
     def send(self, message: Any) -> None:
         self.write(json.dumps(message).encode() + b"\n")
 
-    def next_id(self) -> int:
-        return next(self._ids)
+    def next_id(self) -> str:
+        """An id no hostile message of the tests uses."""
+        return f"test-{next(self._ids)}"
 
     def send_request(self, method: str, params: JSON | None = None, request_id: Any = None) -> Any:
         """Send a request (a fresh id unless given); return its id."""
