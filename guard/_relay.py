@@ -345,7 +345,7 @@ class Relay:
         self._call_tasks.discard(task)
         self._answering(request_id, call)
         if not task.cancelled() and (exc := task.exception()) is not None:
-            logger.error("tools/call %s failed inside the relay", request_id, exc_info=exc)
+            logger.error("tools/call %s failed inside the relay", _short(str(request_id)), exc_info=exc)
 
     def _answering(self, request_id: types.RequestId, call: _Call) -> None:
         """The call's id is free again (a client may reuse it as soon as it reads the answer)."""
@@ -439,7 +439,7 @@ class Relay:
 
     def _untrack(self, upstream_id: types.RequestId) -> _Forwarded | None:
         """Stop waiting for an answer to `upstream_id`; what was waiting for it, if anything still was."""
-        forwarded = self._forwarded.pop(upstream_id, None) if isinstance(upstream_id, int) else None
+        forwarded = self._forwarded.pop(upstream_id, None) if type(upstream_id) is int else None
         if forwarded is not None and forwarded.client_id is not None:
             self._upstream_ids.pop(forwarded.client_id, None)
         return forwarded

@@ -6,6 +6,7 @@ RAW_UPSTREAM_RUNS as a JSON line `{"tool": name, "id": id or null}`. Tools:
 - `late`: answers only once it is cancelled (`notifications/cancelled` naming the id it was sent): then
   twice over, and once more under an id it was never sent.
 - `fail {code}`: answers with a JSON-RPC error of that code.
+- `huge`: answers with a line of 65 MiB (over what guard reads from an upstream).
 """
 
 from __future__ import annotations
@@ -61,6 +62,8 @@ def main() -> None:
                 continue
             if name == "late":
                 waiting.add(request_id)
+            elif name == "huge":
+                result(request_id, text("x" * 65 * 1024 * 1024))
             elif name == "fail":
                 code = (params.get("arguments") or {}).get("code")
                 send({"jsonrpc": "2.0", "id": request_id, "error": {"code": code, "message": f"failed with {code}"}})

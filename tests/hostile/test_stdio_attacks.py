@@ -29,6 +29,7 @@ budgets:
     scope: session
 tools:
   late: {}
+  huge: {}
   fail:
     pays: true
     max_price: 10 sat
@@ -153,6 +154,17 @@ def test_late_repeated_and_stray_upstream_answers_are_dropped(tmp_path: Path) ->
     # The upstream saw guard's own id (and the cancellation named it: that is what made it answer).
     [run] = guard.runs()
     assert run["tool"] == "late" and isinstance(run["id"], int)
+
+
+def test_an_upstream_line_over_64_mib_is_skipped_and_the_link_lives_on(tmp_path: Path) -> None:
+    guard = StdioGuard(tmp_path, RAW_POLICY, RAW_UPSTREAM, extra=("--request-timeout", "2s"))
+    huge = guard.answer(guard.call("huge", {}))
+    guard.ping()
+    guard.stop()
+
+    assert huge["error"]["code"] == -32001  # its answer was skipped: it never came
+    assert guard.stderr_count("wrote a message over 67108864 bytes: skipped it") == 1
+    assert not [line for line in guard.err if "xxxx" in line]
 
 
 def test_only_the_upstreams_own_not_run_errors_void_a_payment(tmp_path: Path) -> None:
