@@ -35,7 +35,7 @@ from guard._budget_view import budget_fields
 from guard._payments import Payments, Reading
 from guard._policy import Denial, Limit, Policy, PriceUnknown, Who, args_digest, seconds
 from guard._policy_source import PolicySource
-from guard._relay import JSON, UPSTREAM_UNAVAILABLE, Forward, Session, SessionLink, ToolCall, UpstreamError
+from guard._relay import JSON, Forward, Session, SessionLink, ToolCall, UpstreamError
 from ledgers import (
     Amount,
     AmountError,
@@ -97,21 +97,22 @@ class PolicyGate:
     async def write_audit(self) -> None:
         """Write call events as they come, a batch per transaction, until cancelled; then the rest.
         (A background task of the front: the audit trail costs a call no disk sync of its own.)"""
+        taken: list[CallRecord] = []  # out of the queue, not yet written
         try:
             while True:
-                batch = [await self._audit.get()]
+                taken = [await self._audit.get()]
                 # Gather what else comes in a moment: one write (one disk sync, one turn of the SQLite
                 # write lock that paying calls also need) for many events.
                 await anyio.sleep(AUDIT_GATHER_S)
                 while not self._audit.empty():
-                    batch.append(self._audit.get_nowait())
-                await self._write_batch(batch)
+                    taken.append(self._audit.get_nowait())
+                batch, taken = taken, []
+                await self._write_batch(batch)  # a worker thread: once started it finishes, cancelled or not
         finally:
             with anyio.CancelScope(shield=True):
-                rest = []
                 while not self._audit.empty():
-                    rest.append(self._audit.get_nowait())
-                await self._write_batch(rest)
+                    taken.append(self._audit.get_nowait())
+                await self._write_batch(taken)
 
     async def _write_batch(self, batch: list[CallRecord]) -> None:
         try:
@@ -150,7 +151,7 @@ class PolicyGate:
             result = await forward()
         except UpstreamError as exc:
             if hold is not None:
-                await self._unanswered(hold, call.name, gone=exc.error.code == UPSTREAM_UNAVAILABLE)
+                await self._unanswered(hold, call.name, not_run=exc.not_run)
             error = record(decision="error", reason="upstream error", price=price, hold_id=hold)
             self._note(error, time.perf_counter() - forwarded)
             raise
@@ -159,7 +160,7 @@ class PolicyGate:
             # have left, so the hold stays counted until someone resolves it.
             if hold is not None:
                 with anyio.CancelScope(shield=True):
-                    await self._unanswered(hold, call.name, gone=True)
+                    await self._unanswered(hold, call.name)
             raise
         upstream_s = time.perf_counter() - forwarded
         try:
@@ -167,7 +168,7 @@ class PolicyGate:
         except BaseException:
             if hold is not None:  # the answer came, but the guard could not finish: keep it counted
                 with anyio.CancelScope(shield=True):
-                    await self._unanswered(hold, call.name, gone=True)
+                    await self._unanswered(hold, call.name)
             raise
         latency = (time.perf_counter_ns() - started) // 1000
         flagged = f"flagged: {settled.problem}" if settled.problem else None
@@ -198,6 +199,19 @@ class PolicyGate:
             # guard's own tool replaces an upstream tool of the same name (calls to that name never reach it).
             visible = [t for t in visible if t.get("name") != BUDGET_TOOL] + [BUDGET_TOOL_DEFINITION]
         return {**result, "tools": visible}
+
+    def call_refused(self, session: Session, tool: str, reason: str) -> None:
+        self._note(
+            CallRecord(
+                tool=tool,
+                decision="deny",
+                session=session.id,
+                identity=session.identity,
+                rule="wire",
+                reason=reason,
+                server=self._server,
+            )
+        )
 
     def subscribe(self, session: Session, link: SessionLink) -> Callable[[], None]:
         self._links[session.id] = link
@@ -314,15 +328,16 @@ class PolicyGate:
             return [], Denial("budgets", f"no budget covers payments in {price.unit}: paying tools need one")
         return budgets, None
 
-    async def _unanswered(self, hold: int, tool: str, *, gone: bool) -> None:
-        """A forwarded payment got no result: in doubt when it may have left, void when the upstream
-        refused the request itself (a JSON-RPC error: the tool did not run)."""
+    async def _unanswered(self, hold: int, tool: str, *, not_run: bool = False) -> None:
+        """A forwarded payment got no result: void when the tool did not run (the upstream's own error proves
+        it, or guard never sent the call), else in doubt (it may have paid: a tool error, no answer in time,
+        the upstream gone, the call cancelled)."""
         try:
-            if gone:
-                logger.warning("payment by %s is in doubt (hold %d): no answer from the upstream", tool, hold)
-                await self._db(self._ledger.mark_in_doubt, hold)
-            else:
+            if not_run:
                 await self._db(self._ledger.void, hold)
+            else:
+                logger.warning("payment by %s is in doubt (hold %d): no result from the upstream", tool, hold)
+                await self._db(self._ledger.mark_in_doubt, hold)
         except HoldStateError:
             pass  # already settled or voided: the answer was read before the failure
 

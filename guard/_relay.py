@@ -1,23 +1,28 @@
 """The relay: carries every MCP message between one client session and one upstream session.
 
-Messages are parsed once by the SDK's transports and forwarded as they are. Exactly two methods are
-intercepted, both through the `Gate`:
+Messages are parsed once and forwarded. Exactly two methods are intercepted, both through the `Gate`:
 
 - `tools/call`: the gate gets the call and a `forward` function; it may answer itself (a denial)
   or call `forward()` to send the call upstream and get the upstream's result back.
 - `tools/list`: the upstream's answer passes through `Gate.list_tools` on its way back.
 
 Everything else (initialize/discover, resources, prompts, completions, logging, ping, progress,
-cancellation, list_changed, server-to-client requests) passes through unchanged, in both protocol eras.
+cancellation, list_changed, server-to-client requests) passes through, in both protocol eras, with one
+change: guard owns the ids of the requests it sends upstream. Each gets a fresh id from the relay's one
+counter (the guard's own calls draw from it too), which is also its progress token; the answer and the
+progress are mapped back to the client's id and token. So one request can never take another's answer: a
+client id already in flight is refused, an upstream answer to an id guard did not send (or a second
+answer) is dropped, and a request the upstream does not answer in time gets an error of guard's own.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
-from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Awaitable, Callable, Coroutine, Mapping
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Literal, Protocol, TypeVar
 
@@ -30,6 +35,7 @@ from pydantic import ValidationError
 from guard._limits import DEFAULT_LIMITS, Limits
 from guard._redact import redact
 from guard._upstream import UpstreamLink
+from guard._wire import MessageRefused, tool_named, usable_id
 
 logger = logging.getLogger("guard.relay")
 
@@ -38,6 +44,10 @@ T = TypeVar("T")
 
 # A JSON-RPC error code of our own for "the upstream is gone" (in the implementation-defined range).
 UPSTREAM_UNAVAILABLE = -32003
+# The upstream's own errors that prove it did not run a request: it could not read it, or refused it before
+# running anything. Any other error (a tool that failed; guard's own "no answer in time", "upstream gone")
+# may come after a payment left.
+NOT_RUN = frozenset({types.PARSE_ERROR, types.INVALID_REQUEST, types.METHOD_NOT_FOUND, types.INVALID_PARAMS})
 # The `_meta` keys of the 2026-07-28 per-request envelope.
 ENVELOPE_PREFIX = "io.modelcontextprotocol/"
 # How long requests in flight may take to answer once the client or the upstream has gone.
@@ -45,6 +55,8 @@ CALL_DRAIN_S = 5.0
 # How long a failed write waits for the reader to learn why the upstream went away (its exit status and
 # stderr come a moment after its pipe breaks; see `_upstream.EXIT_GRACE_S`).
 UPSTREAM_EXIT_WAIT_S = 3.0
+# How long telling the upstream that an overdue request is cancelled may take (its input may be full).
+CANCEL_SEND_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -68,11 +80,14 @@ class ToolCall:
 
 
 class UpstreamError(Exception):
-    """The upstream answered a forwarded call with a JSON-RPC error, or went away before answering."""
+    """A forwarded call got no result: the upstream answered with a JSON-RPC error, went away, or did not
+    answer in time. `not_run`: the tool did not run, so nothing was paid (the upstream's own error proves it,
+    see `NOT_RUN`, or guard never sent the call); otherwise the outcome is unknown."""
 
-    def __init__(self, error: types.ErrorData) -> None:
+    def __init__(self, error: types.ErrorData, *, not_run: bool = False) -> None:
         super().__init__(error.message)
         self.error = error
+        self.not_run = not_run
 
 
 Background = Callable[[], Coroutine[Any, Any, None]]
@@ -96,6 +111,11 @@ class Gate(Protocol):
     def subscribe(self, session: Session, link: SessionLink) -> Callable[[], None]:
         """Keep `link` to reach this session while it lasts (to tell its client the tools changed, to
         ask its upstream for a balance); return how to unsubscribe."""
+        ...
+
+    def call_refused(self, session: Session, tool: str, reason: str) -> None:
+        """Record a tools/call the relay refused or dropped before any decision (no usable id, an id already
+        in flight, unreadable params): it never reaches `call_tool`. Must not block."""
         ...
 
 
@@ -124,6 +144,9 @@ class OpenGate:
     def subscribe(self, session: Session, link: SessionLink) -> Callable[[], None]:
         return lambda: None
 
+    def call_refused(self, session: Session, tool: str, reason: str) -> None:
+        return None  # no audit trail without a policy (the relay logs the refusal)
+
 
 @dataclass(frozen=True)
 class ClientPort:
@@ -139,8 +162,29 @@ class ClientPort:
         return cls(read, write.send, write.aclose)
 
 
-Reply = types.JSONRPCResponse | types.JSONRPCError | None
-"""What a forwarded call gets back: the upstream's response, or None when the upstream is gone."""
+@dataclass(eq=False)
+class _Call:
+    """A tools/call in the gate, until answered."""
+
+    metadata: ServerMessageMetadata | None
+    # Nobody waits for its answer any more (the client cancelled it, or left) and, if it was not forwarded
+    # yet, it never will be: the gate then voids its hold.
+    withdrawn: bool = False
+    task: asyncio.Task[None] = field(init=False)
+
+
+@dataclass(eq=False)
+class _Forwarded:
+    """A request sent upstream under guard's own id, until it is answered, cancelled or overdue."""
+
+    method: str
+    deadline: float  # on the event loop's clock
+    client_id: types.RequestId | None  # None: a call of the guard's own
+    progress_token: types.ProgressToken | None  # the client's, put back on the upstream's progress
+    metadata: ServerMessageMetadata | None = None
+    # Set when the relay keeps the answer (a tools/call the gate forwarded, a call of the guard's own); else
+    # the answer goes to the client.
+    waiter: asyncio.Future[types.JSONRPCResponse | UpstreamError] | None = None
 
 
 class Relay:
@@ -154,21 +198,20 @@ class Relay:
         self._gate = gate
         self._client = client
         self._upstream = upstream
-        # Client requests sent upstream and not yet answered, with their transport metadata.
-        self._inflight: dict[types.RequestId, ServerMessageMetadata | None] = {}
-        # Upstream responses the relay consumes itself (forwarded tools/call) instead of passing on.
-        self._waiters: dict[types.RequestId, asyncio.Future[Reply]] = {}
-        self._tool_lists: set[types.RequestId] = set()
-        # tools/call in the gate, each in its own task. Plain asyncio tasks: an anyio task group
+        # The ids (and progress tokens) of every request sent upstream, the guard's own calls included.
+        self._ids = itertools.count(1)
+        # Requests sent upstream and not yet answered, by guard's id, oldest (so nearest deadline) first.
+        self._forwarded: dict[int, _Forwarded] = {}
+        self._forwarded_added = asyncio.Event()
+        # Client requests in flight upstream: the client's id -> guard's id.
+        self._upstream_ids: dict[types.RequestId, int] = {}
+        # Each tools/call runs in its own task until it ends. Plain asyncio tasks: an anyio task group
         # spawn costs four times as much, on the hot path of every call.
-        self._calls: dict[types.RequestId, asyncio.Task[None]] = {}
-        self._call_metadata: dict[types.RequestId, ServerMessageMetadata] = {}
-        # Progress tokens of requests in flight, both ways round, to route progress on an HTTP front.
-        self._progress: dict[types.ProgressToken, types.RequestId] = {}
-        self._progress_of: dict[types.RequestId, types.ProgressToken] = {}
+        self._call_tasks: set[asyncio.Task[None]] = set()
+        # tools/call not yet answered, by the client's id.
+        self._calls: dict[types.RequestId, _Call] = {}
         self._gone: str | None = None
         self._gone_known = anyio.Event()  # set once `_gone` says why the upstream went away
-        self._own_calls = 0  # tools/call the guard made itself (balance refreshes)
         self._era_meta: JSON | None = None  # the client's 2026-07-28 protocol-version _meta, to copy
         self._answered = anyio.Event()  # set whenever a client request gets its answer
 
@@ -194,10 +237,11 @@ class Relay:
             async with anyio.create_task_group() as pumps:
                 self._pumps = pumps
                 pumps.start_soon(self._from_upstream)
+                pumps.start_soon(self._expire_overdue)
                 await self._from_client()
                 # The client closed its side: answers already on their way still reach it (bounded).
                 with anyio.move_on_after(CALL_DRAIN_S):
-                    while (self._inflight or self._calls) and self._gone is None:
+                    while (self._forwarded or self._call_tasks) and self._gone is None:
                         await self._answered.wait()
                         self._answered = anyio.Event()
                 pumps.cancel_scope.cancel()
@@ -206,15 +250,21 @@ class Relay:
                 await self._end_calls()
 
     async def _end_calls(self) -> None:
-        """Cancel the calls still in the gate; after an upstream failure, first give them a moment to
-        deliver it to the client. (The client leaving: nobody is waiting for their answers.)"""
-        calls = list(self._calls.values())
-        if calls and self._gone is not None:
-            await asyncio.wait(calls, timeout=CALL_DRAIN_S)
-        for task in calls:
+        """Let the calls still in the gate end (bounded), then cancel what is left. After an upstream failure
+        each one tells the client why; when the client left, nobody waits for their answers: a call not yet
+        forwarded never will be (its hold is voided), a forwarded one is cancelled (its hold stays in doubt)."""
+        if self._gone is None:
+            for request_id, call in self._calls.items():
+                call.withdrawn = True
+                if request_id in self._upstream_ids:
+                    call.task.cancel()
+        tasks = list(self._call_tasks)
+        if tasks:
+            await asyncio.wait(tasks, timeout=CALL_DRAIN_S)
+        for task in tasks:
             task.cancel()
-        if calls:
-            await asyncio.wait(calls)
+        if tasks:
+            await asyncio.wait(tasks)
 
     # client -> upstream
 
@@ -229,6 +279,9 @@ class Relay:
 
     async def _each_client_message(self, messages: AsyncIterable[SessionMessage | Exception]) -> None:
         async for item in messages:
+            if isinstance(item, MessageRefused):
+                await self._refuse(item)
+                continue
             if isinstance(item, Exception):
                 why = _invalid(item)
                 logger.warning("client sent an unreadable message: %s", why)
@@ -238,65 +291,96 @@ class Relay:
             metadata = item.metadata if isinstance(item.metadata, ServerMessageMetadata) else None
             if isinstance(message, types.JSONRPCRequest):
                 await self._client_request(message, metadata)
-            elif isinstance(message, types.JSONRPCNotification) and message.method == "notifications/cancelled":
-                await self._client_cancelled(message)
-            else:
+            elif isinstance(message, types.JSONRPCNotification):
+                await self._client_notification(message)
+            else:  # the client's answer to a request of the upstream's (sampling, elicitation, roots)
                 await self._to_upstream(message)
 
     async def _client_request(self, request: types.JSONRPCRequest, metadata: ServerMessageMetadata | None) -> None:
         if self._gone is not None:
             await self._reply_error(request.id, UPSTREAM_UNAVAILABLE, self._gone)
             return
-        meta = (request.params or {}).get("_meta")
-        if isinstance(meta, dict) and (token := meta.get("progressToken")) is not None:
-            self._progress[token] = request.id
-            self._progress_of[request.id] = token
-        if request.method == "tools/call":
-            task = asyncio.get_running_loop().create_task(self._tool_call(request, metadata))
-            self._calls[request.id] = task
-            task.add_done_callback(partial(self._call_done, request.id))
+        is_call = request.method == "tools/call"
+        if request.id in self._calls or request.id in self._upstream_ids:
+            # Its answer could not be told from the first one's: refused, so no answer goes to the wrong request.
+            reason = "Invalid request: a request with this id is already in flight"
+            tool = tool_named(request.params) if is_call else None
+            await self._refuse(MessageRefused(types.INVALID_REQUEST, reason, request.id, tool=tool))
             return
-        if request.method == "tools/list":
-            self._tool_lists.add(request.id)
-        self._inflight[request.id] = metadata
-        await self._to_upstream(request)
+        if is_call:
+            call = self._calls[request.id] = _Call(metadata)
+            call.task = asyncio.get_running_loop().create_task(self._tool_call(request, call))
+            self._call_tasks.add(call.task)
+            call.task.add_done_callback(partial(self._call_done, request.id, call))
+            return
+        upstream_request = self._track(request.method, request.params, request.id, metadata)
+        if not await self._to_upstream(upstream_request):
+            self._untrack(upstream_request.id)
+            await self._reply_error(request.id, UPSTREAM_UNAVAILABLE, await self._why_gone())
 
-    def _call_done(self, request_id: types.RequestId, task: asyncio.Task[None]) -> None:
-        if self._calls.get(request_id) is task:
-            del self._calls[request_id]
+    async def _client_notification(self, note: types.JSONRPCNotification) -> None:
+        if note.method == "notifications/cancelled":
+            await self._client_cancelled(note)
+        elif note.method.startswith("notifications/"):
+            await self._to_upstream(note)
+        else:
+            # A request without an id: nothing could be answered, and it must not reach the upstream undecided.
+            reason = f"a request without an id is dropped ({_short(note.method)})"
+            tool = tool_named(note.params) if note.method == "tools/call" else None
+            await self._refuse(MessageRefused(types.INVALID_REQUEST, reason, answerable=False, tool=tool))
+
+    async def _refuse(self, refusal: MessageRefused) -> None:
+        """Answer (when anyone waits) and log a client message the relay will not act on; a refused tools/call
+        also goes to the audit trail."""
+        logger.warning("refused a client message: %s", refusal.message)
+        if refusal.tool is not None:
+            try:
+                self._gate.call_refused(self.session, refusal.tool, refusal.message)
+            except Exception:
+                logger.exception("the gate could not record a refused tools/call")
+        if refusal.answerable:
+            await self._reply_error(refusal.request_id, refusal.code, refusal.message)
+
+    def _call_done(self, request_id: types.RequestId, call: _Call, task: asyncio.Task[None]) -> None:
+        self._call_tasks.discard(task)
+        self._answering(request_id, call)
         if not task.cancelled() and (exc := task.exception()) is not None:
-            logger.error("tools/call %s failed inside the relay", request_id, exc_info=exc)
+            logger.error("tools/call %s failed inside the relay", _short(str(request_id)), exc_info=exc)
 
-    def _forget(self, request_id: types.RequestId) -> None:
-        """Drop what the relay kept about a request once it is answered or cancelled."""
-        self._tool_lists.discard(request_id)
-        if (token := self._progress_of.pop(request_id, None)) is not None:
-            self._progress.pop(token, None)
+    def _answering(self, request_id: types.RequestId, call: _Call) -> None:
+        """The call's id is free again (a client may reuse it as soon as it reads the answer)."""
+        if self._calls.get(request_id) is call:
+            del self._calls[request_id]
 
     async def _client_cancelled(self, note: types.JSONRPCNotification) -> None:
-        request_id = (note.params or {}).get("requestId")
-        forwarded = request_id in self._inflight or request_id in self._waiters
-        self._forget(request_id)  # type: ignore[arg-type]
-        metadata = self._inflight.pop(request_id, None)  # type: ignore[arg-type]
-        if (task := self._calls.pop(request_id, None)) is not None:  # type: ignore[arg-type]
-            task.cancel()
-            metadata = self._call_metadata.pop(request_id, None)  # type: ignore[arg-type]
-        if forwarded:
-            await self._to_upstream(note)
+        params = note.params or {}
+        request_id = params.get("requestId")
+        if not usable_id(request_id):  # the wire refuses these; no front may make the relay fail on one
+            return
+        metadata = None
+        forwarded_id = self._upstream_ids.get(request_id)
+        if forwarded_id is not None:
+            forwarded = self._untrack(forwarded_id)
+            metadata = forwarded.metadata if forwarded is not None else None
+            reason = params.get("reason")
+            await self._cancel_upstream(forwarded_id, reason if isinstance(reason, str) else None)
+        if (call := self._calls.pop(request_id, None)) is not None:
+            metadata = call.metadata
+            call.withdrawn = True
+            if forwarded_id is not None:  # its payment may be on its way: the gate keeps it in doubt
+                call.task.cancel()
         # Cancelled requests get no response; an HTTP front must still close that request's stream.
         if metadata is not None and metadata.on_request_unanswered is not None:
             await metadata.on_request_unanswered()
 
-    async def _tool_call(self, request: types.JSONRPCRequest, metadata: ServerMessageMetadata | None) -> None:
+    async def _tool_call(self, request: types.JSONRPCRequest, entry: _Call) -> None:
         params = request.params or {}
         name, arguments, meta = params.get("name"), params.get("arguments", {}), params.get("_meta")
         if not isinstance(name, str) or not isinstance(arguments, dict) or not isinstance(meta, dict | None):
             # Unparseable: a JSON-RPC error, and never forwarded.
-            await self._reply_error(
-                request.id,
-                types.INVALID_PARAMS,
-                "Invalid tools/call params: 'name' must be a string and 'arguments' an object",
-            )
+            self._answering(request.id, entry)
+            reason = "Invalid tools/call params: 'name' must be a string and 'arguments' an object"
+            await self._refuse(MessageRefused(types.INVALID_PARAMS, reason, request.id, tool=tool_named(params)))
             return
         call = ToolCall(self.session, request.id, name, arguments, meta)
         if isinstance(meta, dict) and types.PROTOCOL_VERSION_META_KEY in meta:
@@ -304,40 +388,110 @@ class Relay:
             self._era_meta = {k: v for k, v in meta.items() if k.startswith(ENVELOPE_PREFIX)}
 
         async def forward() -> JSON:
-            return await self._exchange(request)
+            if entry.withdrawn:
+                error = types.ErrorData(code=types.INTERNAL_ERROR, message="cancelled before guard forwarded it")
+                raise UpstreamError(error, not_run=True)
+            return await self._exchange(request.method, request.params, request.id)
 
-        if metadata is not None:
-            self._call_metadata[request.id] = metadata
+        answer: types.JSONRPCMessage
         try:
             result = await self._gate.call_tool(call, forward)
         except UpstreamError as exc:
-            await self._send_client(types.JSONRPCError(jsonrpc="2.0", id=request.id, error=exc.error))
+            answer = types.JSONRPCError(jsonrpc="2.0", id=request.id, error=exc.error)
         except Exception:
             # Fail closed: the gate could not evaluate the call, so the client learns it was not handled.
             logger.exception("gate failed on tools/call %s", name)
-            await self._reply_error(request.id, types.INTERNAL_ERROR, f"guard could not evaluate the call to {name}")
+            error = types.ErrorData(code=types.INTERNAL_ERROR, message=f"guard could not evaluate the call to {name}")
+            answer = types.JSONRPCError(jsonrpc="2.0", id=request.id, error=error)
         else:
             if isinstance(meta, dict) and types.PROTOCOL_VERSION_META_KEY in meta and "resultType" not in result:
                 # The 2026-07-28 wire requires every result to say its type; the gate's own answers (a
                 # denial, guard-budget) are complete results.
                 result = {**result, "resultType": "complete"}
-            await self._send_client(types.JSONRPCResponse(jsonrpc="2.0", id=request.id, result=result))
-        finally:
-            self._call_metadata.pop(request.id, None)
+            answer = types.JSONRPCResponse(jsonrpc="2.0", id=request.id, result=result)
+        if not entry.withdrawn:  # a cancelled request gets no answer
+            self._answering(request.id, entry)
+            await self._send_client(answer)
 
-    async def _to_upstream(self, message: types.JSONRPCMessage) -> None:
+    def _track(
+        self,
+        method: str,
+        params: JSON | None,
+        client_id: types.RequestId | None,
+        metadata: ServerMessageMetadata | None = None,
+        waiter: asyncio.Future[types.JSONRPCResponse | UpstreamError] | None = None,
+    ) -> types.JSONRPCRequest:
+        """The request to send upstream: the client's (or the guard's own), under a fresh id of the guard's, its
+        progress token (if any) replaced by that id too; kept until answered, cancelled or overdue."""
+        upstream_id = next(self._ids)
+        token = None
+        if params is not None and isinstance(meta := params.get("_meta"), dict) and "progressToken" in meta:
+            token = meta["progressToken"] if usable_id(meta["progressToken"]) else None
+            params = {**params, "_meta": {**meta, "progressToken": upstream_id}}
+        deadline = asyncio.get_running_loop().time() + self._limits.request_timeout_s
+        self._forwarded[upstream_id] = _Forwarded(method, deadline, client_id, token, metadata, waiter)
+        if client_id is not None:
+            self._upstream_ids[client_id] = upstream_id
+        self._forwarded_added.set()
+        if params is None:
+            return types.JSONRPCRequest(jsonrpc="2.0", id=upstream_id, method=method)
+        return types.JSONRPCRequest(jsonrpc="2.0", id=upstream_id, method=method, params=params)
+
+    def _untrack(self, upstream_id: types.RequestId) -> _Forwarded | None:
+        """Stop waiting for an answer to `upstream_id`; what was waiting for it, if anything still was."""
+        forwarded = self._forwarded.pop(upstream_id, None) if type(upstream_id) is int else None
+        if forwarded is not None and forwarded.client_id is not None:
+            self._upstream_ids.pop(forwarded.client_id, None)
+        return forwarded
+
+    async def _to_upstream(self, message: types.JSONRPCMessage) -> bool:
+        """Send a message upstream; False if the upstream can no longer take it."""
         metadata = _routing(message) if self._upstream.wants_routing_headers else None
         try:
             await self._upstream.send(SessionMessage(message, metadata=metadata))
         except (anyio.ClosedResourceError, anyio.BrokenResourceError, OSError):
-            if isinstance(message, types.JSONRPCRequest):
-                self._inflight.pop(message.id, None)
-                waiter = self._waiters.get(message.id)
-                if waiter is not None:
-                    if not waiter.done():
-                        waiter.set_result(None)
-                else:
-                    await self._reply_error(message.id, UPSTREAM_UNAVAILABLE, await self._why_gone())
+            return False
+        return True
+
+    async def _cancel_upstream(self, upstream_id: int, reason: str | None) -> None:
+        params: JSON = {"requestId": upstream_id}
+        if reason is not None:
+            params["reason"] = reason
+        await self._to_upstream(
+            types.JSONRPCNotification(jsonrpc="2.0", method="notifications/cancelled", params=params)
+        )
+
+    async def _expire_overdue(self) -> None:
+        """Give up on requests the upstream has not answered by their deadline. One timer for all: every
+        request gets the same time from when it is sent, so the oldest one has the nearest deadline.
+        (Progress does not extend a deadline: an upstream that keeps reporting progress cannot hold a call,
+        or a payment's outcome, open for ever.)"""
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._forwarded:
+                self._forwarded_added.clear()
+                await self._forwarded_added.wait()
+                continue
+            upstream_id, forwarded = next(iter(self._forwarded.items()))
+            if (left := forwarded.deadline - loop.time()) > 0:
+                await asyncio.sleep(left)
+                continue
+            self._untrack(upstream_id)
+            timeout = self._limits.request_timeout_s
+            why = f"the upstream did not answer {_short(forwarded.method)} within {timeout:g} s; guard cancelled it"
+            logger.warning("%s", why)
+            await self._no_answer(forwarded, types.ErrorData(code=types.REQUEST_TIMEOUT, message=why))
+            # An upstream that does not read its input must not hold up the other deadlines.
+            with anyio.move_on_after(CANCEL_SEND_S):
+                await self._cancel_upstream(upstream_id, f"no answer within {timeout:g} s")
+
+    async def _no_answer(self, forwarded: _Forwarded, error: types.ErrorData) -> None:
+        """Tell whoever waits for a forwarded request that no answer will come, and why."""
+        if forwarded.waiter is not None:
+            if not forwarded.waiter.done():
+                forwarded.waiter.set_result(UpstreamError(error))
+        elif forwarded.client_id is not None:
+            await self._send_client(types.JSONRPCError(jsonrpc="2.0", id=forwarded.client_id, error=error))
 
     # upstream -> client
 
@@ -356,30 +510,62 @@ class Relay:
                 logger.warning("%s", redact(str(item)))
                 continue
             message = item.message
-            if isinstance(message, types.JSONRPCResponse | types.JSONRPCError) and message.id is not None:
-                if (waiter := self._waiters.get(message.id)) is not None:
-                    self._forget(message.id)
-                    if not waiter.done():
-                        waiter.set_result(message)
-                    continue
-                self._inflight.pop(message.id, None)
-                listed = message.id in self._tool_lists
-                self._forget(message.id)
-                if listed and isinstance(message, types.JSONRPCResponse):
-                    message = await self._filtered_tools(message)
-            await self._send_client(message, _related_request(message, self._progress))
+            if isinstance(message, types.JSONRPCResponse | types.JSONRPCError):
+                await self._upstream_answered(message)
+            elif isinstance(message, types.JSONRPCNotification) and message.method == "notifications/progress":
+                await self._upstream_progress(message)
+            else:  # a notification, or a request of the upstream's to the client
+                await self._send_client(message)
 
-    async def _filtered_tools(self, response: types.JSONRPCResponse) -> types.JSONRPCResponse | types.JSONRPCError:
+    async def _upstream_answered(self, answer: types.JSONRPCResponse | types.JSONRPCError) -> None:
+        forwarded = self._untrack(answer.id) if answer.id is not None else None
+        if forwarded is None:
+            # An id guard never sent, or one already answered, cancelled or overdue: nobody waits for it.
+            logger.warning("dropped an upstream %s that answers no request in flight", type(answer).__name__)
+            return
+        if forwarded.waiter is not None:
+            if not forwarded.waiter.done():
+                if isinstance(answer, types.JSONRPCResponse):
+                    forwarded.waiter.set_result(answer)
+                else:
+                    forwarded.waiter.set_result(UpstreamError(answer.error, not_run=answer.error.code in NOT_RUN))
+            return
+        assert forwarded.client_id is not None  # requests of the guard's own always have a waiter
+        reply: types.JSONRPCMessage
+        if isinstance(answer, types.JSONRPCError):
+            reply = types.JSONRPCError(jsonrpc="2.0", id=forwarded.client_id, error=answer.error)
+        elif forwarded.method == "tools/list":
+            reply = await self._filtered_tools(forwarded.client_id, answer.result)
+        else:
+            reply = types.JSONRPCResponse(jsonrpc="2.0", id=forwarded.client_id, result=answer.result)
+        await self._send_client(reply)
+
+    async def _upstream_progress(self, note: types.JSONRPCNotification) -> None:
+        params = note.params or {}
+        token = params.get("progressToken")
+        forwarded = self._forwarded.get(token) if type(token) is int else None
+        if forwarded is None or forwarded.progress_token is None:
+            logger.debug("dropped an upstream progress notification for no request in flight that asked for it")
+            return
+        restored = types.JSONRPCNotification(
+            jsonrpc="2.0", method=note.method, params={**params, "progressToken": forwarded.progress_token}
+        )
+        # An HTTP front sends progress on the stream of the request it belongs to.
+        await self._send_client(restored, ServerMessageMetadata(related_request_id=forwarded.client_id))
+
+    async def _filtered_tools(
+        self, request_id: types.RequestId, result: JSON
+    ) -> types.JSONRPCResponse | types.JSONRPCError:
         try:
-            result = await self._gate.list_tools(self.session, response.result)
+            filtered = await self._gate.list_tools(self.session, result)
         except Exception:
             logger.exception("gate failed on tools/list")
             return types.JSONRPCError(
                 jsonrpc="2.0",
-                id=response.id,
+                id=request_id,
                 error=types.ErrorData(code=types.INTERNAL_ERROR, message="guard could not evaluate tools/list"),
             )
-        return types.JSONRPCResponse(jsonrpc="2.0", id=response.id, result=result)
+        return types.JSONRPCResponse(jsonrpc="2.0", id=request_id, result=filtered)
 
     # what the gate may do besides answering calls (`SessionLink`)
 
@@ -388,27 +574,29 @@ class Relay:
         await self._send_client(note)
 
     async def call(self, name: str, arguments: JSON) -> JSON:
-        self._own_calls += 1
         params: JSON = {"name": name, "arguments": arguments}
         if self._era_meta is not None:  # a 2026-07-28 upstream wants the protocol version on every request
             params["_meta"] = self._era_meta
-        request = types.JSONRPCRequest(jsonrpc="2.0", id=f"guard-{self._own_calls}", method="tools/call", params=params)
-        return await self._exchange(request)
+        return await self._exchange("tools/call", params, None)
 
-    async def _exchange(self, request: types.JSONRPCRequest) -> JSON:
-        """Send a tools/call upstream and wait for its answer, which the relay keeps for itself."""
+    async def _exchange(self, method: str, params: JSON | None, client_id: types.RequestId | None) -> JSON:
+        """Send a request upstream and wait for its result, which the relay keeps for itself.
+
+        Raises:
+            UpstreamError: the upstream answered with an error, went away, or did not answer in time."""
         if self._gone is not None:
-            raise UpstreamError(types.ErrorData(code=UPSTREAM_UNAVAILABLE, message=self._gone))
-        waiter = self._waiters[request.id] = asyncio.get_running_loop().create_future()
+            raise UpstreamError(types.ErrorData(code=UPSTREAM_UNAVAILABLE, message=self._gone), not_run=True)
+        waiter: asyncio.Future[types.JSONRPCResponse | UpstreamError] = asyncio.get_running_loop().create_future()
+        request = self._track(method, params, client_id, waiter=waiter)
         try:
-            await self._to_upstream(request)
+            if not await self._to_upstream(request):
+                raise UpstreamError(types.ErrorData(code=UPSTREAM_UNAVAILABLE, message=await self._why_gone()))
             reply = await waiter
         finally:
-            self._waiters.pop(request.id, None)
-        if isinstance(reply, types.JSONRPCResponse):
-            return reply.result
-        gone = types.ErrorData(code=UPSTREAM_UNAVAILABLE, message=self._gone or self._upstream.failure())
-        raise UpstreamError(reply.error if reply else gone)
+            self._untrack(request.id)  # cancelled (the client gave up, the guard is stopping): not waited for
+        if isinstance(reply, UpstreamError):
+            raise reply
+        return reply.result
 
     async def _why_gone(self) -> str:
         """Why the upstream cannot take a message. A write can fail before the reader has seen the upstream
@@ -418,16 +606,14 @@ class Relay:
         return self._gone or self._upstream.failure()
 
     async def _upstream_gone(self) -> None:
-        """Answer everything still pending with why the upstream went away, then end the relay."""
+        """Answer everything still waiting with why the upstream went away, then end the relay."""
         self._gone = self._upstream.failure()
         self._gone_known.set()
         logger.error("%s", self._gone)
-        for waiter in list(self._waiters.values()):
-            if not waiter.done():
-                waiter.set_result(None)
-        for request_id in list(self._inflight):
-            self._inflight.pop(request_id, None)
-            await self._reply_error(request_id, UPSTREAM_UNAVAILABLE, self._gone)
+        error = types.ErrorData(code=UPSTREAM_UNAVAILABLE, message=self._gone)
+        for upstream_id in list(self._forwarded):
+            if (forwarded := self._untrack(upstream_id)) is not None:
+                await self._no_answer(forwarded, error)
         self._pumps.cancel_scope.cancel()
 
     async def _send_client(self, message: types.JSONRPCMessage, metadata: ServerMessageMetadata | None = None) -> None:
@@ -441,6 +627,11 @@ class Relay:
     async def _reply_error(self, request_id: types.RequestId | None, code: int, message: str) -> None:
         error = types.JSONRPCError(jsonrpc="2.0", id=request_id, error=types.ErrorData(code=code, message=message))
         await self._send_client(error)
+
+
+def _short(text: str, most: int = 64) -> str:
+    """A client's string (a method name) as logs and errors show it: never longer than `most`."""
+    return text if len(text) <= most else text[:most] + "…"
 
 
 def _invalid(exc: Exception) -> str:
@@ -462,17 +653,6 @@ async def _closing(messages: AsyncIterable[T]) -> AsyncIterator[AsyncIterable[T]
         if isinstance(messages, AsyncGenerator):
             with anyio.CancelScope(shield=True):
                 await messages.aclose()
-
-
-def _related_request(
-    message: types.JSONRPCMessage, progress: Mapping[Any, types.RequestId]
-) -> ServerMessageMetadata | None:
-    """Tell an HTTP front which request's stream a progress notification belongs on."""
-    if isinstance(message, types.JSONRPCNotification) and message.method == "notifications/progress":
-        request_id = progress.get((message.params or {}).get("progressToken"))
-        if request_id is not None:
-            return ServerMessageMetadata(related_request_id=request_id)
-    return None
 
 
 def _routing(message: types.JSONRPCMessage) -> ClientMessageMetadata | None:

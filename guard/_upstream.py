@@ -17,6 +17,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
+from functools import partial
 from subprocess import PIPE
 from typing import Any
 
@@ -30,12 +31,18 @@ from mcp.shared.message import SessionMessage
 
 from guard._errors import UpstreamStartError
 from guard._redact import redact
+from guard._wire import lines
 
 logger = logging.getLogger("guard.upstream")
 
 STDERR_TAIL_LINES = 20
-# The longest line (one JSON-RPC message) read from an upstream.
+# The longest line (one JSON-RPC message) read from an upstream: a longer one is skipped, and the request it
+# answered times out. An upstream's answers (a fetched body) may be larger than what clients send.
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+# The longest stderr line kept (a longer one is skipped).
+MAX_STDERR_LINE_BYTES = 64 * 1024
+# How much is read from a pipe at a time (and buffered at most by its reader).
+READ_CHUNK = 256 * 1024
 # Grace periods when stopping a stdio upstream: after stdin closes, then after SIGTERM.
 EXIT_GRACE_S = 2.0
 TERM_GRACE_S = 2.0
@@ -152,7 +159,7 @@ async def _stdio(spec: StdioUpstream) -> AsyncIterator[UpstreamLink]:
             stderr=PIPE,
             env=spec.environment,
             start_new_session=True,
-            limit=MAX_MESSAGE_BYTES,
+            limit=READ_CHUNK,
         )
     except OSError as exc:
         raise UpstreamStartError(f"cannot start upstream `{label}`: {exc.strerror or exc}") from exc
@@ -164,9 +171,11 @@ async def _stdio(spec: StdioUpstream) -> AsyncIterator[UpstreamLink]:
     # The relay reads and writes the pipes itself, with no queue or task in between: each hop costs
     # event-loop passes, and this is the hot path of every call.
     async def messages() -> AsyncIterator[SessionMessage | Exception]:
-        with suppress(OSError, ValueError):  # ValueError: a line longer than MAX_MESSAGE_BYTES
-            while line := await stdout.readline():
-                if line.strip():
+        with suppress(OSError):
+            async for line in lines(partial(stdout.read, READ_CHUNK), MAX_MESSAGE_BYTES):
+                if line is None:
+                    yield ValueError(f"upstream {label} wrote a message over {MAX_MESSAGE_BYTES} bytes: skipped it")
+                elif line.strip():
                     yield _parse(line, label)
         # stdout closed: the upstream is exiting. Wait (bounded) for its status and last words.
         with anyio.move_on_after(EXIT_GRACE_S):
@@ -182,8 +191,11 @@ async def _stdio(spec: StdioUpstream) -> AsyncIterator[UpstreamLink]:
 
     async def read_stderr() -> None:
         try:
-            with suppress(OSError, ValueError):
-                while raw := await stderr.readline():
+            with suppress(OSError):
+                async for raw in lines(partial(stderr.read, READ_CHUNK), MAX_STDERR_LINE_BYTES):
+                    if raw is None:
+                        logger.info("upstream stderr: a line over %d bytes, skipped", MAX_STDERR_LINE_BYTES)
+                        continue
                     text = redact(raw.decode("utf-8", "replace").rstrip())
                     stderr_tail.append(text)
                     logger.info("upstream stderr: %s", text)
@@ -219,8 +231,10 @@ def _parse(line: bytes, label: str) -> SessionMessage | Exception:
     try:
         return SessionMessage(types.jsonrpc_message_adapter.validate_json(line, by_name=False))
     except ValueError:
-        preview = line[:200].decode("utf-8", "replace")
-        return ValueError(f"upstream {label} wrote a line that is not a JSON-RPC message: {preview!r}")
+        # Not its content: it may carry a preimage or a token.
+        return ValueError(
+            f"upstream {label} wrote a line that is not a JSON-RPC message ({len(line)} bytes): skipped it"
+        )
 
 
 def _exit_story(label: str, status: int | None, stderr_tail: deque[str]) -> str:

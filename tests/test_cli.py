@@ -132,5 +132,5 @@ def test_a_malformed_message_carrying_a_secret_is_logged_scrubbed() -> None:
     preimage = "7f3c" * 16
     bad = {"jsonrpc": "2.0", "id": "x", "method": 5, "params": {"preimage": preimage, "macaroon": "AgEDbG9jYWxob3N0"}}
     result = converse("run", "--", *DUAL_ERA, messages=[INITIALIZE, bad])
-    assert "client sent an unreadable message" in result.stderr
+    assert "refused a client message: Invalid request" in result.stderr
     assert preimage not in result.stderr and "AgEDbG9jYWxob3N0" not in result.stderr

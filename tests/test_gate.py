@@ -26,6 +26,7 @@ class RecordingGate:
         self.calls: list[ToolCall] = []
         self.upstream_results: list[JSON] = []
         self.listed = 0
+        self.refused: list[tuple[str, str]] = []
 
     async def call_tool(self, call: ToolCall, forward: Forward) -> JSON:
         self.calls.append(call)
@@ -43,6 +44,9 @@ class RecordingGate:
 
     def subscribe(self, session: Session, link: Any) -> Any:
         return lambda: None
+
+    def call_refused(self, session: Session, tool: str, reason: str) -> None:
+        self.refused.append((tool, reason))
 
 
 class RawClient:
@@ -140,6 +144,10 @@ async def test_an_unparseable_call_is_a_json_rpc_error_and_is_not_forwarded(para
     assert "'name' must be a string and 'arguments' an object" in answer.error.message
     assert [c.name for c in gate.calls] == ["calls"]
     assert isinstance(served, types.JSONRPCResponse) and served.result["content"][0]["text"] == "0"
+    # It never reached `call_tool`, but the gate recorded it (the audit trail).
+    [(tool, reason)] = gate.refused
+    assert tool == (params["name"] if isinstance(params.get("name"), str) else "(no name)")
+    assert reason == answer.error.message
 
 
 async def test_a_gate_that_fails_closes_the_call_with_an_error_and_forwards_nothing() -> None:

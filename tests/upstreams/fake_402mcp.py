@@ -42,6 +42,8 @@ State file keys (all optional; defaults are filled in and written back):
   payment, if any, is made), "strings" (every number in the result is sent as a string).
 - `services`: the l402-search catalogue.
 - `bodies`: {url: text}: response bodies.
+- `delays`: {url: seconds}: a slow wallet: a call on that URL first writes `fake_402mcp: <tool> waits <s> s`
+  to stderr, then waits that long (cancellable) before it runs (and pays).
 - `payments` (append-only): {tool, amount, unit: "sat", payment_hash, at, fee_sats, method, url,
   reported} for every payment that left the wallet (`reported` = what the tool told the client).
 - `attempts` (append-only): every payment attempt, including refused/failed ones.
@@ -55,9 +57,11 @@ import hashlib
 import json
 import os
 import secrets
+import sys
 from typing import Any
 from urllib.parse import urlsplit
 
+import anyio
 import bolt11
 import mcp.types as types
 from mcp.server import ServerRequestContext
@@ -96,6 +100,7 @@ DEFAULTS: JSON = {
     "challenges": {},
     "outcomes": {},
     "bodies": {},
+    "delays": {},
     "services": [
         {
             "name": "Fake Weather",
@@ -954,6 +959,10 @@ async def call_tool(ctx: ServerRequestContext[Any], params: types.CallToolReques
     canonical, input_schema = SCHEMAS[params.name]
     arguments = dict(params.arguments or {})
     require(arguments, input_schema, params.name)
+    delay = STATE.load()["delays"].get(str(arguments.get("url")))
+    if delay:
+        print(f"fake_402mcp: {canonical} waits {delay} s", file=sys.stderr, flush=True)
+        await anyio.sleep(float(delay))
     state = STATE.load()
     answer = HANDLERS[canonical](state, arguments)
     STATE.save(state)
