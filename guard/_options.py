@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 
 from guard._errors import ConfigError
+from guard._redact import redact
 
 if TYPE_CHECKING:
     from guard import _upstream
@@ -41,7 +42,7 @@ def upstream_spec(command: list[str] | None, url: str | None) -> _upstream.Upstr
         raise ConfigError("give either --upstream URL or a command after `--`, not both")
     if url:
         if not re.match(r"^https?://", url):
-            raise ConfigError(f"--upstream {url!r}: expected an http:// or https:// URL")
+            raise ConfigError(f"--upstream {redact(url)!r}: expected an http:// or https:// URL")
         return _upstream.HttpUpstream(url)
     if command:
         return _upstream.StdioUpstream(tuple(command))

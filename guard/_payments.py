@@ -28,6 +28,7 @@ import anyio.to_thread
 
 from guard._policy import Denial, Policy, PriceUnknown, Who, seconds
 from guard._relay import SessionLink, ToolCall, UpstreamError
+from guard._tool_names import folded
 from guard.adapters._facts import Adapter, Outcome, Prepared, Refresh, public_url
 from ledgers import MONEY_BALANCES, Amount, BalanceObservation, CallRecord, Ledger, LedgerError, UnitMismatch
 
@@ -87,9 +88,14 @@ class Payments:
             prepared = self._x402.prepare(call.name, call.arguments, call.meta)
             if prepared.pays:
                 return Reading(self._x402, prepared)
+        variant = folded(call.name)
         for adapter in self._adapters:
             if adapter.knows(call.name):
                 return Reading(adapter, adapter.prepare(call.name, call.arguments, call.meta))
+            if (known := next((t for t in adapter.tools if folded(t) == variant), None)) is not None:
+                # An upstream that normalises names may run it as `known`, a tool that pays: never unpriced.
+                why = f"{call.name!r} is a variant of {adapter.name}'s tool {known!r}: call it by its exact name"
+                return Reading(adapter, Prepared(pays=True, refuse=why))
         return Reading(None, None)
 
     async def price(self, policy: Policy, call: ToolCall, reading: Reading, link: SessionLink | None) -> Price:

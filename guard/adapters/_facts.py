@@ -108,6 +108,8 @@ class Adapter(Protocol):
 
     name: str
 
+    tools: frozenset[str]  # the family's tool names, in one of their spellings
+
     def knows(self, tool: str) -> bool:
         """Whether `tool` is one of this family's tools."""
         ...

@@ -46,6 +46,8 @@ class Alby:
 
     name = NAME
 
+    tools = TOOLS
+
     def knows(self, tool: str) -> bool:
         return canonical(tool) in TOOLS
 

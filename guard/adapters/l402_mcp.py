@@ -202,6 +202,8 @@ class L402Mcp:
 
     name = NAME
 
+    tools = TOOLS
+
     def knows(self, tool: str) -> bool:
         return canonical(tool) in TOOLS
 

@@ -60,6 +60,8 @@ class P402:
 
     name = "p402"
 
+    tools = TOOLS
+
     def knows(self, tool: str) -> bool:
         return _normal(tool) in TOOLS
 

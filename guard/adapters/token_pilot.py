@@ -34,6 +34,8 @@ class TokenPilot:
 
     name = "token-pilot"
 
+    tools = frozenset({TOOL})
+
     def knows(self, tool: str) -> bool:
         return tool.replace("-", "_") == TOOL
 

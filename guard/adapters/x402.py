@@ -59,6 +59,8 @@ class X402:
             table[asset.lower()] = check_unit(unit)
         self._assets = table
 
+    tools: frozenset[str] = frozenset()  # any tool may take an x402 payment
+
     def knows(self, tool: str) -> bool:
         return True
 

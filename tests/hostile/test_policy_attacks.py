@@ -153,6 +153,34 @@ def test_a_variant_of_a_denied_or_paying_tool_name_is_refused_and_the_reason_nam
     assert [(p["tool"], p["amount"]) for p in state["payments"]] == [("l402-fetch", 10)]
 
 
+UNNAMED_POLICY = """\
+version: 1
+default: allow
+budgets:
+  - name: per-session
+    limit: 1000 sat
+"""
+
+
+@pytest.mark.parametrize(
+    "called", ["L402-FETCH", "l402\u2011fetch", "\uff4c402-fetch"], ids=["upper", "nb-hyphen", "fullwidth"]
+)
+def test_a_variant_of_a_paying_tool_no_rule_names_is_refused_by_its_adapter_not_forwarded_unpriced(
+    tmp_path: Path, guards: list[RawGuard], called: str
+) -> None:
+    # No rule names l402-fetch, and the default allows: only the 402-mcp adapter knows the name pays.
+    guard = start_guard(tmp_path, UNNAMED_POLICY, state={"prices": {"https://shop.example/item": 10}})
+    guards.append(guard)
+    result = guard.call(called, {"url": "https://shop.example/item", "autoPay": True})
+    guard.stop()
+
+    refused = denial(result)
+    assert refused["rule"] == "adapters.402-mcp"
+    assert "is a variant of 402-mcp's tool 'l402-fetch'" in refused["reason"]
+    state = json.loads((tmp_path / "state.json").read_text())
+    assert state["payments"] == [] and state["attempts"] == []
+
+
 # --- eight guards on one PostgreSQL server ----------------------------------------------------------------
 
 GUARDS = 8
