@@ -259,6 +259,8 @@ class PolicyGate:
             limits = policy.rate_limits(name, arguments, who)
             price = budgets = priced_by = None
             if pays:
+                if limits:  # a rate-limited call must not make guard ask the upstream for a price first
+                    await self._db(self._ledger.check_rates, [limit.rate for limit in limits])
                 priced = await self._payments.price(policy, call, reading, link)
                 price, priced_by = priced.amount, priced.by
                 budgets, denial = self._budgets_for(policy, name, who, price)
@@ -266,6 +268,8 @@ class PolicyGate:
                     return denial
         except PriceUnknown as exc:
             return Denial(f"tools.{name}", f"no price, no pay: {exc}")
+        except Refused as exc:
+            return _refused(exc, limits)
         if price is not None:
             denial = await self._payments.check_balances(policy, call, reading, price, link)
             if denial is not None:

@@ -427,6 +427,17 @@ class Ledger:
                 self._check_rate(conn, rate, now)
             self._count_calls(conn, rate_limits, now)
 
+    def check_rates(self, rate_limits: Sequence[RateLimit]) -> None:
+        """Whether one more call fits every rate limit now, counting nothing (the count that binds is the
+        one `reserve` or `hit` makes in its own transaction).
+
+        Raises:
+            RateLimited: a limit has no calls left."""
+        with self._read() as conn:
+            now = self._now_us()
+            for rate in rate_limits:
+                self._check_rate(conn, rate, now)
+
     def mark_forwarded(self, hold_id: int) -> None:
         """Record that the paying call is about to be sent upstream (before it is sent)."""
         self._move(hold_id, ("reserved",), "forwarded")

@@ -177,6 +177,26 @@ def test_ten_fetches_of_a_50_sat_resource_under_a_10_sat_max_price_are_refused_b
     assert found is not None and found.amount == Amount(50, "sat")
 
 
+def test_a_rate_limited_fetch_is_refused_before_guard_asks_the_upstream_for_its_price(
+    start: Callable[..., Guard],
+) -> None:
+    # Each fetch names a URL guard has no quote for: without the rate check first, every refused call would
+    # still make guard preview its price upstream (and the paid server behind it).
+    urls = [site(n) for n in range(6)]
+    policy = POLICY.replace("30 sat", "1000 sat").replace(
+        "max_price: 10 sat", "max_price: 10 sat\n    rate_limit: 2/minute"
+    )
+    guard = start(policy, {"prices": dict.fromkeys(urls, 5)})
+    results = [guard.fetch(url) for url in urls]
+    guard.stop()
+
+    assert [r["isError"] for r in results] == [False, False, True, True, True, True]
+    assert {denial(r)["rule"] for r in results[2:]} == {"tools.l402-fetch.rate_limit"}
+    state = guard.state()
+    assert len(state["challenges"]) == 2  # two previews, for the two admitted calls only
+    assert sum(p["amount"] for p in state["payments"]) == 10
+
+
 def test_a_price_raised_after_the_quote_is_counted_whole_flagged_alerted_and_blocks_the_budget(
     start: Callable[..., Guard], receiver: Receiver
 ) -> None:
