@@ -34,7 +34,7 @@ import math
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -738,7 +738,7 @@ def security_settings(host: str, port: int, tokens: dict[str, str]) -> Transport
 
 class _Connection(H11Protocol):
     """uvicorn's HTTP/1.1 protocol with the two bounds it lacks (it has no header timeout, and its
-    `limit_concurrency` answers only once a request has arrived whole, holding the socket until then):
+    `limit_concurrency` answers only once a request's headers have arrived, holding the socket until then):
 
     - a request must arrive whole (headers and body) within `--read-timeout` of when the server starts waiting
       for it (the connection opening, or the previous response ending), or the connection is closed;
@@ -824,26 +824,25 @@ class LogFloodFilter(logging.Filter):
     site (uvicorn's "Invalid HTTP request", a refusal, a read timeout) however its messages vary. Info and
     debug records pass untouched."""
 
-    def __init__(self, burst: int = 10, period_s: float = 60.0) -> None:
+    def __init__(self, burst: int = 10, period_s: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__()
         self.burst = burst
         self.period_s = period_s
+        self._clock = clock
         self._sites: dict[tuple[str, int], _Site] = {}
         self._lock = threading.Lock()  # ledger work logs from worker threads
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno < logging.WARNING:
             return True
-        now = time.monotonic()
+        now = self._clock()
         with self._lock:
             site = self._sites.get((record.pathname, record.lineno))
             if site is None or now - site.since >= self.period_s:
                 held = site.held if site is not None else 0
                 self._sites[(record.pathname, record.lineno)] = _Site(now, passed=1)
                 if held:
-                    record.msg = (
-                        f"{record.getMessage()} ({held} more like this in the last {self.period_s:g}s not logged)"
-                    )
+                    record.msg = f"{record.getMessage()} ({held} earlier ones like this were not logged)"
                     record.args = None
                 return True
             if site.passed < self.burst:

@@ -9,6 +9,7 @@ money is involved, the ledger is compared with what the fake 402-mcp says left i
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 from collections.abc import Callable, Iterator
@@ -18,6 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
+from guard._http_front import LogFloodFilter
 from ledgers import Amount, Budget, Ledger, Window
 from tests.conftest import INITIALIZE, WAIT_S
 
@@ -455,3 +457,22 @@ def test_a_flood_of_bad_connections_and_requests_is_logged_a_few_lines_a_minute(
     assert 1 <= len(refused) <= 20
     assert 1 <= len(host) <= 20
     assert flood_bytes < 20_000, flood_bytes
+
+
+def test_the_log_flood_filter_passes_ten_warnings_a_minute_per_call_site_then_says_how_many_it_held_back() -> None:
+    now = [0.0]
+    flood = LogFloodFilter(clock=lambda: now[0])
+
+    def record(line: int, level: int = logging.WARNING) -> logging.LogRecord:
+        return logging.LogRecord("uvicorn.error", level, "h11_impl.py", line, "bad request from %s", ("x",), None)
+
+    passed = [flood.filter(record(1)) for _ in range(25)]
+    elsewhere = flood.filter(record(2))  # another call site has its own count
+    info = [flood.filter(record(1, logging.INFO)) for _ in range(25)]
+    now[0] = 61.0
+    later = record(1)
+
+    assert passed == [True] * 10 + [False] * 15
+    assert elsewhere and all(info)
+    assert flood.filter(later)
+    assert later.getMessage() == "bad request from x (15 earlier ones like this were not logged)"
