@@ -13,6 +13,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -377,6 +378,59 @@ def test_a_2026_era_session_budget_starts_afresh_after_idle_and_a_daily_identity
     with Ledger.open(guard.ledger, read_only=True) as ledger:
         day = ledger.usage(Budget("per-day", Amount(70, "sat"), "identity:alice", Window.calendar("day")))
     assert (day.spent, day.held) == (60, 0)
+
+
+CROSSING_POLICY = """\
+version: 1
+default: deny
+budgets:
+  - name: per-identity
+    limit: 10000 sat
+    scope: identity
+tools:
+  l402-fetch:
+    pays: true
+    max_price: 50 sat
+"""
+
+
+def test_concurrent_2026_era_requests_with_one_id_and_guards_own_calls_between_them_each_get_their_own_answer(
+    start: Callable[..., HttpGuard], tmp_path: Path
+) -> None:
+    # Twenty self-contained POSTs share one upstream connection, every one with the id 1; each fetch has no
+    # quote, so guard also makes a call of its own (a price preview) for each, on the same connection.
+    count = 20
+    policy, state = tmp_path / "policy.yaml", tmp_path / "fake.json"
+    policy.write_text(CROSSING_POLICY)
+    # A slow wallet, slowest for the first calls: later calls' fetches go upstream while earlier calls' own
+    # previews are still there.
+    prices = {site(n): 1 + n for n in range(count)}
+    delays = {site(n): round(0.1 * (count - n), 1) for n in range(count)}
+    state.write_text(json.dumps({"prices": prices, "delays": delays}))
+    guard = start(
+        ["--policy", str(policy), "--identity", "alice"], upstream=FAKE_402MCP, env={"FAKE_STATE": str(state)}
+    )
+
+    def fetch(n: int) -> JSON:
+        call = modern_request(1, "tools/call", {"name": "l402-fetch", "arguments": {"url": site(n), "autoPay": True}})
+        with httpx.Client(timeout=WAIT_S) as client:
+            [answer] = [
+                m for m in answers(client.post(guard.url, json=call, headers=modern_headers("tools/call"))) if "id" in m
+            ]
+        return answer
+
+    with ThreadPoolExecutor(count) as pool:
+        results = list(pool.map(fetch, range(count)))
+
+    for n, answer in enumerate(results):
+        assert answer["id"] == 1
+        fetched = json.loads(answer["result"]["content"][0]["text"])
+        assert (json.loads(fetched["body"])["url"], fetched["satsPaid"]) == (site(n), 1 + n)
+    paid = sum(p["amount"] for p in json.loads(state.read_text())["payments"])
+    with Ledger.open(guard.ledger, read_only=True) as ledger:
+        usage = ledger.usage(Budget("per-identity", Amount(10000, "sat"), "identity:alice"))
+        assert ledger.open_holds() == []
+    assert usage.spent == paid == sum(1 + n for n in range(count))
 
 
 # --- connections -------------------------------------------------------------------------------------------
