@@ -14,7 +14,7 @@ import json
 import logging
 import timeit
 
-from guard._logging import JsonFormatter, RedactingFormatter
+from guard.cli.logs import JsonFormatter, RedactingFormatter
 
 RESULT = {
     "status": 402,

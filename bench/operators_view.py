@@ -30,14 +30,14 @@
 
 2. TIME, best and median of `--runs` (default 5), after one unmeasured run, everything imported first:
    - `budget show` in process, as `guard/_budget_command.py` `show` does it: `Ledger.open(url,
-     read_only=True)`, `budget_states()`, `observed()`, the view (`guard._budget_view`) as JSON, `close()`;
+     read_only=True)`, `budget_states()`, `observed()`, the view (`guard.operators.budget_view`) as JSON, `close()`;
      each step timed too;
    - `guard budget show --ledger URL --json` end to end, a subprocess. To tell apart what is start-up,
-     `python -c pass`, `python -c "import guard.cli"`, and the in-process `budget show` run first thing in
-     a fresh process that has just imported `guard.cli` (cold caches: connecting, first statements) are
+     `python -c pass`, `python -c "import guard.cli.app"`, and the in-process `budget show` run first thing in
+     a fresh process that has just imported `guard.cli.app` (cold caches: connecting, first statements) are
      timed too;
    - `report` in process, as `guard/_report_command.py` runs it (`period`, `Ledger.report`,
-     `guard._report.render`): the last 24 h and the last 7 days in each format (md, json, csv, html), the
+     `guard.operators.report.render`): the last 24 h and the last 7 days in each format (md, json, csv, html), the
      last 30 days (the whole ledger) in json, to show how it scales with the period;
    - `guard report --since 24h --format json` end to end, a subprocess, and the report run first thing in a
      fresh process.
@@ -88,8 +88,8 @@ from typing import Any
 from sqlalchemy import Engine, MetaData, Table, create_engine, event, insert, text
 from sqlalchemy.engine import make_url
 
-from guard._budget_view import balance_fields, budget_fields
-from guard._policy import Balances, seconds
+from guard.operators.budget_view import balance_fields, budget_fields
+from guard.policy.rules import Balances, seconds
 from ledgers import Amount, Ledger
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -847,12 +847,12 @@ def _guard_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "guard"]
 
 
-# One view, first thing in a fresh process once `guard.cli` is imported: what the command pays beyond imports
+# One view, first thing in a fresh process once `guard.cli.app` is imported: what the command pays beyond imports
 # (cold caches: connecting, the driver's and SQLAlchemy's first statements, time zones...).
 COLD = """
 import sys, time
 sys.path.insert(0, sys.argv[1])
-import guard.cli
+import guard.cli.app
 from operators_view import {function}
 begin = time.perf_counter()
 {function}(*sys.argv[2:])
@@ -876,8 +876,8 @@ def run_command(command: list[str], env: dict[str, str]) -> str:
 
 
 def report_parts() -> tuple[Callable[..., tuple[datetime, datetime]], Callable[[Any, str], str]]:
-    from guard._report import render
-    from guard._report_command import period
+    from guard.cli.report import period
+    from guard.operators.report import render
 
     return period, render
 
@@ -917,7 +917,7 @@ def measure(store: Store, runs: int, progress: Progress) -> dict[str, Any]:
         progress("python start-up and imports")
         result["python_startup"], _ = _timed(lambda: run_command([sys.executable, "-c", "pass"], env), runs)
         result["import_guard_cli"], _ = _timed(
-            lambda: run_command([sys.executable, "-c", "import guard.cli"], env), runs
+            lambda: run_command([sys.executable, "-c", "import guard.cli.app"], env), runs
         )
         progress(f"{' '.join(Path(guard[0]).name for _ in [0])} budget show --json, {runs} runs")
         show_cli = [*guard, "budget", "show", "--ledger", store.url, "--json"]
@@ -1075,7 +1075,7 @@ def _table(r: dict[str, Any]) -> str:
     out.append("    median by step: " + ", ".join(f"{k} {_ms(v)}" for k, v in show["steps_median_s"].items()) + " ms")
     line("guard budget show --json (subprocess)", t["show_cli"], GOAL_SHOW_S)
     line("  of which python -c pass", t["python_startup"], None)
-    line("  of which python -c 'import guard.cli'", t["import_guard_cli"], None)
+    line("  of which python -c 'import guard.cli.app'", t["import_guard_cli"], None)
     line("  budget show in process, first in a fresh one", t["show_cold"], None)
     if "report_missing" in t:
         out.append(f"report: not measured: {t['report_missing']}")

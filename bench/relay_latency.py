@@ -67,7 +67,7 @@ signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 prof = cProfile.Profile()
 prof.enable()
 try:
-    from guard.cli import main
+    from guard.cli.app import main
     main()
 except BaseException:
     pass

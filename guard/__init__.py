@@ -1,52 +1,45 @@
 """guard: a budget-aware guard for payment MCP servers.
 
-The relay carries MCP between a client and one upstream; the `Gate` is its one interception point.
+The layout (docs/ARCHITECTURE.md has the whole map):
 
-The names below load on first use (PEP 562): the operators' commands (`guard budget show`, `guard report`)
-start without importing the MCP SDK at all.
+- `guard.core`: the call a gate decides and the `Gate` protocol (no MCP SDK);
+- `guard.proxy`: the MCP wire: relay, stdio and HTTP fronts, upstream link;
+- `guard.policy`: the policy file and the decisions that need no storage;
+- `guard.payments`: the money in calls: adapters per upstream, the one price-and-budget decision, settlement;
+- `guard.gate`: the ordered checklist that ties policy, payments and the ledger to the relay;
+- `guard.operators`: budget view, reports, alerts, metrics, schedules (read the ledger, never in a call's way);
+- `guard.cli`: the `guard` command;
+- `ledgers` (beside this package): the accounting core, which knows nothing of MCP.
 """
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
-
-from guard._errors import ConfigError, GuardError, UpstreamStartError
 from guard._version import __version__
-
-if TYPE_CHECKING:
-    from guard._relay import ClientPort, Forward, Gate, OpenGate, Relay, Session, ToolCall, UpstreamError
-    from guard._upstream import HttpUpstream, StdioUpstream, UpstreamLink, connect
-
-_LAZY = {
-    **dict.fromkeys(
-        ("ClientPort", "Forward", "Gate", "OpenGate", "Relay", "Session", "ToolCall", "UpstreamError"), "guard._relay"
-    ),
-    **dict.fromkeys(("HttpUpstream", "StdioUpstream", "UpstreamLink", "connect"), "guard._upstream"),
-}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'guard' has no attribute {name!r}")
-
+from guard.core import JSON, Forward, Gate, OpenGate, Session, SessionLink, ToolCall
+from guard.errors import (
+    ConfigError,
+    GuardError,
+    MessageRefused,
+    PolicyError,
+    PriceUnknown,
+    UpstreamError,
+    UpstreamStartError,
+)
 
 __all__ = [
-    "ClientPort",
+    "JSON",
     "ConfigError",
     "Forward",
     "Gate",
     "GuardError",
-    "HttpUpstream",
+    "MessageRefused",
     "OpenGate",
-    "Relay",
+    "PolicyError",
+    "PriceUnknown",
     "Session",
-    "StdioUpstream",
+    "SessionLink",
     "ToolCall",
     "UpstreamError",
-    "UpstreamLink",
     "UpstreamStartError",
     "__version__",
-    "connect",
 ]

@@ -19,11 +19,11 @@ import anyio
 import anyio.to_thread
 import pytest
 
-from guard import Session, ToolCall
-from guard._alerts import OVER_RESERVATION_LOOKBACK_S, Alerter
-from guard._gate import PolicyGate
-from guard._policy_files import parse
-from guard._policy_source import PolicySource
+from guard.core import Session, ToolCall
+from guard.gate.gate import PolicyGate
+from guard.operators.alerts import OVER_RESERVATION_LOOKBACK_S, Alerter
+from guard.policy.files import parse
+from guard.policy.source import PolicySource
 from ledgers import Amount, Budget, Ledger, Window
 from tests.conftest import ROOT, WAIT_S, FakeClock, free_port
 from tests.ledgers.helpers import query

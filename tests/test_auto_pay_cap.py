@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from guard._policy_files import parse
-from guard._serve import largest_auto_payment, with_auto_pay_cap
-from guard._upstream import HttpUpstream, StdioUpstream
+from guard.cli.serve import largest_auto_payment, with_auto_pay_cap
+from guard.policy.files import parse
+from guard.proxy.upstream import HttpUpstream, StdioUpstream
 
 BUDGET = "budgets:\n  - name: b\n    limit: 5000 sat\n"
 

@@ -11,8 +11,8 @@ import pytest
 import typer.main
 
 from guard import __version__
-from guard._redact import redact
-from guard.cli import app
+from guard.cli.app import app
+from guard.redact import redact
 from tests.conftest import DUAL_ERA, GUARD, INITIALIZE, WAIT_S
 
 TOOLS_LIST = {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}

@@ -11,7 +11,9 @@ import mcp_types as types
 import pytest
 from mcp.shared.message import SessionMessage
 
-from guard import ClientPort, Forward, Relay, Session, StdioUpstream, ToolCall, connect
+from guard.core import Forward, Session, ToolCall
+from guard.proxy.relay import ClientPort, Relay
+from guard.proxy.upstream import StdioUpstream, connect
 from tests.conftest import DUAL_ERA, WAIT_S
 
 pytestmark = pytest.mark.anyio

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from guard._policy_files import load, parse, presets
+from guard.policy.files import load, parse, presets
 from tests.conftest import DUAL_ERA, GUARD, ROOT, WAIT_S, Spawned
 
 DUAL_ERA_TOOLS = ["echo", "count", "wait", "crash", "calls", "pid", "ask", "roots", "changed"]

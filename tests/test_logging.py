@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from guard._logging import JsonFormatter, RedactingFormatter
+from guard.cli.logs import JsonFormatter, RedactingFormatter
 
 from .conftest import WAIT_S
 
@@ -36,7 +36,7 @@ def test_a_records_message_arguments_traceback_and_stack_are_redacted(formatter:
 def test_at_debug_the_libraries_loggers_and_an_uncaught_traceback_go_through_the_redactor() -> None:
     script = (
         "import logging\n"
-        "from guard import _logging\n"
+        "from guard.cli import logs as _logging\n"
         "_logging.configure('debug', 'json')\n"
         "logging.getLogger('httpx').debug('HTTP Request: GET https://u:pw-42@api.example/x?api_key=ak-42')\n"
         "logging.getLogger('mcp.client.streamable_http').debug(\"SSE message: {'preimage': 'pre-42'}\")\n"

@@ -20,7 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import create_engine, text
 
-from guard._metrics import OTHER, PrometheusMetrics
+from guard.operators.metrics import OTHER, PrometheusMetrics
 from ledgers import Amount, Budget, CallRecord, Ledger
 from tests.conftest import ROOT, WAIT_S, Spawned
 

@@ -15,10 +15,10 @@ import anyio
 import pytest
 import time_machine
 
-from guard._gate import PolicyGate
-from guard._policy_files import load
-from guard._policy_source import PolicySource
-from guard._schedule import NightlyReport, run_schedule
+from guard.gate.gate import PolicyGate
+from guard.operators.schedule import NightlyReport, run_schedule
+from guard.policy.files import load
+from guard.policy.source import PolicySource
 from ledgers import Amount, Budget, Ledger
 
 from .conftest import WAIT_S

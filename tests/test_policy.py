@@ -17,9 +17,10 @@ from typing import Any
 import pytest
 import yaml
 
-from guard import _policy_files
-from guard._policy import Policy, PriceUnknown, Who, args_digest
-from guard._policy_files import PolicyError, Problem, detect, dump, load, parse
+from guard.errors import PolicyError, PriceUnknown, Problem
+from guard.policy import files as _policy_files
+from guard.policy.files import detect, dump, load, parse
+from guard.policy.rules import Policy, Who, args_digest
 from ledgers import Amount, Window
 from tests.conftest import FIXTURES, ROOT, WAIT_S
 

@@ -13,9 +13,10 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from guard import _policy_files
-from guard._policy import Policy
-from guard._policy_files import PolicyError, parse
+from guard.errors import PolicyError
+from guard.policy import files as _policy_files
+from guard.policy.files import parse
+from guard.policy.rules import Policy
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
 

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from guard._policy import MAX_MATCHED_CHARS, Policy, PriceUnknown, Who
-from guard._policy_files import MAX_FILE_BYTES, PolicyError, Problem, load, parse
-from guard._tool_names import folded, spelling
+from guard.errors import PolicyError, PriceUnknown, Problem
+from guard.names import folded, spelling
+from guard.policy.files import MAX_FILE_BYTES, load, parse
+from guard.policy.rules import MAX_MATCHED_CHARS, Policy, Who
 from tests.conftest import ROOT, WAIT_S
 
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from guard._policy import Policy, Who, json_schema
-from guard._policy_files import load, parse, presets
+from guard.policy.files import load, parse, presets
+from guard.policy.rules import Policy, Who, json_schema
 from ledgers import Amount, UnitMismatch
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from guard._redact import redact, secret_segment
-from guard.adapters._facts import public_url
+from guard.payments.adapters._facts import public_url
+from guard.redact import redact, secret_segment
 
 from .conftest import WAIT_S
 
@@ -176,7 +176,7 @@ def test_hostile_text_is_redacted_without_quadratic_backtracking() -> None:
     """An upstream's stderr is hostile: long dotted runs, repeated names and prefixes are redacted at
     once (a pattern that backtracks quadratically takes minutes on these, and the bounded wait fails)."""
     script = (
-        "from guard._redact import redact\n"
+        "from guard.redact import redact\n"
         "for text in ('a.' * 100_000, 'token' * 50_000, 'x+' * 100_000, '\"key\":' * 50_000, 'sk-' * 50_000):\n"
         "    redact(text)\n"
     )

@@ -19,8 +19,11 @@ import pytest
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from mcp.shared.message import SessionMessage
 
-from guard import ClientPort, OpenGate, Relay, Session, UpstreamError, UpstreamLink
-from guard._limits import DEFAULT_LIMITS, Limits
+from guard.core import OpenGate, Session
+from guard.errors import UpstreamError
+from guard.proxy.limits import DEFAULT_LIMITS, Limits
+from guard.proxy.relay import ClientPort, Relay
+from guard.proxy.upstream import UpstreamLink
 from tests.conftest import WAIT_S
 
 pytestmark = pytest.mark.anyio
@@ -134,7 +137,7 @@ async def test_a_call_of_guards_own_that_gets_no_answer_times_out_and_is_cancell
                 await ends.relay.call("balance", {})
             sent = await ends.to_upstream()
             cancelled = await ends.to_upstream()
-    assert raised.value.error.code == types.REQUEST_TIMEOUT
+    assert raised.value.code == types.REQUEST_TIMEOUT
     assert raised.value.not_run is False  # no answer: whatever it was may have run
     assert isinstance(sent, types.JSONRPCRequest) and isinstance(cancelled, types.JSONRPCNotification)
     assert cancelled.method == "notifications/cancelled"

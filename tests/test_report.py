@@ -25,7 +25,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from guard._report import FORMATS, day_period, render, to_json, write_reports
+from guard.operators.report import FORMATS, day_period, render, to_json, write_reports
 from ledgers import Amount, BalanceObservation, Budget, CallRecord, Ledger, Spend, SpendReport
 from tests.conftest import GUARD, WAIT_S, FakeClock
 from tests.scripted_run import (

@@ -17,7 +17,7 @@ from typing import Annotated, Any, Optional
 import anyio
 import typer
 
-from guard._budget_command import show
+from guard.cli.budget import show
 
 POLICY = """\
 # Written by `guard demo`: the 402-mcp preset, with a small budget so the second purchase is refused.

@@ -14,8 +14,8 @@ import bolt11
 import pytest
 from bolt11 import Bolt11, MilliSatoshi, TagChar, Tags
 
-from guard.adapters._facts import Outcome, Prepared, Refresh
-from guard.adapters.alby import Alby
+from guard.payments.adapters._facts import Outcome, Prepared, Refresh
+from guard.payments.adapters.alby import Alby
 from ledgers import Amount, BalanceObservation
 
 JSON = dict[str, Any]

@@ -14,9 +14,9 @@ import bolt11
 import pytest
 from bolt11 import Bolt11, MilliSatoshi, TagChar, Tags
 
-from guard.adapters._bolt11 import InvoiceError, read_invoice
-from guard.adapters._facts import Outcome, Prepared, Quote, Refresh
-from guard.adapters.l402_mcp import L402Mcp, origin_of
+from guard.payments.adapters._bolt11 import InvoiceError, read_invoice
+from guard.payments.adapters._facts import Outcome, Prepared, Quote, Refresh
+from guard.payments.adapters.l402_mcp import L402Mcp, origin_of
 from ledgers import Amount, BalanceObservation
 
 JSON = dict[str, Any]

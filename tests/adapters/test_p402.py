@@ -11,8 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from guard.adapters._facts import Outcome, Prepared, Refresh
-from guard.adapters.p402 import P402
+from guard.payments.adapters._facts import Outcome, Prepared, Refresh
+from guard.payments.adapters.p402 import P402
 from ledgers import Amount, BalanceObservation
 
 JSON = dict[str, Any]

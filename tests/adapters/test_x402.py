@@ -14,8 +14,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from guard.adapters._facts import Outcome, Prepared, Quote
-from guard.adapters.x402 import X402
+from guard.payments.adapters._facts import Outcome, Prepared, Quote
+from guard.payments.adapters.x402 import X402
 from ledgers import Amount, AmountError
 
 JSON = dict[str, Any]

@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
-from guard._http_front import LogFloodFilter
+from guard.proxy.http import LogFloodFilter
 from ledgers import Amount, Budget, Ledger, Window
 from tests.conftest import INITIALIZE, WAIT_S
 

@@ -1,0 +1,180 @@
+"""`guard budget show`: what each budget in use has spent, holds and has left, and how fresh the balances
+guard decides on are. Read-only: it never blocks a running guard, and an empty ledger shows nothing."""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich import box
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from guard.cli.ledger import LedgerOption, open_reader
+from guard.cli.options import PolicyOption, default_policy_path
+from guard.errors import ConfigError
+from guard.operators.budget_view import JSON, balance_fields, budget_fields
+from guard.policy.files import load
+from guard.policy.rules import Balances, seconds
+from ledgers import Amount, AmountError, location
+
+budget_app = typer.Typer(help="Budgets: what is spent, held and left.", no_args_is_help=True)
+
+BAR_WIDTH = 8
+
+
+@budget_app.command("show")
+def show(
+    ledger_url: LedgerOption = None,
+    session: Annotated[
+        Optional[str],  # noqa: UP045 - typer needs Optional here
+        typer.Option("--session", metavar="ID", help="Only the budgets this session was charged to."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    policy_file: PolicyOption = None,
+) -> None:
+    """One row per budget in use and scope: window, limit, spent, held, in doubt, remaining; then the
+    latest balance the upstream reported for each key, with its age. `--policy` (or GUARD_POLICY) only
+    sets when a balance counts as stale (`balances.stale_after`)."""
+    try:
+        stale_after = _stale_after(policy_file)
+    except ConfigError as exc:
+        typer.echo(f"guard: error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    with open_reader(ledger_url) as ledger:
+        states = ledger.budget_states(session=session)
+        observed = ledger.observed()
+    view: JSON = {
+        "ledger": location(ledger_url),  # never a password
+        "at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "session": session,
+        "stale_after_s": int(stale_after),
+        "budgets": [budget_fields(state) for state in states],
+        "balances": [balance_fields(o, age, stale_after) for o, age in sorted(observed, key=lambda b: b[0].key)],
+    }
+    if as_json:
+        typer.echo(json.dumps(view, indent=2))
+    elif sys.stdout.isatty():
+        _print_tables(view)
+    else:
+        _print_plain(view)
+
+
+def _stale_after(policy_file: Path | None) -> float:
+    """The policy's `balances.stale_after` when a policy is given or found; else the default."""
+    path = policy_file or (default_policy_path() if default_policy_path().exists() else None)
+    if path is None:
+        return seconds(Balances().stale_after)
+    policy, _ = load(path)
+    return seconds(policy.spec.balances.stale_after)
+
+
+# --- for people ---------------------------------------------------------------------------------------------
+
+
+def _print_tables(view: JSON) -> None:
+    console = Console()
+    budgets = _table("Budgets")
+    for column in ("budget", "scope", "window", "resets", "unit", "limit", "spent", "held", "in doubt", "left"):
+        budgets.add_column(column, justify="right" if column in _MONEY_COLUMNS else "left", no_wrap=True)
+    budgets.add_column("used", no_wrap=True)
+    for row in view["budgets"]:
+        style = "red" if row["percent_used"] >= 100 else "yellow" if row["percent_used"] >= 80 else "green"
+        budgets.add_row(*_budget_cells(row), Text(f"{_bar(row, '█', '░')} {row['percent_used']}%", style=style))
+    console.print(budgets if view["budgets"] else _nothing("budgets", view))
+    balances = _table("Balances")
+    for column in ("key", "amount", "age", "stale", "status"):
+        balances.add_column(column, justify="right" if column in ("amount", "age") else "left")
+    for row in view["balances"]:
+        stale = Text("stale", style="red") if row["stale"] else Text("fresh", style="green")
+        balances.add_row(row["key"], _money(row["amount"], row["unit"]), _age(row["age_s"]), stale, row["status"] or "")
+    console.print(balances if view["balances"] else "No balance observed yet.")
+
+
+def _table(title: str) -> Table:
+    """A compact table: it fits a budget's eleven columns in a 110-column terminal."""
+    return Table(
+        title=title, title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False, collapse_padding=True
+    )
+
+
+def _print_plain(view: JSON) -> None:
+    """Aligned columns without colour or box drawing, for pipes and files."""
+    header = ["budget", "scope", "window", "resets", "unit", "limit", "spent", "held", "in_doubt", "remaining", "used"]
+    rows = [[*_budget_cells(row), f"[{_bar(row)}] {row['percent_used']}%"] for row in view["budgets"]]
+    typer.echo(_columns(header, rows) if rows else _nothing("budgets", view))
+    typer.echo("")
+    header = ["balance", "amount", "age", "stale", "status"]
+    rows = [
+        [
+            b["key"],
+            _money(b["amount"], b["unit"]),
+            _age(b["age_s"]),
+            "stale" if b["stale"] else "fresh",
+            b["status"] or "",
+        ]
+        for b in view["balances"]
+    ]
+    typer.echo(_columns(header, rows) if rows else "No balance observed yet.")
+
+
+_MONEY_COLUMNS = ("limit", "spent", "held", "in doubt", "left")
+
+
+def _budget_cells(row: JSON) -> list[str]:
+    window = row["window"] + (f" {row['timezone']}" if row["timezone"] else "")
+    resets = _when(row["resets_at"]) if row["resets_at"] else "rolling" if row["window"] != "session" else "never"
+    money = [_money(row[k], row["unit"]).split(" ") for k in ("limit", "spent", "held", "in_doubt", "remaining")]
+    return [row["name"], row["scope"], window, resets, money[0][-1], *(number for number, *_ in money)]
+
+
+def _nothing(what: str, view: JSON) -> str:
+    where = f" for session {view['session']}" if view["session"] else ""
+    return f"No {what} in use{where}."
+
+
+def _used(row: JSON) -> int:
+    return int(row["spent"] + row["held"] + row["in_doubt"])
+
+
+def _bar(row: JSON, full: str = "#", empty: str = ".") -> str:
+    filled = min(BAR_WIDTH, int(row["percent_used"]) * BAR_WIDTH // 100)
+    return full * filled + empty * (BAR_WIDTH - filled)
+
+
+def _money(value: Any, unit: str | None) -> str:
+    if value is None or unit is None:
+        return ""
+    try:
+        return str(Amount(value, unit))
+    except AmountError:
+        return f"{value} {unit}"
+
+
+def _when(iso: str) -> str:
+    left = int((datetime.fromisoformat(iso) - datetime.now(UTC)).total_seconds())
+    return f"in {_age(max(left, 0))}"
+
+
+def _age(total: int) -> str:
+    """42s, 3m, 2h 5m, 1d 4h."""
+    if total < 60:
+        return f"{total}s"
+    if total < 3600:
+        return f"{total // 60}m"
+    if total < 86_400:
+        return f"{total // 3600}h {total % 3600 // 60}m"
+    return f"{total // 86_400}d {total % 86_400 // 3600}h"
+
+
+def _columns(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(cell) for cell in column) for column in zip(header, *rows, strict=True)]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
+        for line in [header, *rows]
+    )

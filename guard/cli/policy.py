@@ -1,0 +1,218 @@
+"""`guard policy ...`, `guard approvals ...`, `guard audit ...`: the policy's command line."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from guard.cli.ledger import LedgerOption, open_ledger
+from guard.errors import PolicyError
+from guard.policy.files import dump, load
+from guard.policy.rules import Policy, json_schema
+from ledgers import Approval, ApprovalError, RecordedCall
+
+policy_app = typer.Typer(help="Check, convert and describe policy files.", no_args_is_help=True)
+approvals_app = typer.Typer(help="Decide calls waiting for a human's approval.", no_args_is_help=True)
+audit_app = typer.Typer(help="Read the audit trail: every decision the guard made.", no_args_is_help=True)
+
+PolicyFile = Annotated[Path, typer.Argument(metavar="FILE", help="A policy file (guard, Intercept or PolicyLayer).")]
+
+
+def load_or_exit(path: Path) -> Policy:
+    """The policy at `path`, or exit 2 printing each problem as file:line:column."""
+    try:
+        policy, _ = load(path)
+    except PolicyError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from None
+    return policy
+
+
+@policy_app.command("check")
+def check(path: PolicyFile) -> None:
+    """Validate a policy file: exit 0 and a summary, or exit 2 and each problem with its line and column."""
+    try:
+        policy, kind = load(path)
+    except PolicyError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from None
+    spec = policy.spec
+    actions: dict[str, list[str]] = {"allow": [], "approve": [], "deny": []}
+    for name, rule in spec.tools.items():
+        actions["deny" if rule.hidden else rule.action].append(name)
+    lines = [
+        f"{path}: valid {'guard' if kind == 'guard' else kind + ' (seed format)'} policy",
+        f"  default: {spec.default}",
+        *(f"  {action}: {', '.join(names)}" for action, names in actions.items() if names),
+        *(f"  budget {b.name}: {b.limit} per {b.window}, scope {b.scope}" for b in spec.budgets),
+    ]
+    paying = [name for name, rule in spec.tools.items() if rule.pays]
+    if paying:
+        lines.append(f"  paying tools: {', '.join(paying)}")
+    typer.echo("\n".join(lines))
+
+
+@policy_app.command("convert")
+def convert(
+    path: PolicyFile,
+    out: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option("--out", "-o", metavar="PATH", help="Write here instead of stdout."),
+    ] = None,
+) -> None:
+    """Print a policy (an Intercept or PolicyLayer seed, or guard's own) in guard's format."""
+    text = dump(load_or_exit(path).spec)
+    if out is None:
+        typer.echo(text, nl=False)
+    else:
+        out.write_text(text)
+        typer.echo(f"wrote {out}", err=True)
+
+
+@policy_app.command("schema")
+def schema() -> None:
+    """Print the policy file's JSON Schema (also in policies/policy.schema.json)."""
+    typer.echo(json.dumps(json_schema(), indent=2))
+
+
+# approvals
+
+
+def _approval_json(approval: Approval) -> dict[str, Any]:
+    return {
+        "id": approval.id,
+        "state": "expired" if approval.expired else approval.state,
+        "tool": approval.action,
+        "session": approval.subject.removeprefix("session:"),
+        "identity": approval.identity,
+        "arguments_digest": approval.digest[:16],
+        "created": approval.created.isoformat(),
+        "expires": approval.expires.isoformat(),
+    }
+
+
+@approvals_app.command("list")
+def approvals_list(
+    ledger_url: LedgerOption = None,
+    show_all: Annotated[bool, typer.Option("--all", help="Also decided, used and expired approvals.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines instead of a table.")] = False,
+) -> None:
+    """Show approvals waiting for a decision (with --all: every approval)."""
+    with open_ledger(ledger_url) as ledger:
+        found = ledger.approvals(None if show_all else "pending", include_expired=show_all)
+    entries = [_approval_json(a) for a in found]
+    if as_json:
+        for entry in entries:
+            typer.echo(json.dumps(entry))
+        return
+    if not entries:
+        typer.echo("no approvals waiting" if not show_all else "no approvals")
+        return
+    table = Table("id", "state", "tool", "session", "identity", "asked", "expires")
+    for e in entries:
+        table.add_row(
+            e["id"], e["state"], e["tool"], e["session"], e["identity"] or "", e["created"][:19], e["expires"][:19]
+        )
+    Console().print(table)
+
+
+def _decide(approval_id: str, approve: bool, ledger_url: str | None) -> None:
+    with open_ledger(ledger_url) as ledger:
+        try:
+            approval = ledger.decide_approval(approval_id, approve=approve)
+        except ApprovalError as exc:
+            typer.echo(f"guard: error: {exc}", err=True)
+            raise typer.Exit(1) from None
+    if approve:
+        typer.echo(
+            f"approved {approval.id}: one call to {approval.action} with the same arguments may go through"
+            f" until {approval.expires.isoformat(timespec='seconds')}"
+        )
+    else:
+        typer.echo(f"denied {approval.id}: calls to {approval.action} with those arguments are refused")
+
+
+@approvals_app.command("approve")
+def approve(
+    approval_id: Annotated[str, typer.Argument(metavar="ID", help="The id from the denial or `approvals list`.")],
+    ledger_url: LedgerOption = None,
+) -> None:
+    """Let one call (the exact arguments the agent sent) go through when the agent retries it."""
+    _decide(approval_id, True, ledger_url)
+
+
+@approvals_app.command("deny")
+def deny(
+    approval_id: Annotated[str, typer.Argument(metavar="ID", help="The id from the denial or `approvals list`.")],
+    ledger_url: LedgerOption = None,
+) -> None:
+    """Refuse the call; the agent's retries with the same arguments are refused too."""
+    _decide(approval_id, False, ledger_url)
+
+
+# audit
+
+
+def _event_json(event: RecordedCall) -> dict[str, Any]:
+    call = event.call
+    return {
+        "id": event.id,
+        "at": event.at.isoformat(),
+        "session": call.session,
+        "identity": call.identity,
+        "tool": call.tool,
+        "decision": call.decision,
+        "rule": call.rule,
+        "reason": call.reason,
+        "price": call.price.value if call.price else None,
+        "price_unit": call.price.unit if call.price else None,
+        "hold": call.hold_id,
+        "spent": call.spent.value if call.spent else None,
+        "spent_unit": call.spent.unit if call.spent else None,
+        "latency_ms": round(call.latency_us / 1000, 3) if call.latency_us is not None else None,
+        "arguments_digest": call.args_digest,
+    }
+
+
+def _event_line(event: RecordedCall) -> str:
+    call = event.call
+    parts = [event.at.isoformat(timespec="seconds"), call.decision.upper(), call.tool, f"session={call.session}"]
+    if call.identity:
+        parts.append(f"identity={call.identity}")
+    if call.spent:
+        parts.append(f"spent={call.spent}")
+    elif call.price:
+        parts.append(f"price={call.price}")
+    if call.rule:
+        parts.append(f"rule={call.rule}")
+    if call.reason:
+        parts.append(f"— {call.reason}")
+    return " ".join(parts)
+
+
+@audit_app.command("tail")
+def tail(
+    ledger_url: LedgerOption = None,
+    lines: Annotated[int, typer.Option("-n", "--lines", min=1, help="How many of the latest decisions.")] = 20,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new decisions.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+) -> None:
+    """Show the latest decisions (allowed, denied, failed calls) from the audit trail."""
+    with open_ledger(ledger_url) as ledger:
+        events = ledger.calls(last=lines)
+        while True:
+            for event in events:
+                typer.echo(json.dumps(_event_json(event)) if as_json else _event_line(event))
+            if not follow:
+                return
+            last = events[-1].id if events else 0
+            events = []
+            while not events:
+                time.sleep(1.0)
+                events = ledger.calls(last=1000, after_id=last)

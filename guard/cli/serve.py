@@ -1,0 +1,156 @@
+"""Serving: `guard run` once its flags are checked and its ledger is open. Builds the gate (policy, ledger,
+adapters, watchers), the background tasks, and hands them to the stdio or HTTP front.
+
+Kept apart from the CLI so that the operators' commands (`guard budget show`, `guard report`) start without
+loading the MCP SDK and the serving stack."""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from dataclasses import replace
+from functools import partial
+
+import anyio
+import anyio.to_thread
+import typer
+
+from guard._version import __version__
+from guard.core import Background, Gate, Session
+from guard.errors import PriceUnknown
+from guard.gate.gate import CallWatcher, PolicyGate
+from guard.operators.alerts import Alerter
+from guard.operators.schedule import NightlyReport, run_schedule
+from guard.payments.adapters import family_adapters, x402_adapter
+from guard.payments.payments import Payments
+from guard.policy.rules import Policy, Who
+from guard.policy.source import PolicySource
+from guard.proxy import upstream as _upstream
+from guard.proxy.limits import DEFAULT_LIMITS, Limits
+from ledgers import DEFAULT_LEASE_S, Amount, Ledger, LedgerError, UnitMismatch
+
+logger = logging.getLogger("guard")
+
+HEARTBEAT_S = DEFAULT_LEASE_S / 3
+# 402-mcp's own cap on each payment it makes by itself (an env var of its process), and its tools that pay.
+AUTO_PAY_CAP = "MAX_AUTO_PAY_SATS"
+AUTO_PAYING_TOOLS = ("l402-fetch", "l402-pay", "l402-buy-credits", "l402-redeem-cashu")
+
+
+def serve(
+    spec: _upstream.UpstreamSpec,
+    source: PolicySource,
+    ledger: Ledger,
+    *,
+    address: tuple[str, int] | None,
+    tokens: dict[str, str],
+    session: str | None,
+    identity: str | None,
+    limits: Limits = DEFAULT_LIMITS,
+) -> int:
+    """Serve until the client or the upstream goes away; the exit status."""
+    spec = with_auto_pay_cap(spec, source.policy)
+    spec_ = source.policy.spec
+    server = spec_.server or spec.name
+    payments = Payments(ledger, family_adapters(spec_.preset), x402_adapter(spec_.assets), server)
+    alerter = Alerter(source, ledger, server)  # always: a reload may add `alerts:`
+    watchers: list[CallWatcher] = [alerter]
+    metrics = None
+    if address is not None:  # HTTP mode serves Prometheus metrics at /metrics
+        from guard.operators.metrics import PrometheusMetrics
+
+        metrics = PrometheusMetrics(ledger)
+        watchers.append(metrics)
+    gate = PolicyGate(source, ledger, server, payments, watchers=watchers)
+    background: list[Background] = [
+        gate.write_audit,
+        source.watch,
+        partial(_heartbeat, ledger),
+        partial(run_schedule, gate, source, NightlyReport(ledger)),
+        alerter.run,
+    ]
+    if address is None:
+        return _run_stdio(spec, gate, session, identity, background, limits)
+    from guard.proxy.http import serve_http  # starlette and uvicorn: only HTTP mode loads them
+
+    serve_http(spec, gate, address[0], address[1], tokens, identity, background, metrics, limits)
+    return 0
+
+
+def with_auto_pay_cap(spec: _upstream.UpstreamSpec, policy: Policy) -> _upstream.UpstreamSpec:
+    """A 402-mcp that guard starts itself (stdio; the policy's preset is 402-mcp, or the command is) gets
+    its own per-payment cap `MAX_AUTO_PAY_SATS` no higher than the policy's: the lower of what the
+    environment says and `largest_auto_payment(policy)`. Defence in depth: should a price change between
+    guard's quote and the payment, 402-mcp itself refuses what no call of the policy may spend. (Set at
+    start: a policy reloaded later does not change it.)"""
+    if not isinstance(spec, _upstream.StdioUpstream):
+        return spec
+    if policy.spec.preset != "402-mcp" and spec.name.split("@")[0] != "402-mcp":  # npx 402-mcp@4.2.1 too
+        return spec
+    cap, why = largest_auto_payment(policy), "the largest payment the policy admits"
+    inherited = os.environ.get(AUTO_PAY_CAP, "").strip()
+    if inherited.isdigit() and int(inherited) < cap:
+        cap, why = int(inherited), "as the environment says (the policy admits more)"
+    logger.info("upstream 402-mcp starts with %s=%d: %s", AUTO_PAY_CAP, cap, why)
+    return replace(spec, env={**spec.env, AUTO_PAY_CAP: str(cap)})
+
+
+def largest_auto_payment(policy: Policy) -> int:
+    """The most one payment 402-mcp makes by itself may cost under `policy`, in whole sats: the largest,
+    over its paying tools, of what one call may spend (a denied tool: nothing; else at most its max_price,
+    its fixed price, and each budget covering it). 402-mcp has one cap for all of them, so the tool the
+    policy lets spend most sets it: give the paying tools one max_price (or deny those not used) for the
+    tightest cap."""
+    anyone = Who("", None, "")
+    largest = 0
+    for tool in AUTO_PAYING_TOOLS:
+        if policy.refusal(tool) is not None:
+            continue
+        try:
+            bounds = [policy.max_price(tool), policy.fixed_price(tool, {})]
+        except PriceUnknown:
+            continue  # caps that do not compare: every call to it is refused
+        budgets = [_sats(budget.limit) for budget in policy.budgets(tool, anyone)]
+        if not any(b is not None for b in budgets):
+            continue  # no budget counts sats: every payment is refused
+        most = min(sats for sats in [*(_sats(b) for b in bounds if b is not None), *budgets] if sats is not None)
+        largest = max(largest, most)
+    return largest
+
+
+def _sats(amount: Amount) -> int | None:
+    """`amount` in whole sats (rounded down: 402-mcp compares whole sats), None when not Lightning money."""
+    try:
+        return amount.to("sat", rounding="down").value
+    except UnitMismatch:
+        return None
+
+
+async def _heartbeat(ledger: Ledger) -> None:
+    """Tell guards sharing the ledger that this one is alive (they recover a silent one's holds)."""
+    while True:
+        await anyio.sleep(HEARTBEAT_S)
+        try:
+            await anyio.to_thread.run_sync(ledger.heartbeat)
+        except LedgerError as exc:
+            logger.warning("ledger heartbeat failed: %s", exc)
+
+
+def _run_stdio(
+    spec: _upstream.UpstreamSpec,
+    gate: Gate,
+    session_name: str | None,
+    identity: str | None,
+    background: list[Background],
+    limits: Limits,
+) -> int:
+    from guard.proxy.stdio import serve_stdio
+
+    session = Session(id=session_name or uuid.uuid4().hex[:16], identity=identity, transport="stdio")
+    logger.info("guard %s: session %s%s", __version__, session.id, f", identity {identity}" if identity else "")
+    failure = anyio.run(serve_stdio, spec, gate, session, background, limits)
+    if failure is not None:
+        typer.echo(f"guard: error: {failure}", err=True)
+        return 1
+    return 0
