@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cache, lru_cache, partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import Connection, CursorResult, Engine, ExceptionContext, create_engine, event, text
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
@@ -198,6 +198,9 @@ class BalanceObservation:
     upstream_time: datetime | None = None
     upstream_stale: bool | None = None
     seen: datetime | None = None  # set by the ledger when stored
+    # Money (a wallet, a P402 session), not a server's own credits: a drop the guard's payments do not
+    # explain is spend seen only in the balance (external), and reports show the drift.
+    money: bool = False
 
 
 @dataclass(frozen=True)
@@ -218,12 +221,36 @@ class Approval:
     expired: bool
 
 
+Decision = Literal["allow", "deny", "error", "external", "topup", "resolve"]
+"""What a call event records: a call allowed, denied or failed upstream; spend seen only in a balance
+(`external`), a balance that rose (`topup`), a hold in doubt resolved (`resolve`)."""
+
+RuleKind = Literal[
+    "default",  # not allowed by the policy (default: deny)
+    "tool",  # a tool rule: deny, hidden, a variant of a named tool
+    "condition",  # an argument condition (`when`)
+    "approval",  # a human's approval: pending, denied, or no longer usable
+    "adapter",  # the upstream family's adapter refuses the call (an unreadable invoice, a name variant)
+    "price",  # no price, no pay; over max_price; a price in a unit no cap or budget compares with
+    "budget",  # a budget would go over its limit, or none covers the payment's unit
+    "rate_limit",  # a call rate limit is used up
+    "quota",  # a quota counter is used up
+    "balance",  # a balance that cannot pay (exhausted, expired, below the price)
+    "stale_balance",  # a balance seen too long ago to pay on
+    "idempotency",  # the payment is already in flight, in doubt, or made
+    "wire",  # refused before any decision: no usable id, an id in flight, unreadable params
+]
+"""Which kind of rule decided a call: reports and alerts read this, never the rule's name or its words."""
+
+
 @dataclass(frozen=True)
 class CallRecord:
-    """One evaluated call for the audit trail (arguments only as a redacted digest)."""
+    """One evaluated call for the audit trail (arguments only as a redacted digest). `rule` names the rule
+    as the policy does (`tools.l402-fetch.max_price`); `kind` says what kind of rule it is; `balance_key` the
+    balance a balance rule looked at."""
 
     tool: str
-    decision: str
+    decision: Decision
     session: str | None = None
     identity: str | None = None
     rule: str | None = None
@@ -234,6 +261,8 @@ class CallRecord:
     latency_us: int | None = None
     args_digest: str | None = None
     server: str | None = None
+    kind: RuleKind | None = None
+    balance_key: str | None = None
 
     @property
     def over_reservation(self) -> Amount | None:

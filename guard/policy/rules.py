@@ -35,7 +35,7 @@ from pydantic import (
 
 from guard.errors import PriceUnknown
 from guard.names import folded, spelling
-from ledgers import Amount, AmountError, Budget, LedgerError, RateLimit, UnitMismatch, Window
+from ledgers import Amount, AmountError, Budget, LedgerError, RateLimit, RuleKind, UnitMismatch, Window
 
 JSON = dict[str, Any]
 POLICY_VERSION = 1
@@ -431,6 +431,8 @@ class Denial:
     unit: str | None = None
     retry_after_s: float | None = None
     approval_id: str | None = None
+    kind: RuleKind | None = None
+    balance_key: str | None = None
 
 
 @dataclass(frozen=True)
