@@ -543,6 +543,8 @@ class Relay:
 
 
 def _error_data(error: UpstreamError) -> types.ErrorData:
+    if error.data is None:  # unset, not null, on the wire
+        return types.ErrorData(code=error.code, message=error.message)
     return types.ErrorData(code=error.code, message=error.message, data=error.data)
 
 
