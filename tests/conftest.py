@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, inspect, text
+from sqlalchemy.engine import make_url
 
 ROOT = Path(__file__).resolve().parent.parent
 GUARD = [sys.executable, "-m", "guard"]
@@ -60,14 +61,24 @@ def everything() -> list[str]:
 
 @pytest.fixture(scope="session")
 def postgres_url() -> str:
-    """SQLAlchemy URL of the throwaway PostgreSQL server that scripts/test starts for the run."""
+    """SQLAlchemy URL of the throwaway PostgreSQL server that scripts/test starts for the run. Each pytest-xdist
+    worker gets a schema of its own (its connections' search_path), so workers never see each other's ledger."""
     url = os.environ.get("GUARD_TEST_POSTGRES_URL")
     if not url:
         pytest.fail(
             "GUARD_TEST_POSTGRES_URL is not set: run the tests with scripts/test, which starts a PostgreSQL "
             "server for them (or set it to postgresql+psycopg://... of a server of your own)"
         )
-    return url
+    worker_id = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker_id is None:  # not under xdist
+        return url
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{worker_id}"'))
+    engine.dispose()
+    return (
+        make_url(url).update_query_dict({"options": f"-csearch_path={worker_id}"}).render_as_string(hide_password=False)
+    )
 
 
 def free_port() -> int:
