@@ -17,9 +17,9 @@ from mcp import Client, StdioServerParameters
 
 from ledgers import Amount, BalanceObservation, Budget, Ledger, Window
 
+from .cli.conftest import plain
 from .conftest import GUARD, ROOT, WAIT_S
 from .rawguard import RawGuard
-from .test_cli import plain
 
 FAKE_P402 = [sys.executable, str(ROOT / "tests/upstreams/fake_p402.py")]
 SESSION = "sess_0123456789abcdef01234567"

@@ -181,3 +181,41 @@ def test_hostile_text_is_redacted_without_quadratic_backtracking() -> None:
         "    redact(text)\n"
     )
     subprocess.run([sys.executable, "-c", script], check=True, timeout=WAIT_S)
+
+
+# --- secrets as upstreams print them, inside a sentence ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "secret_part"),
+    [
+        ("nostr+walletconnect://b889ff5b1513b641e2a139f661a6613649?relay=wss%3A%2F%2Fr&secret=77aa", "77aa"),
+        ("Authorization: L402 AgEDbG9jYWxob3N0AkIwMDAw:5f8b2c9d0e1f", "5f8b2c9d0e1f"),
+        (
+            "lnbc2500u1pvjluezsp5zyg3zyg3zyg3zyg3zyg3zyg3zyg3zyg3zyg3zyg3zyg3zygspp5qqqsyqcyq5rqwzqf",
+            "zyg3zyg3",
+        ),
+        ("preimage=0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef", "89abcdef"),
+        ("P402_API_KEY=sk_live_4f9a8b7c6d5e4f3a2b1c", "4f9a8b7c"),
+        ("cashuAeyJ0b2tlbiI6W3sicHJvb2ZzIjpbeyJhbW91bnQiOjJ9XX1dfQ", "W3sicHJvb2Z"),
+        ("X-PAYMENT: eyJ4NDAyVmVyc2lvbiI6MSwic2NoZW1lIjoiZXhhY3QifQ==", "eyJ4NDAy"),
+        ("PAYMENT-SIGNATURE: eyJzaWduYXR1cmUiOiIweGFiIn0", "eyJzaWdu"),
+        ("AgEDbG9jYWxob3N0AkIwMDAwNGY5YThiN2M2ZDVlNGYzYTJiMWM/x+y", "bG9jYWxob3N0"),
+        ("MDAxY2xvY2F0aW9uIGxvY2FsaG9zdDo4MDgxCjAwMjZpZGVudGlmaWVy", "Y2xvY2F0aW9u"),
+    ],
+)
+def test_redact_removes_each_kind_of_secret(text: str, secret_part: str) -> None:
+    scrubbed = redact(f"upstream said: {text} (while paying)")
+    assert secret_part not in scrubbed
+    assert scrubbed.startswith("upstream said: ") and scrubbed.endswith(" (while paying)")
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "Error: connect ECONNREFUSED 127.0.0.1:8080 (missing P402_API_KEY?)",
+        "/check/work/main/.venv/bin/python /check/work/main/tests/upstreams/dual_era.py exited",
+    ],
+)
+def test_redact_keeps_ordinary_diagnostics(line: str) -> None:
+    assert redact(line) == line

@@ -1,5 +1,5 @@
 """The `guard` command line: one module per command group, a thin layer over the library."""
 
-from guard.cli.app import app, main
+from guard.cli.app import main
 
-__all__ = ["app", "main"]
+__all__ = ["main"]

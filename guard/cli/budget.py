@@ -15,13 +15,12 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from guard.cli.ledger import LedgerOption, open_reader
-from guard.cli.options import PolicyOption, default_policy_path
-from guard.errors import ConfigError
-from guard.operators.budget_view import JSON, balance_fields, budget_fields
+from guard.cli.options import LedgerOption, PolicyOption, default_policy_path
+from guard.core import JSON
+from guard.operators.budget_view import balance_fields, budget_fields
 from guard.policy.files import load
 from guard.policy.rules import Balances, seconds
-from ledgers import Amount, AmountError, location
+from ledgers import Amount, AmountError, Ledger, location
 
 budget_app = typer.Typer(help="Budgets: what is spent, held and left.", no_args_is_help=True)
 
@@ -41,12 +40,9 @@ def show(
     """One row per budget in use and scope: window, limit, spent, held, in doubt, remaining; then the
     latest balance the upstream reported for each key, with its age. `--policy` (or GUARD_POLICY) only
     sets when a balance counts as stale (`balances.stale_after`)."""
-    try:
-        stale_after = _stale_after(policy_file)
-    except ConfigError as exc:
-        typer.echo(f"guard: error: {exc}", err=True)
-        raise typer.Exit(2) from None
-    with open_reader(ledger_url) as ledger:
+    stale_after = _stale_after(policy_file)
+    # Read-only: never blocks a running guard, and a ledger that does not exist yet reads as empty.
+    with Ledger.open(ledger_url, read_only=True) as ledger:
         states = ledger.budget_states(session=session)
         observed = ledger.observed()
     view: JSON = {

@@ -16,12 +16,13 @@ import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import anyio
 import typer
 import yaml
 
+from guard.cli.exits import Status, fail
 from guard.cli.options import UpstreamCommand, UpstreamUrl, default_policy_path, upstream_spec
 from guard.errors import ConfigError, PolicyError, UpstreamStartError
 from guard.policy.files import parse, preset_text, presets
@@ -31,7 +32,7 @@ from guard.redact import redact
 if TYPE_CHECKING:
     import mcp_types as types
 
-    from guard.proxy import upstream as _upstream
+    from guard.proxy.upstream import UpstreamSpec
 
 # How long connecting and listing may take by default (an `npx -y` upstream may download first).
 DEFAULT_TIMEOUT_S = 60.0
@@ -76,21 +77,16 @@ def init(
 
     Tools a preset knows follow the preset; every other tool is denied until you allow it."""
 
-    try:
-        spec = upstream_spec(command, upstream)
-        if preset is not None and preset not in presets():
-            raise ConfigError(f"unknown preset {preset!r}; shipped presets: {', '.join(presets()) or '(none)'}")
-        if timeout <= 0:
-            raise ConfigError(f"--timeout {timeout}: expected a positive number of seconds")
-        path = None if out == "-" else Path(out) if out is not None else default_policy_path()
-        if path is not None:
-            _check_writable(path, force)
-        spec.check()
-        listing = anyio.run(_list_tools, spec, timeout)
-    except ConfigError as exc:
-        _fail(2, str(exc))
-    except UpstreamStartError as exc:
-        _fail(3, str(exc))
+    spec = upstream_spec(command, upstream)
+    if preset is not None and preset not in presets():
+        raise ConfigError(f"unknown preset {preset!r}; shipped presets: {', '.join(presets()) or '(none)'}")
+    if timeout <= 0:
+        raise ConfigError(f"--timeout {timeout}: expected a positive number of seconds")
+    path = None if out == "-" else Path(out) if out is not None else default_policy_path()
+    if path is not None:
+        _check_writable(path, force)
+    spec.check()
+    listing = anyio.run(_list_tools, spec, timeout)
 
     tools = _unique(listing.tools)
     known = _preset_policies([preset] if preset is not None else presets(), strict=preset is not None)
@@ -107,10 +103,10 @@ def init(
     else:
         try:
             _write(path, text, force)
-        except FileExistsError:
-            _fail(2, _exists_message(path))
+        except FileExistsError:  # written since `_check_writable` looked
+            raise ConfigError(_exists_message(path)) from None
         except OSError as exc:
-            _fail(2, f"cannot write {path}: {exc.strerror or exc}")
+            raise ConfigError(f"cannot write {path}: {exc.strerror or exc}") from None
 
     summary = f"guard init: {len(tools)} tool{'s' if len(tools) != 1 else ''} from {spec.label}"
     if chosen is not None:
@@ -127,15 +123,10 @@ def init(
         typer.echo(f"guard init: wrote {path}; review it, then run `guard run{flag} -- ...`", err=True)
 
 
-def _fail(status: int, message: str) -> NoReturn:
-    typer.echo(f"guard: error: {message}", err=True)
-    raise typer.Exit(status)
-
-
 # --- asking the upstream --------------------------------------------------------------------------------
 
 
-async def _list_tools(spec: _upstream.UpstreamSpec, limit_s: float) -> Listing:
+async def _list_tools(spec: UpstreamSpec, limit_s: float) -> Listing:
     """Every tool the upstream lists, following pagination cursors.
 
     Raises:
@@ -143,11 +134,11 @@ async def _list_tools(spec: _upstream.UpstreamSpec, limit_s: float) -> Listing:
     """
     from mcp import Client  # the MCP SDK: loaded by the commands that reach an upstream
 
-    from guard.proxy import upstream as _upstream
+    from guard.proxy.upstream import StdioUpstream, client_target, describe
 
-    stdio = isinstance(spec, _upstream.StdioUpstream)
+    stdio = isinstance(spec, StdioUpstream)
     shown = f"`{spec.label}`" if stdio else spec.label
-    server = _upstream.client_target(spec)
+    server = client_target(spec)
     tools: list[types.Tool] = []
     try:
         with anyio.fail_after(limit_s):
@@ -167,7 +158,7 @@ async def _list_tools(spec: _upstream.UpstreamSpec, limit_s: float) -> Listing:
     except OSError as exc:
         raise UpstreamStartError(f"cannot start upstream {shown}: {exc.strerror or exc}") from None
     except Exception as exc:  # the SDK's task groups wrap transport and protocol errors alike
-        story = redact(_upstream.describe(exc))
+        story = redact(describe(exc))
         if stdio:
             story += " (its stderr, if any, is above)"
         raise UpstreamStartError(f"cannot list the tools of upstream {shown}: {story}") from None
@@ -195,7 +186,7 @@ def _preset_policies(names: list[str], *, strict: bool) -> dict[str, Policy]:
             loaded[name], _ = parse(preset_text(name), f"<preset {name}>")
         except (PolicyError, OSError) as exc:
             if strict:
-                _fail(1, f"the shipped preset {name} does not load (a bug in guard): {exc}")
+                fail(Status.FAILED, f"the shipped preset {name} does not load (a bug in guard): {exc}")
             typer.echo(f"guard init: warning: skipping the shipped preset {name}, which does not load: {exc}", err=True)
     return loaded
 
@@ -308,12 +299,12 @@ def _verify(text: str, file: str, from_preset: list[types.Tool], unknown: list[t
     try:
         policy, kind = parse(text, file)
     except PolicyError as exc:
-        _fail(1, f"the generated policy does not load (a bug in guard init):\n{exc}")
+        fail(Status.FAILED, f"the generated policy does not load (a bug in guard init):\n{exc}")
     wrong = [t.name for t in from_preset if policy.rule_for(t.name) is None]
     wrong += [t.name for t in unknown if policy.rule_for(t.name) is None or policy.refusal(t.name) is None]
     if kind != "guard" or wrong:
         which = ", ".join(wrong) or "its tools"
-        _fail(1, f"the generated policy does not govern {which} as meant (a bug in guard init)")
+        fail(Status.FAILED, f"the generated policy does not govern {which} as meant (a bug in guard init)")
 
 
 def _exists_message(path: Path) -> str:

@@ -1,4 +1,4 @@
-"""`guard ledger ...`: look at the ledger and reconcile what is in doubt."""
+"""`guard ledger ...` and `guard holds ...`: look at the ledger's open holds and reconcile those in doubt."""
 
 from __future__ import annotations
 
@@ -9,49 +9,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ledgers import DEFAULT_POOL, Amount, CallRecord, Ledger, LedgerError, location
+from guard.cli.options import LedgerOption
+from ledgers import Amount, AmountError, CallRecord, Ledger, location
 
 ledger_app = typer.Typer(help="Inspect the ledger and resolve holds in doubt.", no_args_is_help=True)
 holds_app = typer.Typer(help="Payments held against budgets: list, reconcile those in doubt.", no_args_is_help=True)
-
-LedgerOption = Annotated[
-    Optional[str],  # noqa: UP045 - typer needs Optional here
-    typer.Option(
-        "--ledger",
-        envvar="GUARD_LEDGER",
-        metavar="URL",
-        help="Ledger database: a SQLite path or SQLAlchemy URL (default: the per-user SQLite file).",
-    ),
-]
-
-
-LedgerPoolOption = Annotated[
-    str,
-    typer.Option(
-        "--ledger-pool",
-        envvar="GUARD_LEDGER_POOL",
-        metavar="N",
-        help="PostgreSQL connections the guard keeps at most (a SQLite ledger ignores it).",
-    ),
-]
-
-
-def open_ledger(url: str | None, pool: int = DEFAULT_POOL) -> Ledger:
-    """Open the ledger or exit 4 with the reason."""
-    try:
-        return Ledger.open(url, pool=pool)
-    except LedgerError as exc:
-        typer.echo(f"guard: error: ledger: {exc}", err=True)
-        raise typer.Exit(4) from None
-
-
-def open_reader(url: str | None) -> Ledger:
-    """Open the ledger read-only (never blocks a running guard; a missing file reads as empty), or exit 4."""
-    try:
-        return Ledger.open(url, read_only=True)
-    except LedgerError as exc:
-        typer.echo(f"guard: error: ledger: {exc}", err=True)
-        raise typer.Exit(4) from None
 
 
 @ledger_app.command("status")
@@ -60,7 +22,7 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Show the ledger's location and its open holds (reserved, forwarded, in doubt)."""
-    with open_ledger(ledger_url) as ledger:
+    with Ledger.open(ledger_url) as ledger:
         holds = ledger.open_holds()
     where = location(ledger_url)
     if as_json:
@@ -105,20 +67,16 @@ def resolve(
 def _amount(text: str | None, option: str) -> Amount | None:
     try:
         return Amount.parse(text) if text is not None else None
-    except LedgerError as exc:
+    except AmountError as exc:
         raise typer.BadParameter(str(exc), param_hint=option) from None
 
 
 def _resolve(hold: int, paid: Amount | None, ledger_url: str | None) -> None:
     """Resolve an in-doubt hold at `paid` (None: nothing was paid), and say so in the audit trail."""
-    with open_ledger(ledger_url) as ledger:
-        try:
-            info = ledger.hold(hold)
-            amount = paid if paid is not None else Amount(0, info.amount.unit)
-            ledger.resolve(hold, amount)
-        except LedgerError as exc:
-            typer.echo(f"guard: error: {exc}", err=True)
-            raise typer.Exit(1) from None
+    with Ledger.open(ledger_url) as ledger:
+        info = ledger.hold(hold)
+        amount = paid if paid is not None else Amount(0, info.amount.unit)
+        ledger.resolve(hold, amount)
         phase = ledger.hold(hold).phase
         what = f"settled at {amount}" if phase == "settled" else "voided: nothing was paid"
         ledger.record(
@@ -143,7 +101,7 @@ def holds_list(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
 ) -> None:
     """Show open holds: reserved, forwarded (a call in flight) and in doubt (a payment that may have left)."""
-    with open_ledger(ledger_url) as ledger:
+    with Ledger.open(ledger_url) as ledger:
         holds = ledger.open_holds("in_doubt" if in_doubt else None)
     if as_json:
         for h in holds:

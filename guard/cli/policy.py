@@ -11,11 +11,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from guard.cli.ledger import LedgerOption, open_ledger
+from guard.cli.exits import Status
+from guard.cli.options import LedgerOption
 from guard.errors import PolicyError
 from guard.policy.files import dump, load
 from guard.policy.rules import Policy, json_schema
-from ledgers import Approval, ApprovalError, RecordedCall
+from ledgers import Approval, Ledger, RecordedCall
 
 policy_app = typer.Typer(help="Check, convert and describe policy files.", no_args_is_help=True)
 approvals_app = typer.Typer(help="Decide calls waiting for a human's approval.", no_args_is_help=True)
@@ -24,24 +25,22 @@ audit_app = typer.Typer(help="Read the audit trail: every decision the guard mad
 PolicyFile = Annotated[Path, typer.Argument(metavar="FILE", help="A policy file (guard, Intercept or PolicyLayer).")]
 
 
-def load_or_exit(path: Path) -> Policy:
-    """The policy at `path`, or exit 2 printing each problem as file:line:column."""
+def _load(path: Path) -> tuple[Policy, str]:
+    """The policy at `path` and its format (guard, intercept or policylayer).
+
+    A file's problems are these commands' answer, not an error of guard's: they are printed as they are, one
+    per line as file:line:column: ... (the form editors and CI annotations read), and the status is 2."""
     try:
-        policy, _ = load(path)
+        return load(path)
     except PolicyError as exc:
         typer.echo(str(exc), err=True)
-        raise typer.Exit(2) from None
-    return policy
+        raise typer.Exit(Status.CONFIG) from None
 
 
 @policy_app.command("check")
 def check(path: PolicyFile) -> None:
     """Validate a policy file: exit 0 and a summary, or exit 2 and each problem with its line and column."""
-    try:
-        policy, kind = load(path)
-    except PolicyError as exc:
-        typer.echo(str(exc), err=True)
-        raise typer.Exit(2) from None
+    policy, kind = _load(path)
     spec = policy.spec
     actions: dict[str, list[str]] = {"allow": [], "approve": [], "deny": []}
     for name, rule in spec.tools.items():
@@ -67,7 +66,8 @@ def convert(
     ] = None,
 ) -> None:
     """Print a policy (an Intercept or PolicyLayer seed, or guard's own) in guard's format."""
-    text = dump(load_or_exit(path).spec)
+    policy, _ = _load(path)
+    text = dump(policy.spec)
     if out is None:
         typer.echo(text, nl=False)
     else:
@@ -104,7 +104,7 @@ def approvals_list(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines instead of a table.")] = False,
 ) -> None:
     """Show approvals waiting for a decision (with --all: every approval)."""
-    with open_ledger(ledger_url) as ledger:
+    with Ledger.open(ledger_url) as ledger:
         found = ledger.approvals(None if show_all else "pending", include_expired=show_all)
     entries = [_approval_json(a) for a in found]
     if as_json:
@@ -123,12 +123,8 @@ def approvals_list(
 
 
 def _decide(approval_id: str, approve: bool, ledger_url: str | None) -> None:
-    with open_ledger(ledger_url) as ledger:
-        try:
-            approval = ledger.decide_approval(approval_id, approve=approve)
-        except ApprovalError as exc:
-            typer.echo(f"guard: error: {exc}", err=True)
-            raise typer.Exit(1) from None
+    with Ledger.open(ledger_url) as ledger:
+        approval = ledger.decide_approval(approval_id, approve=approve)
     if approve:
         typer.echo(
             f"approved {approval.id}: one call to {approval.action} with the same arguments may go through"
@@ -204,7 +200,7 @@ def tail(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
 ) -> None:
     """Show the latest decisions (allowed, denied, failed calls) from the audit trail."""
-    with open_ledger(ledger_url) as ledger:
+    with Ledger.open(ledger_url) as ledger:
         events = ledger.calls(last=lines)
         while True:
             for event in events:

@@ -7,10 +7,9 @@ from typing import Annotated
 
 import typer
 
-from guard.cli.ledger import LedgerOption, open_ledger
-from guard.cli.options import PolicyOption, UpstreamCommand, UpstreamUrl, policy_path, upstream_spec
-from guard.errors import ConfigError, UpstreamStartError
+from guard.cli.options import LedgerOption, PolicyOption, UpstreamCommand, UpstreamUrl, policy_path, upstream_spec
 from guard.policy.source import PolicySource
+from ledgers import Ledger
 
 
 def refresh(
@@ -21,22 +20,11 @@ def refresh(
     ledger_url: LedgerOption = None,
 ) -> None:
     """Ask the upstream once for each known balance older than `balances.refresh_every` (for cron)."""
-    try:
-        spec = upstream_spec(command, upstream)
-        source = PolicySource.from_file(policy_path(policy_file))
-        spec.check()
-    except ConfigError as exc:
-        typer.echo(f"guard: error: {exc}", err=True)
-        raise typer.Exit(2) from None
-    except UpstreamStartError as exc:
-        typer.echo(f"guard: error: {exc}", err=True)
-        raise typer.Exit(3) from None
+    spec = upstream_spec(command, upstream)
+    source = PolicySource.from_file(policy_path(policy_file))
+    spec.check()
     from guard.operators.refresh import refresh_once  # the MCP SDK: loaded by the commands that use it
 
-    with open_ledger(ledger_url) as ledger:
-        try:
-            done = refresh_once(spec, source.policy, ledger, every=every)
-        except UpstreamStartError as exc:
-            typer.echo(f"guard: error: {exc}", err=True)
-            raise typer.Exit(3) from None
+    with Ledger.open(ledger_url) as ledger:
+        done = refresh_once(spec, source.policy, ledger, every=every)
     typer.echo(f"refreshed {done} balance{'' if done == 1 else 's'}")

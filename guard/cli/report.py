@@ -12,10 +12,11 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import typer
 
-from guard.cli.ledger import LedgerOption, open_reader
+from guard.cli.exits import Status, fail
+from guard.cli.options import LedgerOption
 from guard.errors import ConfigError
 from guard.operators.report import FORMATS, day_period, render, write_atomically
-from ledgers import LedgerError, Window
+from ledgers import Ledger, LedgerError, Window
 
 
 def report(
@@ -39,27 +40,18 @@ def report(
 ) -> None:
     """Spend per unit by session, identity, server, tool and hour; top paid URLs; denials, rate-limit hits
     and stale balances; holds in doubt; balance drift."""
-    try:
-        if fmt not in FORMATS:
-            raise ConfigError(f"--format {fmt}: expected one of {', '.join(FORMATS)}")
-        start, end = period(since, day, timezone, datetime.now(UTC))
-    except ConfigError as exc:
-        typer.echo(f"guard: error: {exc}", err=True)
-        raise typer.Exit(2) from None
-    with open_reader(ledger_url) as ledger:
-        try:
-            text = render(ledger.report(start, end), fmt)
-        except LedgerError as exc:
-            typer.echo(f"guard: error: ledger: {exc}", err=True)
-            raise typer.Exit(4) from None
+    if fmt not in FORMATS:
+        raise ConfigError(f"--format {fmt}: expected one of {', '.join(FORMATS)}")
+    start, end = period(since, day, timezone, datetime.now(UTC))
+    with Ledger.open(ledger_url, read_only=True) as ledger:
+        text = render(ledger.report(start, end), fmt)
     if out is None:
         sys.stdout.write(text)
         return
     try:
         write_atomically(out, text)
     except OSError as exc:
-        typer.echo(f"guard: error: --out {out}: {exc.strerror or exc}", err=True)
-        raise typer.Exit(1) from None
+        fail(Status.FAILED, f"--out {out}: {exc.strerror or exc}")
 
 
 def period(since: str | None, day: str | None, timezone: str, now: datetime) -> tuple[datetime, datetime]:

@@ -1,8 +1,9 @@
-"""Serving: `guard run` once its flags are checked and its ledger is open. Builds the gate (policy, ledger,
-adapters, watchers), the background tasks, and hands them to the stdio or HTTP front.
+"""Serving: what `guard run` builds once its flags are checked and its ledger is open. The gate (policy,
+ledger, adapters, watchers), the background tasks, handed to the stdio or HTTP front; and a 402-mcp
+upstream's own cap on what it pays by itself.
 
-Kept apart from the CLI so that the operators' commands (`guard budget show`, `guard report`) start without
-loading the MCP SDK and the serving stack."""
+Only `guard run` imports this module: it loads the MCP SDK and the serving stack, which the operators'
+commands (`guard budget show`, `guard report`) start without."""
 
 from __future__ import annotations
 
@@ -14,9 +15,9 @@ from functools import partial
 
 import anyio
 import anyio.to_thread
-import typer
 
 from guard._version import __version__
+from guard.cli.exits import Status, fail
 from guard.core import Background, Gate, Session
 from guard.errors import PriceUnknown
 from guard.gate.gate import CallWatcher, PolicyGate
@@ -26,8 +27,8 @@ from guard.payments.adapters import family_adapters, x402_adapter
 from guard.payments.payments import Payments
 from guard.policy.rules import Policy, Who
 from guard.policy.source import PolicySource
-from guard.proxy import upstream as _upstream
 from guard.proxy.limits import DEFAULT_LIMITS, Limits
+from guard.proxy.upstream import StdioUpstream, UpstreamSpec
 from ledgers import DEFAULT_LEASE_S, Amount, Ledger, LedgerError, UnitMismatch
 
 logger = logging.getLogger("guard")
@@ -39,7 +40,7 @@ AUTO_PAYING_TOOLS = ("l402-fetch", "l402-pay", "l402-buy-credits", "l402-redeem-
 
 
 def serve(
-    spec: _upstream.UpstreamSpec,
+    spec: UpstreamSpec,
     source: PolicySource,
     ledger: Ledger,
     *,
@@ -48,12 +49,16 @@ def serve(
     session: str | None,
     identity: str | None,
     limits: Limits = DEFAULT_LIMITS,
-) -> int:
-    """Serve until the client or the upstream goes away; the exit status."""
+) -> None:
+    """Serve until the client goes away or the guard is stopped; a stdio upstream that dies ends it with
+    exit status 1 and the upstream's story.
+
+    Raises:
+        UpstreamStartError: the upstream cannot be started or reached."""
     spec = with_auto_pay_cap(spec, source.policy)
-    spec_ = source.policy.spec
-    server = spec_.server or spec.name
-    payments = Payments(ledger, family_adapters(spec_.preset), x402_adapter(spec_.assets), server)
+    written = source.policy.spec  # as at start: a reload changes neither the adapters nor the server
+    server = written.server or spec.name
+    payments = Payments(ledger, family_adapters(written.preset), x402_adapter(written.assets), server)
     alerter = Alerter(source, ledger, server)  # always: a reload may add `alerts:`
     watchers: list[CallWatcher] = [alerter]
     metrics = None
@@ -71,20 +76,20 @@ def serve(
         alerter.run,
     ]
     if address is None:
-        return _run_stdio(spec, gate, session, identity, background, limits)
+        _run_stdio(spec, gate, session, identity, background, limits)
+        return
     from guard.proxy.http import serve_http  # starlette and uvicorn: only HTTP mode loads them
 
     serve_http(spec, gate, address[0], address[1], tokens, identity, background, metrics, limits)
-    return 0
 
 
-def with_auto_pay_cap(spec: _upstream.UpstreamSpec, policy: Policy) -> _upstream.UpstreamSpec:
+def with_auto_pay_cap(spec: UpstreamSpec, policy: Policy) -> UpstreamSpec:
     """A 402-mcp that guard starts itself (stdio; the policy's preset is 402-mcp, or the command is) gets
     its own per-payment cap `MAX_AUTO_PAY_SATS` no higher than the policy's: the lower of what the
     environment says and `largest_auto_payment(policy)`. Defence in depth: should a price change between
     guard's quote and the payment, 402-mcp itself refuses what no call of the policy may spend. (Set at
     start: a policy reloaded later does not change it.)"""
-    if not isinstance(spec, _upstream.StdioUpstream):
+    if not isinstance(spec, StdioUpstream):
         return spec
     if policy.spec.preset != "402-mcp" and spec.name.split("@")[0] != "402-mcp":  # npx 402-mcp@4.2.1 too
         return spec
@@ -138,19 +143,17 @@ async def _heartbeat(ledger: Ledger) -> None:
 
 
 def _run_stdio(
-    spec: _upstream.UpstreamSpec,
+    spec: UpstreamSpec,
     gate: Gate,
     session_name: str | None,
     identity: str | None,
     background: list[Background],
     limits: Limits,
-) -> int:
+) -> None:
     from guard.proxy.stdio import serve_stdio
 
     session = Session(id=session_name or uuid.uuid4().hex[:16], identity=identity, transport="stdio")
     logger.info("guard %s: session %s%s", __version__, session.id, f", identity {identity}" if identity else "")
     failure = anyio.run(serve_stdio, spec, gate, session, background, limits)
-    if failure is not None:
-        typer.echo(f"guard: error: {failure}", err=True)
-        return 1
-    return 0
+    if failure is not None:  # the upstream died: its story, and a status a supervisor notices
+        fail(Status.FAILED, failure)

@@ -14,7 +14,7 @@ from guard.errors import UpstreamError, UpstreamStartError
 from guard.payments.adapters import family_adapters, x402_adapter
 from guard.payments.payments import Payments
 from guard.policy.rules import Policy
-from guard.proxy import upstream as _upstream
+from guard.proxy import upstream
 from ledgers import Ledger
 
 logger = logging.getLogger("guard.refresh")
@@ -40,7 +40,7 @@ class _ClientLink:
         return dumped
 
 
-def refresh_once(spec: _upstream.UpstreamSpec, policy: Policy, ledger: Ledger, *, every: bool) -> int:
+def refresh_once(spec: upstream.UpstreamSpec, policy: Policy, ledger: Ledger, *, every: bool) -> int:
     """Refresh the balances due (all known ones with `every`); return how many answered.
 
     Raises:
@@ -52,7 +52,7 @@ def refresh_once(spec: _upstream.UpstreamSpec, policy: Policy, ledger: Ledger, *
 
     async def main() -> int:
         try:
-            async with Client(_upstream.client_target(spec), mode="legacy") as client:
+            async with Client(upstream.client_target(spec), mode="legacy") as client:
                 link = _ClientLink(client)
                 return await payments.refresh_stale(policy, lambda: [link])
         except OSError as exc:

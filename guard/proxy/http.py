@@ -64,7 +64,7 @@ from guard.core import Background, Gate, Session
 from guard.errors import MessageRefused, UpstreamStartError
 from guard.operators.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from guard.operators.metrics import PrometheusMetrics
-from guard.proxy import upstream as _upstream
+from guard.proxy import upstream
 from guard.proxy.limits import DEFAULT_LIMITS, Limits
 from guard.proxy.relay import UPSTREAM_UNAVAILABLE, ClientPort, Relay
 from guard.proxy.wire import read_client_message
@@ -163,7 +163,7 @@ class HttpFront:
 
     def __init__(
         self,
-        spec: _upstream.UpstreamSpec,
+        spec: upstream.UpstreamSpec,
         gate: Gate,
         tokens: dict[str, str],
         identity: str | None,
@@ -413,7 +413,7 @@ class HttpFront:
     async def _relay_session(self, session: _LegacySession, client: ClientPort) -> None:
         relayed = Session(id=session.id, identity=session.identity, transport="http")
         try:
-            async with _upstream.connect(self._spec) as link:
+            async with upstream.connect(self._spec) as link:
                 logger.info("session %s (identity %s) relaying to %s", session.id, session.identity, self._spec.label)
                 failure = await Relay(relayed, self._gate, client, link, self._limits).run()
         except UpstreamStartError as exc:
@@ -536,7 +536,7 @@ class _ModernChannel:
         return not self.closed and not self._idle.cancel_called
 
     async def serve(
-        self, spec: _upstream.UpstreamSpec, gate: Gate, limits: Limits, *, task_status: TaskStatus[None]
+        self, spec: upstream.UpstreamSpec, gate: Gate, limits: Limits, *, task_status: TaskStatus[None]
     ) -> None:
         into_relay, client_read = anyio.create_memory_object_stream[SessionMessage | Exception](0)
         client_write, out_of_relay = anyio.create_memory_object_stream[SessionMessage](0)
@@ -545,7 +545,7 @@ class _ModernChannel:
         self._idle.deadline = anyio.current_time() + self._idle_s
         try:
             with self._idle:
-                async with _upstream.connect(spec) as link, anyio.create_task_group() as tg:
+                async with upstream.connect(spec) as link, anyio.create_task_group() as tg:
                     logger.info(
                         "session %s (identity %s) relaying to %s", self.session.id, self.session.identity, spec.label
                     )
@@ -854,7 +854,7 @@ class LogFloodFilter(logging.Filter):
 
 
 def serve_http(
-    spec: _upstream.UpstreamSpec,
+    spec: upstream.UpstreamSpec,
     gate: Gate,
     host: str,
     port: int,

@@ -54,7 +54,7 @@ ENVELOPE_PREFIX = "io.modelcontextprotocol/"
 # How long requests in flight may take to answer once the client or the upstream has gone.
 CALL_DRAIN_S = 5.0
 # How long a failed write waits for the reader to learn why the upstream went away (its exit status and
-# stderr come a moment after its pipe breaks; see `_upstream.EXIT_GRACE_S`).
+# stderr come a moment after its pipe breaks; see `upstream.EXIT_GRACE_S`).
 UPSTREAM_EXIT_WAIT_S = 3.0
 # How long telling the upstream that an overdue request is cancelled may take (its input may be full).
 CANCEL_SEND_S = 1.0

@@ -25,7 +25,7 @@ from mcp.shared.message import SessionMessage
 
 from guard.core import Background, Gate, Session
 from guard.errors import MessageRefused
-from guard.proxy import upstream as _upstream
+from guard.proxy import upstream
 from guard.proxy.limits import DEFAULT_LIMITS, Limits
 from guard.proxy.relay import ClientPort, Relay
 from guard.proxy.wire import lines, read_client_message, too_large
@@ -37,7 +37,7 @@ READ_CHUNK = 256 * 1024
 
 
 async def serve_stdio(
-    spec: _upstream.UpstreamSpec,
+    spec: upstream.UpstreamSpec,
     gate: Gate,
     session: Session,
     background: Sequence[Background] = (),
@@ -55,7 +55,7 @@ async def serve_stdio(
 
         async def relay() -> None:
             nonlocal failure
-            async with _upstream.connect(spec) as link, _client_port(limits.max_message_bytes) as client:
+            async with upstream.connect(spec) as link, _client_port(limits.max_message_bytes) as client:
                 logger.info("relaying stdio client session %s to %s", session.id, spec.label)
                 failure = await Relay(session, gate, client, link, limits).run()
             tg.cancel_scope.cancel()

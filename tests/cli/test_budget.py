@@ -5,34 +5,26 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from ledgers import Amount, BalanceObservation, Budget, Ledger, Window
-
-from .conftest import GUARD, WAIT_S
-from .scripted_run import EXTERNAL_SPEND, INVOICE_SATS, POLICY_ALBY, ScriptedRun, scripted_run
+from tests.cli.conftest import Ran, guard
+from tests.scripted_run import EXTERNAL_SPEND, INVOICE_SATS, POLICY_ALBY, ScriptedRun, scripted_run
 
 DAILY = Budget("daily", Amount(1000, "sat"), "global", Window.calendar("day"))
 SESSION = Budget("per-session", Amount(100, "sat"), "session:s1")
 
 
-def budget_show(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*GUARD, "budget", "show", *args],
-        capture_output=True,
-        text=True,
-        timeout=WAIT_S,
-        env={**os.environ, **(env or {})},
-    )
+def budget_show(*args: str) -> Ran:
+    return guard("budget", "show", *args)
 
 
 def shown(*args: str) -> dict[str, Any]:
     result = budget_show(*args, "--json")
-    assert result.returncode == 0, result.stderr
+    assert result.status == 0, result.stderr
     return json.loads(result.stdout)  # type: ignore[no-any-return]
 
 
@@ -87,7 +79,7 @@ def test_piped_output_is_plain_columns_with_a_bar(tmp_path: Path) -> None:
     path = str(tmp_path / "ledger.db")
     some_spend(path)
     result = budget_show("--ledger", path)
-    assert result.returncode == 0, result.stderr
+    assert result.status == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0].split() == [
         "budget", "scope", "window", "resets", "unit", "limit", "spent", "held", "in_doubt", "remaining", "used",
@@ -125,14 +117,14 @@ def test_a_bad_policy_is_named_and_nothing_is_shown(tmp_path: Path) -> None:
     policy = tmp_path / "policy.yaml"
     policy.write_text("version: 1\nbalances: {stale_after: soon}\n")
     result = budget_show("--ledger", str(tmp_path / "l.db"), "--policy", str(policy))
-    assert result.returncode == 2
-    assert f"{policy}:2" in result.stderr and "stale_after" in result.stderr
+    assert result.status == 2
+    assert result.stderr.startswith(f"guard: error: {policy}:2") and "stale_after" in result.stderr
     assert result.stdout == ""
 
 
 # --- golden: the ledger real guards left after tests/scripted_run.py --------------------------------------
 
-GOLDEN = Path(__file__).parent / "golden" / "budget-show.json"
+GOLDEN = Path(__file__).parent.parent / "golden" / "budget-show.json"
 VOLATILE = ("window_start", "resets_at", "last_used", "seen", "age_s")
 
 
@@ -173,5 +165,5 @@ def test_a_ledger_url_s_password_is_never_printed(postgres_url: str) -> None:
     with_password = make_url(postgres_url).set(password="hunter2-secret").render_as_string(hide_password=False)
     result = budget_show("--ledger", with_password, "--json")
     assert "hunter2-secret" not in result.stdout + result.stderr
-    if result.returncode == 0:  # the test server trusts local connections: the password is not checked
+    if result.status == 0:  # the test server trusts local connections: the password is not checked
         assert json.loads(result.stdout)["ledger"] == make_url(with_password).render_as_string(hide_password=True)

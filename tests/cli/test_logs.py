@@ -10,8 +10,7 @@ import sys
 import pytest
 
 from guard.cli.logs import JsonFormatter, RedactingFormatter
-
-from .conftest import WAIT_S
+from tests.conftest import WAIT_S
 
 MACAROON = "AgEDbG9jYWxob3N0AkIwMDAwNGY5YThiN2M2ZDVlNGYzYTJiMWMAAAYgq1w8"
 
@@ -36,8 +35,8 @@ def test_a_records_message_arguments_traceback_and_stack_are_redacted(formatter:
 def test_at_debug_the_libraries_loggers_and_an_uncaught_traceback_go_through_the_redactor() -> None:
     script = (
         "import logging\n"
-        "from guard.cli import logs as _logging\n"
-        "_logging.configure('debug', 'json')\n"
+        "from guard.cli import logs\n"
+        "logs.configure('debug', 'json')\n"
         "logging.getLogger('httpx').debug('HTTP Request: GET https://u:pw-42@api.example/x?api_key=ak-42')\n"
         "logging.getLogger('mcp.client.streamable_http').debug(\"SSE message: {'preimage': 'pre-42'}\")\n"
         "raise RuntimeError('upstream said: macaroon Zq7-42')\n"

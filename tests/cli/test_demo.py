@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
+import pytest
+
 from ledgers import Ledger
+from tests.cli.conftest import guard
 
-from .conftest import GUARD, WAIT_S
 
+def test_the_demo_admits_one_payment_denies_the_next_and_shows_the_budget(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # anywhere, not only in a checkout
+    shown = guard("demo", "--dir", str(tmp_path))
 
-def test_the_demo_admits_one_payment_denies_the_next_and_shows_the_budget(tmp_path: Path) -> None:
-    shown = subprocess.run(
-        [*GUARD, "demo", "--dir", str(tmp_path)], capture_output=True, text=True, timeout=WAIT_S, cwd=tmp_path
-    )
-
-    assert shown.returncode == 0, shown.stderr
+    assert shown.status == 0, shown.stderr
     lines = shown.stdout.splitlines()
+    assert lines[:2] == [f"policy {tmp_path / 'policy.yaml'}", f"ledger {tmp_path / 'ledger.db'}"]
     bought = [line for line in lines if "buy the" in line]
     assert bought[0].startswith("ok ") and "satsPaid: 60" in bought[0]
     assert bought[1].startswith("DENIED ") and "80 sat asked, 40 sat left of 100" in bought[1]
