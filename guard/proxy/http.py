@@ -75,6 +75,8 @@ MCP_PATH = "/mcp"
 METRICS_PATH = "/metrics"
 # What a client refused for lack of room (sessions, connections) is told to wait before trying again.
 RETRY_AFTER_S = 10
+# How long a request waits for the transport to close the stream of an answered request with the same id.
+ANSWERED_CLOSE_S = 5.0
 
 
 class _Refused(Exception):
@@ -106,7 +108,7 @@ class _LegacySession:
     # The SDK transport keeps one answer stream per request id (as `str(id)`): a second request with an id
     # still in flight would take the first one's stream (the first one hangs) and its answer. An id is in
     # flight while its POST is handled and while the relay owes it an answer.
-    posting: set[str] = field(default_factory=set)
+    posting: dict[str, anyio.Event] = field(default_factory=dict)  # set when that POST's handling ends
     owed: set[str] = field(default_factory=set)
 
     async def post(self, message: types.JSONRPCMessage, scope: Scope, receive: Receive, send: Send) -> None:
@@ -117,6 +119,11 @@ class _LegacySession:
         request_id = message.id if isinstance(message, types.JSONRPCRequest) else None
         key = None if request_id is None else str(request_id)
         if key is not None:
+            if (handled := self.posting.get(key)) is not None and key not in self.owed:
+                # Its answer may already be on its way (a client may send its next request as soon as it reads
+                # it) while the transport closes that request's stream: wait for that, bounded.
+                with anyio.move_on_after(ANSWERED_CLOSE_S):
+                    await handled.wait()
             if key in self.posting or key in self.owed:
                 raise _refusal(
                     400,
@@ -124,7 +131,7 @@ class _LegacySession:
                     f"Invalid request: id {key} is already in flight in this session",
                     request_id,
                 )
-            self.posting.add(key)
+            self.posting[key] = anyio.Event()
         # The transport parses what the front checked, not the client's bytes: no difference between two JSON
         # parsers can turn a checked request into something else.
         body = message.model_dump_json(by_alias=True, exclude_unset=True).encode()
@@ -132,7 +139,7 @@ class _LegacySession:
             await self.transport.handle_request(scope, _replaying(body, receive), send)
         finally:
             if key is not None:
-                self.posting.discard(key)
+                self.posting.pop(key).set()
 
     def client_port(self, read: Any, write: Any) -> ClientPort:
         """The relay's side of the transport, noting which requests the relay took and answered."""
