@@ -1,21 +1,21 @@
 """The policy gate: the relay's one interception point, filled with the policy, the money decision and
 the ledger.
 
-For each `tools/call`, this checklist, in order; the first refusal wins, and nothing after it runs:
+For each `tools/call`, a checklist in this order: the first refusal wins, and nothing after it runs.
+Each step is one line of `PolicyGate._admit` (then `call_tool`), calling the room that owns its rule:
 
-1. default deny, hidden, `action: deny`     the policy          (`Policy.refusal`)
-2. argument conditions                        the policy          (`Policy.failed_condition`)
-3. a human's approval, for `action: approve`  the ledger          (single-use, bound to the exact arguments)
-4. rate limits and quotas, read-only          the ledger          (before guard asks the upstream anything)
-5. the money: reading, price, cap, budgets,   payments            (`Payments.bound`)
-   balances
-6. the reserve (budgets and rate limits       the ledger          (one transaction; a free call only counts
-   together)                                                       against its rate limits)
-7. the approval used                          the ledger          (a lost race voids the hold)
-8. the hold marked forwarded                  the ledger          (before the call is sent: a crash after
-                                                                   it leaves the payment in doubt)
-9. forward                                    the relay
-10. settle: settled, voided or in doubt        payments            (`Payments.settle`, `Payments.unanswered`)
+  1. default deny, hidden, `action: deny`      `Policy.refusal`
+  2. argument conditions                        `Policy.failed_condition`
+  3. a human's approval (`action: approve`)     the ledger's approvals: single-use, the exact arguments
+  4. rate limits and quotas, read only          the ledger, before guard asks the upstream anything
+  5. the money: price, cap, budgets, balances   `Payments.bound`
+  6. the reserve                                the ledger: budgets and rate limits in one transaction (a
+                                                call that does not pay only counts against its rate limits)
+  7. the approval used up                       the ledger (used by another call first: the hold is voided)
+  8. the hold marked forwarded                  the ledger, before the call is sent (a crash after it
+                                                leaves the payment in doubt)
+  9. forward                                    the relay
+ 10. settle                                     `Payments.settle` (an answer), `Payments.unanswered` (none)
 
 Every decision becomes a call event (`AuditTrail`: told to the watchers, written in batches). A denial is
 the tool result `answers.denial_result`; guard's own `guard-budget` tool is answered here, never forwarded.
@@ -198,21 +198,22 @@ class PolicyGate:
     # the checklist
 
     async def _admit(self, policy: Policy, call: ToolCall, who: Who, digest: str) -> _Admitted | Denial:
-        """Steps 1 to 8 of the module's checklist, one line each."""
-        name = call.name
+        """Steps 1 to 8 of the module's checklist: the call admitted (with its hold, if it pays), or the
+        first denial."""
+        name, link = call.name, self._links.get(call.session.id)
         try:
-            _unless(policy.refusal(name))
-            _unless(policy.failed_condition(name, call.arguments))
-            approval = await self._approval(policy, call, who, digest)
+            _unless(policy.refusal(name))  # 1
+            _unless(policy.failed_condition(name, call.arguments))  # 2
+            approval = await self._approval(policy, call, who, digest)  # 3
             limits = _rate_limits(policy, call, who)
-            await self._within_rate_limits(limits)
-            money = _unless_denied(await self._payments.bound(policy, call, who, self._links.get(call.session.id)))
-            hold = await self._reserve(money, limits, who, name)
-            await self._use_approval(approval, hold)
+            await self._within_rate_limits(limits)  # 4
+            money = _unless_denied(await self._payments.bound(policy, call, who, link))  # 5
+            hold = await self._reserve(money, limits, who, name)  # 6
+            await self._use_approval(approval, hold)  # 7
         except _Denied as denied:
             return denied.denial
         if hold is not None:
-            await off_loop(self._ledger.mark_forwarded, hold)
+            await off_loop(self._ledger.mark_forwarded, hold)  # 8
         return _Admitted(hold, money)
 
     async def _approval(self, policy: Policy, call: ToolCall, who: Who, digest: str) -> str | None:
