@@ -66,14 +66,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from functools import partial
-from typing import Any
 from urllib.parse import urlsplit
 
 import anyio
 import anyio.abc
 import httpx
 
-from guard.core import off_loop
+from guard.core import JSON, off_loop
 from guard.policy.rules import AlertsSpec
 from guard.policy.source import PolicySource
 from ledgers import Amount, BudgetState, CallRecord, Clock, HoldInfo, Ledger, SystemClock
@@ -92,7 +91,6 @@ BUDGET_EVENT = "budget.threshold"
 IN_DOUBT_EVENT = "hold.in_doubt"
 OVER_RESERVATION_EVENT = "payment.over_reservation"
 
-JSON = dict[str, Any]
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 

@@ -33,11 +33,11 @@ from pydantic import (
     model_validator,
 )
 
+from guard.core import JSON
 from guard.errors import PriceUnknown
 from guard.names import folded, spelling
 from ledgers import Amount, AmountError, Budget, LedgerError, RateLimit, RuleKind, UnitMismatch, Window
 
-JSON = dict[str, Any]
 POLICY_VERSION = 1
 
 # Bounds on what a policy may say: past them a number is a mistake (or an attack on the guard), and the

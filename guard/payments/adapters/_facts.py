@@ -21,13 +21,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal, Protocol
+from typing import Literal, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
+from guard.core import JSON
 from guard.redact import redact_path
 from ledgers import Amount, BalanceObservation
-
-JSON = dict[str, Any]
 
 
 @dataclass(frozen=True)

@@ -10,9 +10,10 @@ is `unknown` (the payment may have gone through).
 
 from __future__ import annotations
 
+from guard.core import JSON
 from guard.names import known
 from guard.payments.adapters._bolt11 import InvoiceError, read_invoice
-from guard.payments.adapters._facts import JSON, Outcome, Prepared, Refresh
+from guard.payments.adapters._facts import Outcome, Prepared, Refresh
 from guard.payments.adapters.l402_mcp import MAX_SATS, Reading, read_count, read_result
 from ledgers import MAX_AMOUNT, Amount, BalanceObservation
 

@@ -21,9 +21,10 @@ from decimal import Decimal
 from typing import Any
 from urllib.parse import urlsplit
 
+from guard.core import JSON
 from guard.names import known
 from guard.payments.adapters._bolt11 import InvoiceError, read_invoice
-from guard.payments.adapters._facts import JSON, Outcome, OutcomeState, Prepared, Quote, Refresh
+from guard.payments.adapters._facts import Outcome, OutcomeState, Prepared, Quote, Refresh
 from ledgers import MAX_AMOUNT, Amount, BalanceObservation
 
 NAME = "402-mcp"

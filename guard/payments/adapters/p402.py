@@ -13,8 +13,9 @@ from __future__ import annotations
 
 from typing import Literal
 
+from guard.core import JSON
 from guard.names import known
-from guard.payments.adapters._facts import JSON, Outcome, Prepared, Refresh
+from guard.payments.adapters._facts import Outcome, Prepared, Refresh
 from guard.payments.adapters._json import Unreadable, amount, as_dict, dig, parse_json, short, text_of
 from ledgers import Amount, BalanceObservation
 

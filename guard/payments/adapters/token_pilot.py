@@ -19,8 +19,9 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+from guard.core import JSON
 from guard.names import known
-from guard.payments.adapters._facts import JSON, Outcome, Prepared, Refresh
+from guard.payments.adapters._facts import Outcome, Prepared, Refresh
 from guard.payments.adapters._json import Unreadable, amount, decimal, result_object
 from ledgers import Amount, BalanceObservation
 
