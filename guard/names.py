@@ -1,7 +1,8 @@
 """When two tool names name the same tool: the one place guard compares tool names.
 
 - `spelling`: the name or its other case style (`l402_fetch` is `l402-fetch`): the same tool. 402-mcp
-  renamed its tools from snake to kebab case; policies and adapters take both.
+  renamed its tools from snake to kebab case; policies and adapters take both (`known`: which of a
+  family's tools a name spells).
 - `folded`: also the same after Unicode NFKC, case folding, trimming whitespace, dropping invisible
   format characters and reading every Unicode dash as `-`. An upstream that normalises names may run
   `L402-PAY`, ` l402-pay` or `l402\u2010pay` as `l402-pay`: such a *variant* of a tool the policy
@@ -11,6 +12,7 @@
 from __future__ import annotations
 
 import unicodedata
+from collections.abc import Iterable
 
 MINUS_SIGN = "\u2212"  # not a dash to Unicode (it is maths), but it looks like one
 
@@ -18,6 +20,12 @@ MINUS_SIGN = "\u2212"  # not a dash to Unicode (it is maths), but it looks like 
 def spelling(name: str) -> str:
     """`name` in kebab case: equal for the spellings of one tool that guard takes as exact."""
     return name.replace("_", "-")
+
+
+def known(tool: str, names: Iterable[str]) -> str | None:
+    """The name in `names` that `tool` spells (in either case style), or None."""
+    wanted = spelling(tool)
+    return next((name for name in names if spelling(name) == wanted), None)
 
 
 def folded(name: str) -> str:

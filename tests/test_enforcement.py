@@ -1,5 +1,9 @@
 """Policy enforcement end to end: a real guard process (stdio) in front of a fake paying upstream, spoken
-to in raw JSON-RPC lines so the wire format itself is checked, with a real SQLite ledger file."""
+to in raw JSON-RPC lines so the wire format itself is checked, with a real SQLite ledger file: a denial on
+the wire, an upstream that dies mid-payment, approvals decided with `guard approvals`, hot reload of the
+policy file (and the client told its tools changed), the audit trail as `guard audit tail` shows it.
+
+The gate's checklist itself runs in process: tests/gate/."""
 
 from __future__ import annotations
 
@@ -10,11 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import anyio
-import httpx2
 import pytest
-from mcp import Client
-from mcp.client.streamable_http import streamable_http_client
 
 from ledgers import Ledger
 
@@ -107,59 +107,6 @@ def test_a_denial_is_a_tool_result_with_is_error_a_readable_first_line_and_machi
     assert guard.paid_by_shop() == 0
 
 
-def test_a_tool_the_policy_does_not_name_is_denied_and_hidden_under_default_deny(tmp_path: Path) -> None:
-    policy = tmp_path / "policy.yaml"
-    policy.write_text(POLICY.replace("  refuse:\n    pays: true\n    price: 30 sat\n", ""))
-    guard = ShopGuard(tmp_path, policy)
-    try:
-        listed = [tool["name"] for tool in guard.request("tools/list")["result"]["tools"]]
-        answer = denial(guard.call("refuse", amount=1))
-    finally:
-        guard.stop()
-    assert listed == ["buy", "browse", "die"]
-    assert answer["rule"] == "default"
-    assert "not allowed by the policy" in answer["reason"]
-
-
-def test_paying_calls_reserve_against_the_budget_and_the_ledger_matches_what_the_shop_was_paid(
-    guard: ShopGuard,
-) -> None:
-    assert guard.call("buy", item="tea", amount=40)["isError"] is False
-    assert guard.call("buy", item="cake", amount=50)["isError"] is False
-    over = guard.call("buy", item="jam", amount=20)
-    capped = guard.call("buy", item="caviar", amount=61)
-    guard.stop()
-
-    refused = denial(over)
-    assert refused["rule"] == "budgets.per-session"
-    assert (refused["remaining"], refused["unit"]) == (10, "sat")
-    assert "(rule budgets.per-session; 10 sat left)" in over["content"][0]["text"]
-    assert denial(capped)["rule"] == "tools.buy.max_price"
-    with Ledger.open(guard.ledger) as ledger:
-        holds = ledger.open_holds()
-        spent = [e.call.spent.value for e in ledger.calls(last=100) if e.call.spent is not None]
-    assert holds == []
-    assert sum(spent) == guard.paid_by_shop() == 90
-
-
-def test_a_paying_call_without_a_price_is_refused_and_never_forwarded(tmp_path: Path) -> None:
-    policy = tmp_path / "policy.yaml"
-    policy.write_text(POLICY.replace("    max_price: 60 sat\n", ""))
-    guard = ShopGuard(tmp_path, policy)
-    try:
-        answer = denial(guard.call("buy", item="tea"))
-    finally:
-        guard.stop()
-    assert answer["rule"] == "tools.buy"
-    assert answer["reason"] == "no price, no pay: the price of buy is unknown and the policy sets no max_price for it"
-    assert guard.paid_by_shop() == 0
-
-
-def test_without_a_price_argument_a_paying_call_reserves_and_counts_its_max_price(guard: ShopGuard) -> None:
-    assert guard.call("buy", item="tea")["isError"] is False
-    assert denial(guard.call("buy", item="jam", amount=50))["remaining"] == 40
-
-
 def test_an_upstream_that_dies_mid_payment_leaves_the_hold_in_doubt_and_counted(guard: ShopGuard) -> None:
     answer = guard.request("tools/call", {"name": "die", "arguments": {"amount": 30}})
     guard.stop()
@@ -169,35 +116,6 @@ def test_an_upstream_that_dies_mid_payment_leaves_the_hold_in_doubt_and_counted(
         [hold] = ledger.open_holds()
     assert (hold.phase, hold.amount.value) == ("in_doubt", 30)
     assert guard.paid_by_shop() == 30
-
-
-def test_an_upstream_json_rpc_error_voids_the_hold(guard: ShopGuard) -> None:
-    answer = guard.request("tools/call", {"name": "refuse", "arguments": {"amount": 30}})
-    guard.stop()
-
-    assert answer["error"]["message"] == "shop refuses this request"
-    with Ledger.open(guard.ledger) as ledger:
-        assert ledger.open_holds() == []
-        [event] = [e for e in ledger.calls(last=10) if e.call.tool == "refuse"]
-        assert ledger.hold(event.call.hold_id or 0).phase == "voided"
-
-
-def test_rate_limits_are_durable_across_a_guard_restart(tmp_path: Path, policy_file: Path) -> None:
-    first = ShopGuard(tmp_path, policy_file)
-    try:
-        assert first.call("browse")["isError"] is False
-        assert first.call("browse")["isError"] is False
-    finally:
-        first.stop()
-    second = ShopGuard(tmp_path, policy_file)
-    try:
-        refused = denial(second.call("browse"))
-    finally:
-        second.stop()
-    assert refused["rule"] == "tools.browse.rate_limit"
-    assert refused["reason"] == "rate limit reached: 2 calls per minute for browse (per session)"
-    assert refused["remaining"] == 0 and refused["unit"] == "calls"
-    assert 0 < refused["retry_after_s"] <= 60
 
 
 def test_an_approval_is_single_use_and_bound_to_the_exact_arguments(tmp_path: Path) -> None:
@@ -299,60 +217,3 @@ def test_every_decision_is_in_the_audit_trail_without_the_arguments(guard: ShopG
     assert all(len(e["arguments_digest"]) == 16 for e in events)
     assert macaroon not in tail.stdout
     assert macaroon not in "\n".join(guard.stderr)
-
-
-HTTP_POLICY = """\
-version: 1
-default: deny
-budgets:
-  - name: per-session
-    limit: 50 sat
-    scope: session
-tools:
-  buy:
-    pays: true
-    price_from: args.amount
-    price_unit: sat
-  browse:
-    rate_limit: {limit: 3/minute, scope: identity}
-"""
-ALICE, BOB = "alice-token-0123456789abcdef", "bob-token-0123456789abcdefgh"
-
-
-async def _http_session(url: str, token: str) -> Any:
-    http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"})
-    return http, Client(streamable_http_client(url, http_client=http), mode="legacy")
-
-
-@pytest.mark.anyio
-async def test_over_http_identity_limits_span_sessions_and_session_budgets_do_not(
-    http_guard: Any, tmp_path: Path
-) -> None:
-    policy = tmp_path / "policy.yaml"
-    policy.write_text(HTTP_POLICY)
-    tokens = tmp_path / "tokens.json"
-    tokens.write_text(json.dumps({"alice": ALICE, "bob": BOB}))
-    guard = http_guard(
-        ["--policy", str(policy), "--ledger", str(tmp_path / "ledger.db"), "--tokens", str(tokens), "--", *SHOP],
-        env={"SHOP_RECORD": str(tmp_path / "record.jsonl")},
-    )
-    results: dict[str, list[Any]] = {"alice-1": [], "alice-2": [], "bob": []}
-    with anyio.fail_after(WAIT_S):
-        for who, token in (("alice-1", ALICE), ("alice-2", ALICE), ("bob", BOB)):
-            http, client = await _http_session(guard.url, token)
-            async with http, client:
-                for _ in range(2):
-                    results[who].append(await client.call_tool("browse", {}))
-                results[who].append(await client.call_tool("buy", {"item": "tea", "amount": 30}))
-                results[who].append(await client.call_tool("buy", {"item": "jam", "amount": 30}))
-
-    def denied(result: Any) -> bool:
-        return bool(result.is_error and (result.structured_content or {}).get("denied"))
-
-    # alice's two sessions share her 3 browses a minute; bob has his own.
-    assert [denied(r) for r in results["alice-1"][:2] + results["alice-2"][:2]] == [False, False, False, True]
-    assert [denied(r) for r in results["bob"][:2]] == [False, False]
-    # Each session has its own 50 sat: one 30 sat purchase each, the second refused.
-    for who in results:
-        assert [denied(r) for r in results[who][2:]] == [False, True], who
-    assert (tmp_path / "record.jsonl").read_text().count("\n") == 3

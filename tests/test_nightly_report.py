@@ -15,8 +15,8 @@ import anyio
 import pytest
 import time_machine
 
-from guard.gate.gate import PolicyGate
 from guard.operators.schedule import NightlyReport, run_schedule
+from guard.payments.payments import Payments
 from guard.policy.files import load
 from guard.policy.source import PolicySource
 from ledgers import Amount, Budget, Ledger
@@ -55,7 +55,7 @@ async def scheduled(
     nightly.on_written(sent.send_nowait)
     with sent, received:
         async with anyio.create_task_group() as tasks:
-            tasks.start_soon(run_schedule, PolicyGate(source, ledger, "srv"), source, nightly)
+            tasks.start_soon(run_schedule, source, nightly, Payments(ledger, []), list)
             yield received
             tasks.cancel_scope.cancel()
 

@@ -76,7 +76,7 @@ def test_a_tool_no_rule_names_follows_the_default(default: str, refused_by: str 
 def test_the_default_is_deny_when_the_file_does_not_say() -> None:
     refusal = tools({}).refusal("anything")
     assert refusal is not None
-    assert refusal.rule == "default"
+    assert (refusal.rule, refusal.kind) == ("default", "default")
     assert "anything is not allowed by the policy (default: deny)" in refusal.reason
 
 
@@ -109,6 +109,7 @@ def test_refusals_that_need_no_arguments(rules: JSON, tool: str, rule: str | Non
     policy = tools(rules, default="allow")
     refusal = policy.refusal(tool)
     assert (refusal.rule if refusal else None, refusal.reason if refusal else None) == (rule, reason)
+    assert refusal is None or refusal.kind == "tool"
     assert policy.visible(tool) is (rule is None)
 
 
@@ -279,7 +280,7 @@ def test_every_condition_of_a_rule_must_hold_and_the_denial_names_the_first_that
     policy = tools({"t": {"when": [{"arg": "a", "exists": True}, {"arg": "b", "lt": 5}, {"arg": "c", "lt": 5}]}})
     assert policy.failed_condition("t", {"a": 1, "b": 1, "c": 1}) is None
     denial = policy.failed_condition("t", {"a": 1, "b": 9, "c": 9})
-    assert denial is not None and denial.rule == "tools.t.when[1]"
+    assert denial is not None and (denial.rule, denial.kind) == ("tools.t.when[1]", "condition")
     assert denial.reason == "argument b must be less than 5"
 
 
@@ -378,7 +379,7 @@ def test_rate_limit_forms(rate_limit: Any, expected: list[tuple[str, int, str, i
     limits = tools({"t": {"rate_limit": rate_limit}}).rate_limits("t", {}, WHO)
     found = [(x.rate.key, x.rate.limit, str(x.rate.window), x.rate.cost) for x in limits]
     assert found == expected
-    assert all(x.rule == "tools.t.rate_limit" for x in limits)
+    assert all((x.rule, x.kind) == ("tools.t.rate_limit", "rate_limit") for x in limits)
 
 
 def test_a_rate_limit_is_described_in_words() -> None:
@@ -452,7 +453,7 @@ def test_a_rate_limits_key_never_names_its_limit_so_editing_it_keeps_the_count()
 def test_quotas_count_an_increment(quota: JSON, arguments: JSON, expected: tuple[str, int, str, int]) -> None:
     (limit,) = tools({"t": {"quotas": [quota]}}).rate_limits("t", arguments, WHO)
     assert (limit.rate.key, limit.rate.limit, str(limit.rate.window), limit.rate.cost) == expected
-    assert limit.rule == "tools.t.quotas[0]"
+    assert (limit.rule, limit.kind) == ("tools.t.quotas[0]", "quota")
 
 
 @pytest.mark.parametrize(
@@ -475,70 +476,6 @@ def test_a_tools_rate_limits_and_quotas_count_together() -> None:
 
 
 # --- prices ---------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("rules", "arguments", "price"),
-    [
-        ({"t": {"pays": True, "price": "100 sat"}}, {}, Amount(100, "sat")),
-        ({"t": {"pays": True, "price": "2.50 usd"}}, {}, Amount(2_500_000, "usd_micro")),
-        ({"t": {"pays": True, "price_from": "amount", "price_unit": "sat"}}, {"amount": 21}, Amount(21, "sat")),
-        ({"t": {"pays": True, "price_from": "amount", "price_unit": "msat"}}, {"amount": "1500"}, Amount(1500, "msat")),
-        (
-            {"t": {"pays": True, "price_from": "args.invoice.sats", "price_unit": "sat"}},
-            {"invoice": {"sats": 7}},
-            Amount(7, "sat"),
-        ),
-        (
-            {"t": {"pays": True, "price_from": "amount", "price_unit": "sat", "max_price": "1000 sat"}},
-            {},
-            Amount(1000, "sat"),
-        ),
-        ({"t": {"pays": True, "max_price": "1000 sat"}}, {}, Amount(1000, "sat")),
-        ({"t": {}, "*": {"pays": True, "price": "5 sat"}}, {}, Amount(5, "sat")),
-        ({"t": {"pays": True, "price": "9 sat"}, "*": {"pays": True, "price": "5 sat"}}, {}, Amount(9, "sat")),
-        ({"t": {}, "*": {"pays": True, "max_price": "50 sat"}}, {}, Amount(50, "sat")),
-    ],
-    ids=[
-        "fixed",
-        "fixed-decimal-unit",
-        "price-from",
-        "price-from-numeric-string",
-        "price-from-nested",
-        "price-from-missing-falls-back-to-max-price",
-        "max-price-only",
-        "star-price",
-        "own-price-before-star",
-        "star-max-price",
-    ],
-)
-def test_a_calls_price(rules: JSON, arguments: JSON, price: Amount) -> None:
-    assert tools(rules).price("t", arguments) == price
-
-
-@pytest.mark.parametrize(
-    ("rule", "arguments"),
-    [
-        ({"pays": True}, {}),
-        ({"pays": True, "price_from": "amount", "price_unit": "sat"}, {}),
-        ({"pays": True, "price_from": "amount", "price_unit": "sat", "max_price": "10 sat"}, {"amount": "lots"}),
-        ({"pays": True, "price_from": "amount", "price_unit": "sat", "max_price": "10 sat"}, {"amount": -5}),
-    ],
-    ids=[
-        "no-price-no-cap",
-        "price-argument-missing-and-no-cap",
-        "unreadable-price-argument",
-        "negative-price-argument",
-    ],
-)
-def test_a_price_that_cannot_be_bounded_is_unknown(rule: JSON, arguments: JSON) -> None:
-    with pytest.raises(PriceUnknown):
-        tools({"t": rule}).price("t", arguments)
-
-
-def test_price_from_in_a_decimal_unit_reads_a_fractional_amount() -> None:
-    policy = tools({"t": {"pays": True, "price_from": "amount", "price_unit": "usd", "max_price": "5 usd"}})
-    assert policy.price("t", {"amount": 0.25}) == Amount(250_000, "usd_micro")
 
 
 @pytest.mark.parametrize(

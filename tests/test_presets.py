@@ -108,8 +108,8 @@ def test_paying_tools_are_capped_and_counted_against_a_budget_in_their_unit(case
     server, policy = case
     for tool in server.paying:
         assert policy.pays(tool), f"{tool} is not marked pays: true"
-        assert policy.max_price(tool) is not None, f"{tool} has no max_price"
-        bound = policy.price(tool, {})  # with no price argument: the cap
+        bound = policy.max_price(tool)  # with no price argument: the cap bounds it
+        assert bound is not None, f"{tool} has no max_price"
         budgets = policy.budgets(tool, WHO)
         assert budgets, f"no budget covers {tool}"
         comparable = []
@@ -140,7 +140,7 @@ def test_402_mcp_answers_to_its_older_snake_case_names_alike() -> None:
 
 def test_402_mcp_prices_a_credit_purchase_from_amount_sats_and_refuses_one_without_it() -> None:
     policy, _ = load(POLICIES / "402-mcp.yaml")
-    assert policy.price("l402-buy-credits", {"url": "https://x", "amountSats": 300}) == Amount(300, "sat")
+    assert policy.fixed_price("l402-buy-credits", {"url": "https://x", "amountSats": 300}) == Amount(300, "sat")
     assert policy.failed_condition("l402-buy-credits", {"url": "https://x", "amountSats": 300}) is None
     denial = policy.failed_condition("l402-buy-credits", {"url": "https://x"})
     assert denial is not None and "amountSats" in denial.reason

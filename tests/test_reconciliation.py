@@ -1,6 +1,7 @@
-"""Reconciling what the guard counted with what happened: `guard holds list|resolve` (a human), proof
-in a later answer (a stored credential), spend seen only in a balance, and `guard refresh` (for cron);
-on real ledger files, with fake upstreams."""
+"""Reconciling what the guard counted with what happened, end to end: `guard holds list|resolve` (a
+human), `guard refresh` (for cron), and the guard's own balance refresh in the 2026-07-28 era; on real
+ledger files, with fake upstreams. Proofs in later answers, balance moves, external spend and top-ups
+run in process: tests/payments/test_reconcile.py."""
 
 from __future__ import annotations
 
@@ -15,11 +16,10 @@ from typing import Any
 import anyio
 from mcp import Client, StdioServerParameters
 
-from ledgers import Amount, BalanceObservation, Budget, Ledger, Window
+from ledgers import Amount, BalanceObservation, Budget, Ledger
 
 from .cli.conftest import plain
 from .conftest import GUARD, ROOT, WAIT_S
-from .rawguard import RawGuard
 
 FAKE_P402 = [sys.executable, str(ROOT / "tests/upstreams/fake_p402.py")]
 SESSION = "sess_0123456789abcdef01234567"
@@ -125,146 +125,6 @@ def test_guard_refresh_asks_the_upstream_for_a_due_balance_and_stores_the_answer
     observation, age = found
     assert (observation.amount, observation.status) == (Amount(3_750_000, "usd_micro"), "active")
     assert age < WAIT_S
-
-
-FAKE_402MCP = [sys.executable, str(ROOT / "tests/upstreams/fake_402mcp.py")]
-
-
-def test_a_payment_in_doubt_is_settled_when_the_upstream_shows_its_credential(tmp_path: Path) -> None:
-    payment = "ab" * 32
-    path = tmp_path / "ledger.db"
-    budget = Budget("per-session", Amount(5000, "sat"), "session:s1")
-    with Ledger.open(path) as ledger:
-        hold = ledger.reserve([budget], Amount(120, "sat"), idempotency_key=payment, session="s1", tool="l402-fetch")
-        ledger.mark_forwarded(hold)
-        ledger.mark_in_doubt(hold)
-    state = tmp_path / "fake.json"
-    origin = "https://paid.example.com"
-    credential = {
-        "origin": origin,
-        "macaroon": "AgEEbHNhdAJCAAD",
-        "preimage": "cd" * 32,
-        "paymentHash": payment,
-        "creditBalance": None,
-        "storedAt": "2026-11-21T10:00:00Z",
-        "lastUsed": "2026-11-21T10:00:00Z",
-        "server": None,
-    }
-    state.write_text(json.dumps({"credentials": {origin: credential}}))
-    policy = tmp_path / "policy.yaml"
-    policy.write_text("version: 1\npreset: 402-mcp\n")
-
-    guard_process = RawGuard(tmp_path, policy, upstream=FAKE_402MCP, env={"FAKE_STATE": str(state)})
-    try:
-        listed = guard_process.call("l402-credentials")
-    finally:
-        guard_process.stop()
-
-    assert listed["isError"] is False
-    with Ledger.open(path) as ledger:
-        info = ledger.hold(hold)
-        events = ledger.calls(last=10)
-    assert (info.phase, info.settled) == ("settled", Amount(120, "sat"))
-    [resolved] = [e.call for e in events if e.call.decision == "resolve"]
-    assert resolved.hold_id == hold and resolved.spent == Amount(120, "sat")
-    assert "reconciled" in (resolved.reason or "")
-
-
-def test_a_balance_drop_the_guards_payments_do_not_explain_is_external_spend_and_counts_where_opted_in(
-    tmp_path: Path,
-) -> None:
-    state = tmp_path / "p402.json"
-    expires = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
-    session = {"id": SESSION, "status": "active", "total_usd": 5.0, "used_usd": 0.0, "expires_at": expires}
-    state.write_text(json.dumps({"sessions": {SESSION: session}, "chat_cost_usd": 0.25}))
-    policy = tmp_path / "policy.yaml"
-    policy.write_text(
-        "version: 1\npreset: p402\nbudgets:\n"
-        "  - {name: counted, limit: 10 usd, scope: global, window: day}\n"
-        "  - {name: with-external, limit: 10 usd, scope: global, window: day, include_external: true}\n"
-    )
-    guard_process = RawGuard(tmp_path, policy, upstream=FAKE_P402, env={"FAKE_STATE": str(state)})
-    try:
-        guard_process.call("p402_get_session", session_id=SESSION)  # 5.00 left
-        chat = guard_process.call("p402_chat", message="hi", session_id=SESSION)  # 0.25, paid through the guard
-        # Meanwhile 1.00 usd is spent from the same session another way (the fake's own books).
-        books = json.loads(state.read_text())
-        books["sessions"][SESSION]["used_usd"] += 1.0
-        state.write_text(json.dumps(books))
-        guard_process.call("p402_get_session", session_id=SESSION)  # 3.75 left: 1.00 unexplained
-        guard_process.call("p402_get_session", session_id=SESSION)  # unchanged: nothing new
-    finally:
-        guard_process.stop()
-
-    assert chat["isError"] is False
-    with Ledger.open(path := tmp_path / "ledger.db") as ledger:
-        events = [e.call for e in ledger.calls(last=20)]
-        counted = ledger.usage(Budget("counted", Amount(10_000_000, "usd_micro"), "global", Window.calendar("day")))
-        wider = ledger.usage(Budget("with-external", Amount(10_000_000, "usd_micro"), "global", Window.calendar("day")))
-    [external] = [e for e in events if e.decision == "external"]
-    assert external.spent == Amount(1_000_000, "usd_micro")
-    assert external.reason == (
-        f"p402:{SESSION} fell by 1.25 usd; the guard's payments explain 0.25 usd: 1 usd was spent another way"
-    )
-    assert counted.spent == 250_000
-    assert wider.spent == 1_250_000
-    assert path.exists()
-
-
-def test_a_balance_that_rises_is_a_top_up_never_negative_spend(tmp_path: Path) -> None:
-    state = tmp_path / "p402.json"
-    expires = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
-    session = {"id": SESSION, "status": "active", "total_usd": 5.0, "used_usd": 2.0, "expires_at": expires}
-    state.write_text(json.dumps({"sessions": {SESSION: session}}))
-    policy = tmp_path / "policy.yaml"
-    policy.write_text(
-        "version: 1\npreset: p402\nbudgets:\n"
-        "  - {name: with-external, limit: 10 usd, scope: global, window: day, include_external: true}\n"
-    )
-    guard_process = RawGuard(tmp_path, policy, upstream=FAKE_P402, env={"FAKE_STATE": str(state)})
-    try:
-        guard_process.call("p402_get_session", session_id=SESSION)  # 3.00 left
-        books = json.loads(state.read_text())
-        books["sessions"][SESSION]["total_usd"] = 8.0  # topped up by 3.00
-        state.write_text(json.dumps(books))
-        guard_process.call("p402_get_session", session_id=SESSION)  # 6.00 left
-    finally:
-        guard_process.stop()
-
-    with Ledger.open(tmp_path / "ledger.db") as ledger:
-        events = [e.call for e in ledger.calls(last=20)]
-        spent = ledger.usage(Budget("with-external", Amount(10_000_000, "usd_micro"), "global", Window.calendar("day")))
-    [topup] = [e for e in events if e.decision == "topup"]
-    assert topup.reason == f"p402:{SESSION} rose by 3 usd (a top-up)"
-    assert topup.spent is None
-    assert not [e for e in events if e.decision == "external"]
-    assert spent.spent == 0
-
-
-def test_a_payment_in_doubt_is_voided_when_the_balance_shows_it_never_left(tmp_path: Path) -> None:
-    state = tmp_path / "p402.json"
-    expires = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
-    session = {"id": SESSION, "status": "active", "total_usd": 5.0, "used_usd": 0.0, "expires_at": expires}
-    state.write_text(json.dumps({"sessions": {SESSION: session}, "chat_error": "router timed out"}))
-    policy = tmp_path / "policy.yaml"
-    policy.write_text("version: 1\npreset: p402\n")
-    guard_process = RawGuard(tmp_path, policy, upstream=FAKE_P402, env={"FAKE_STATE": str(state)})
-    try:
-        guard_process.call("p402_get_session", session_id=SESSION)
-        failed = guard_process.call("p402_chat", message="hi", session_id=SESSION)  # outcome unknown
-        with Ledger.open(tmp_path / "ledger.db", recover=False) as ledger:
-            [doubtful] = ledger.open_holds("in_doubt")
-        guard_process.call("p402_get_session", session_id=SESSION)  # the balance did not move
-    finally:
-        guard_process.stop()
-
-    assert failed["isError"] is True
-    with Ledger.open(tmp_path / "ledger.db") as ledger:
-        assert ledger.hold(doubtful.id).phase == "voided"
-        events = [e.call for e in ledger.calls(last=20)]
-    [resolved] = [e for e in events if e.decision == "resolve"]
-    assert resolved.reason == f"hold {doubtful.id} reconciled: p402:{SESSION} shows the payment did not leave (voided)"
-    assert not [e for e in events if e.decision == "external"]
 
 
 async def _chat_in_the_2026_era(tmp_path: Path, policy: Path, state: Path) -> Any:

@@ -20,7 +20,8 @@ from guard._version import __version__
 from guard.cli.exits import Status, fail
 from guard.core import Background, Gate, Session
 from guard.errors import PriceUnknown
-from guard.gate.gate import CallWatcher, PolicyGate
+from guard.gate.audit import CallWatcher
+from guard.gate.gate import PolicyGate
 from guard.operators.alerts import Alerter
 from guard.operators.schedule import NightlyReport, run_schedule
 from guard.payments.adapters import family_adapters, x402_adapter
@@ -69,10 +70,10 @@ def serve(
         watchers.append(metrics)
     gate = PolicyGate(source, ledger, server, payments, watchers=watchers)
     background: list[Background] = [
-        gate.write_audit,
+        gate.audit.write,
         source.watch,
         partial(_heartbeat, ledger),
-        partial(run_schedule, gate, source, NightlyReport(ledger)),
+        partial(run_schedule, source, NightlyReport(ledger), payments, gate.links),
         alerter.run,
     ]
     if address is None:

@@ -60,25 +60,24 @@ call arguments, payment credentials or webhook URLs are ever in an event.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any, TypeVar
+from functools import partial
 from urllib.parse import urlsplit
 
 import anyio
 import anyio.abc
-import anyio.to_thread
 import httpx
 
+from guard.core import JSON, off_loop
 from guard.policy.rules import AlertsSpec
 from guard.policy.source import PolicySource
 from ledgers import Amount, BudgetState, CallRecord, Clock, HoldInfo, Ledger, SystemClock
 
 logger = logging.getLogger("guard.alerts")
-T = TypeVar("T")
 
 SWEEP_EVERY_S = 30.0
 SWEEP_GAP_S = 1.0
@@ -92,7 +91,6 @@ BUDGET_EVENT = "budget.threshold"
 IN_DOUBT_EVENT = "hold.in_doubt"
 OVER_RESERVATION_EVENT = "payment.over_reservation"
 
-JSON = dict[str, Any]
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -181,7 +179,7 @@ class Alerter:
                 still_claimed.add(alert.key)
                 continue
             try:
-                mine = await self._db(self._ledger.claim_alert, alert.key, alert.kind)
+                mine = await off_loop(self._ledger.claim_alert, alert.key, alert.kind)
             except Exception:
                 logger.exception("alerts: could not claim an alert in the ledger; trying again at the next sweep")
                 continue
@@ -195,10 +193,10 @@ class Alerter:
         return claimed
 
     async def _due(self, alerts: AlertsSpec, budget_names: set[str]) -> list[Alert]:
-        states = await self._db(self._ledger.budget_states)
-        doubted = await self._db(self._ledger.open_holds, "in_doubt") if alerts.in_doubt else []
+        states = await off_loop(self._ledger.budget_states)
+        doubted = await off_loop(self._ledger.open_holds, "in_doubt") if alerts.in_doubt else []
         now = self._clock.now().astimezone(UTC)
-        over = await self._db(self._ledger.over_reservations, now - timedelta(seconds=OVER_RESERVATION_LOOKBACK_S))
+        over = await off_loop(self._ledger.over_reservations, now - timedelta(seconds=OVER_RESERVATION_LOOKBACK_S))
         at = now.isoformat()
         due = [
             _threshold_alert(state, threshold, at, self._server)
@@ -224,7 +222,7 @@ class Alerter:
             # Shielded: a guard stopping mid-send still records that this alert was not sent.
             with anyio.CancelScope(shield=True):
                 try:
-                    await self._db(lambda: self._ledger.alert_done(alert.key, sent=sent, attempts=attempts))
+                    await off_loop(partial(self._ledger.alert_done, alert.key, sent=sent, attempts=attempts))
                 except Exception:
                     logger.exception("alerts: could not record how sending %s ended", alert.kind)
 
@@ -265,9 +263,6 @@ class Alerter:
             with anyio.CancelScope(shield=True):
                 await client.aclose()
             httpx_logger.removeFilter(self._hide)
-
-    async def _db(self, fn: Callable[..., T], *args: Any) -> T:
-        return await anyio.to_thread.run_sync(fn, *args)
 
 
 def _reached(state: BudgetState, threshold: Decimal) -> bool:
@@ -403,7 +398,7 @@ class _LazyClient:
     async def get(self) -> httpx.AsyncClient:
         async with self._lock:
             if self._client is None:
-                tls = await anyio.to_thread.run_sync(httpx.create_ssl_context)
+                tls = await off_loop(httpx.create_ssl_context)
                 self._client = httpx.AsyncClient(timeout=self._timeout_s, verify=tls, follow_redirects=False)
             return self._client
 

@@ -41,7 +41,7 @@ def balance_fields(observation: BalanceObservation, age_s: float, stale_after_s:
         "status": observation.status,
         "seen": _iso(observation.seen),
         "age_s": int(age_s),
-        # The same test a paying call meets (`Payments.check_balances`): too old, or stale by the upstream's word.
+        # The same test a paying call meets (`guard.payments.balances.check`): too old, or stale by the upstream's word.
         "stale": age_s > stale_after_s or bool(observation.upstream_stale),
     }
 

@@ -54,7 +54,7 @@ def refresh_once(spec: upstream.UpstreamSpec, policy: Policy, ledger: Ledger, *,
         try:
             async with Client(upstream.client_target(spec), mode="legacy") as client:
                 link = _ClientLink(client)
-                return await payments.refresh_stale(policy, lambda: [link])
+                return await payments.refresh_due(policy, lambda: [link])
         except OSError as exc:
             raise UpstreamStartError(f"cannot start upstream {spec.label}: {exc.strerror or exc}") from None
 

@@ -55,6 +55,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from guard.text import duration
 from ledgers import Amount, Ledger, Spend, SpendReport
 
 JSON = dict[str, Any]
@@ -326,7 +327,7 @@ def _tables(report: SpendReport) -> list[_Table]:
                     _name(h.identity),
                     _name(h.resource),
                     _moment(h.created),
-                    _age(h.age_s),
+                    duration(h.age_s),
                 )
                 for h in report.in_doubt
             ],
@@ -520,16 +521,6 @@ def _moment(moment: datetime) -> str:
 
 def _iso(moment: datetime) -> str:
     return moment.isoformat(timespec="seconds")
-
-
-def _age(seconds: float) -> str:
-    """42s, 3m 20s, 2h 5m, 1d 4h."""
-    whole = int(seconds)
-    for size, small, big, small_name in ((86_400, 3_600, "d", "h"), (3_600, 60, "h", "m"), (60, 1, "m", "s")):
-        if whole >= size:
-            major, rest = divmod(whole, size)
-            return f"{major}{big}" + (f" {rest // small}{small_name}" if rest // small else "")
-    return f"{whole}s"
 
 
 __all__ = [

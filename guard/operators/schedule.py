@@ -23,12 +23,12 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import anyio
-import anyio.to_thread
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
 
-from guard.gate.gate import PolicyGate
+from guard.core import SessionLink, off_loop
 from guard.operators.report import write_reports
+from guard.payments.payments import Payments
 from guard.policy.rules import Policy, seconds
 from guard.policy.source import PolicySource
 from ledgers import Ledger
@@ -88,16 +88,15 @@ class NightlyReport:
             return []
         directory = report_dir(policy)
         try:
-            written = await anyio.to_thread.run_sync(
-                lambda: write_reports(
-                    self._ledger,
-                    scheduled - REPORTED_PERIOD,
-                    scheduled,
-                    policy.spec.report.formats,
-                    directory,
-                    _stem(scheduled),
-                    policy.spec.timezone,
-                )
+            written = await off_loop(
+                write_reports,
+                self._ledger,
+                scheduled - REPORTED_PERIOD,
+                scheduled,
+                policy.spec.report.formats,
+                directory,
+                _stem(scheduled),
+                policy.spec.timezone,
             )
         except Exception:
             logger.exception("the nightly report for %s could not be written", scheduled.date())
@@ -112,8 +111,24 @@ def _stem(scheduled: datetime) -> str:
     return f"guard-report-{scheduled.date().isoformat()}"
 
 
-async def run_schedule(gate: PolicyGate, source: PolicySource, nightly: NightlyReport) -> None:
-    """Run the scheduled jobs until cancelled."""
+async def refresh_balances(payments: Payments, source: PolicySource, links: Callable[[], list[SessionLink]]) -> int:
+    """The balance refresh job: every known balance older than `refresh_every` asked of the upstream again,
+    through a live session's link. A failed run is logged; the next one tries again."""
+    try:
+        done = await payments.refresh_due(source.policy, links)
+    except Exception:
+        logger.exception("scheduled balance refresh failed")
+        return 0
+    if done:
+        logger.info("refreshed %d balance%s", done, "" if done == 1 else "s")
+    return done
+
+
+async def run_schedule(
+    source: PolicySource, nightly: NightlyReport, payments: Payments, links: Callable[[], list[SessionLink]]
+) -> None:
+    """Run the scheduled jobs until cancelled; `links` gives the live sessions' links (the balance refresh
+    asks the upstream through one)."""
     scheduler = AsyncIOScheduler(timezone=source.policy.spec.timezone)
 
     async def write_nightly() -> None:  # a coroutine function: APScheduler awaits it on the loop
@@ -127,8 +142,9 @@ async def run_schedule(gate: PolicyGate, source: PolicySource, nightly: NightlyR
         if every is not None:
             interval = seconds(every)
             scheduler.add_job(
-                gate.refresh_balances,
+                refresh_balances,
                 "interval",
+                args=(payments, source, links),
                 seconds=interval,
                 jitter=max(1, int(interval / 10)),
                 id=REFRESH_JOB,

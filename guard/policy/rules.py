@@ -2,8 +2,8 @@
 decisions it makes by itself: which rule covers a tool, whether its argument conditions hold, what a
 call's price is, which budgets and rate limits count it.
 
-Loading files (YAML/JSON, seed formats, presets, located errors) lives in `_policy_files`; the ledger
-work and the wire format of a denial in `_gate`.
+Loading files (YAML/JSON, seed formats, presets, located errors) lives in `guard.policy.files`; pricing a
+call in order and checking its balances in `guard.payments.decision`; the ledger work in `guard.gate`.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from decimal import Decimal
 from functools import cache
 from typing import Annotated, Any, Literal
@@ -33,11 +33,11 @@ from pydantic import (
     model_validator,
 )
 
+from guard.core import JSON
 from guard.errors import PriceUnknown
 from guard.names import folded, spelling
 from ledgers import Amount, AmountError, Budget, LedgerError, RateLimit, RuleKind, UnitMismatch, Window
 
-JSON = dict[str, Any]
 POLICY_VERSION = 1
 
 # Bounds on what a policy may say: past them a number is a mistake (or an attack on the guard), and the
@@ -423,7 +423,9 @@ class PolicySpec(_Spec):
 
 @dataclass(frozen=True)
 class Denial:
-    """Why a call is refused; `_gate` turns it into the tool result the agent sees."""
+    """Why a call is refused (`guard.gate.answers` turns it into the tool result the agent sees). `rule` names
+    the rule as the policy file does (`tools.buy.max_price`); `kind` says what kind of rule it is, for the
+    audit trail, reports and alerts; `balance_key` names the balance a balance rule looked at."""
 
     rule: str
     reason: str
@@ -431,8 +433,8 @@ class Denial:
     unit: str | None = None
     retry_after_s: float | None = None
     approval_id: str | None = None
-    kind: RuleKind | None = None
-    balance_key: str | None = None
+    kind: RuleKind = field(kw_only=True)
+    balance_key: str | None = field(default=None, kw_only=True)
 
 
 @dataclass(frozen=True)
@@ -442,6 +444,7 @@ class Limit:
     rate: RateLimit
     rule: str
     text: str
+    kind: Literal["rate_limit", "quota"]
 
 
 @dataclass(frozen=True)
@@ -490,9 +493,9 @@ class Policy:
             return self._variant(tool, variant)
         for where, rule in ((named or (None, None)), ("tools.*", self._wildcard)):
             if rule is not None and where is not None and (rule.hidden or rule.action == "deny"):
-                return Denial(where, rule.reason or f"the policy denies {tool}")
+                return Denial(where, rule.reason or f"the policy denies {tool}", kind="tool")
         if named is None and self.spec.default == "deny":
-            return Denial("default", f"{tool} is not allowed by the policy (default: deny)")
+            return Denial("default", f"{tool} is not allowed by the policy (default: deny)", kind="default")
         return None
 
     def _variant(self, tool: str, name: str) -> Denial:
@@ -501,8 +504,8 @@ class Policy:
         rule = self.spec.tools[name]
         seen = f"{tool!a} differs from {name!r} only in case, width, dashes or spaces"
         if rule.hidden or rule.action == "deny":
-            return Denial(f"tools.{name}", f"{seen}: {rule.reason or f'the policy denies {name}'}")
-        return Denial(f"tools.{name}", f"{seen}: refused as ambiguous; call the tool by its exact name")
+            return Denial(f"tools.{name}", f"{seen}: {rule.reason or f'the policy denies {name}'}", kind="tool")
+        return Denial(f"tools.{name}", f"{seen}: refused as ambiguous; call the tool by its exact name", kind="tool")
 
     def rules(self, tool: str) -> list[tuple[str, ToolRule]]:
         """Every rule that applies to `tool`: its own, then `"*"`."""
@@ -514,7 +517,7 @@ class Policy:
             for index, condition in enumerate(rule.when):
                 if not holds(condition, arguments):
                     reason = _too_long(condition, arguments) or condition.reason or rule.reason or describe(condition)
-                    return Denial(f"{where}.when[{index}]", reason)
+                    return Denial(f"{where}.when[{index}]", reason, kind="condition")
         return None
 
     def needs_approval(self, tool: str) -> str | None:
@@ -541,7 +544,7 @@ class Policy:
                         f"{count} calls per {per} for {'all tools' if subject == '*' else subject} (per {scope})"
                     )
                     rate = RateLimit(key, count, Window.sliding(_RATE_WINDOW[per]))
-                    limits[key] = Limit(rate, f"{where}.rate_limit", described)
+                    limits[key] = Limit(rate, f"{where}.rate_limit", described, "rate_limit")
             for index, quota in enumerate(rule.quotas):
                 window = _RATE_WINDOW.get(quota.window, quota.window)
                 key = f"counter:{quota.counter}/{window}@{who.key(quota.scope)}"
@@ -550,25 +553,11 @@ class Policy:
                     increment = _whole_number(lookup(arguments, quota.increment_from), quota.increment_from)
                 described = f"counter {quota.counter} at most {quota.max} per {quota.window} (per {quota.scope})"
                 rate = RateLimit(key, quota.max, Window.sliding(window), cost=increment)
-                limits[key] = Limit(rate, f"{where}.quotas[{index}]", described)
+                limits[key] = Limit(rate, f"{where}.quotas[{index}]", described, "quota")
         return list(limits.values())
 
     def pays(self, tool: str) -> bool:
         return any(rule.pays for _, rule in self.rules(tool))
-
-    def price(self, tool: str, arguments: JSON) -> Amount:
-        """The most this call can spend, known before forwarding.
-
-        Raises:
-            PriceUnknown: no fixed price, no readable price argument and no max_price.
-        """
-        fixed = self.fixed_price(tool, arguments)
-        if fixed is not None:
-            return fixed
-        cap = self.max_price(tool)
-        if cap is not None:
-            return cap
-        raise PriceUnknown(f"the price of {tool} is unknown and the policy sets no max_price for it")
 
     def fixed_price(self, tool: str, arguments: JSON) -> Amount | None:
         """The price the policy sets (`price`, or the argument at `price_from`), if any.
@@ -626,6 +615,19 @@ class Policy:
         return Budget(
             spec.name, Amount.parse(spec.limit), who.key(spec.scope), Window.parse(spec.window, self.spec.timezone)
         )
+
+
+def counting(budgets: Iterable[Budget], payment: Amount) -> list[Budget]:
+    """The budgets that count `payment`: those in a unit it converts to (a budget in another currency
+    does not count it)."""
+    counted = []
+    for budget in budgets:
+        try:
+            payment.to(budget.limit.unit, rounding="up")
+        except UnitMismatch:
+            continue
+        counted.append(budget)
+    return counted
 
 
 # --- argument paths and conditions ----------------------------------------------------------------------

@@ -3,13 +3,16 @@
 An adapter is a pure function layer per upstream family (402-mcp, P402, Alby, Token Pilot, x402 over
 MCP): `prepare` runs before a call is forwarded (does it pay, what is the most it can spend, which
 payment is it, which balances must be fresh); `outcome` runs on the upstream's result (what was
-really paid, what balances and prices it revealed). The gate does the storage and the deciding.
+really paid, what balances and prices it revealed). `guard.payments` does the storage and the deciding.
 
 Observation keys (one convention, shared by adapters, the gate and reports):
 - `credits:<origin>`: a 402-mcp origin's credits (unit `credits:<origin>`; origin = scheme://host[:port]);
-- `p402:<session id>`: a P402 session's remaining budget (usd_micro) and status;
-- `wallet:<family>`: a wallet's balance (`wallet:alby`, sat);
+- `p402:<session id>`: a P402 session's remaining budget (usd_micro) and status (money);
+- `wallet:<family>`: a wallet's balance (`wallet:alby`, sat) (money);
 - `tokens:<session id>`: a Token Pilot token budget (unit `tokens`).
+
+An adapter marks observations of money `money=True`: a drop there that the guard's payments do not explain
+is spend seen only in the balance (credits and tokens are the server's own units, never external spend).
 
 Quotes (see `Quote`) are not observations: the ledger keeps them apart, keyed by `public_url`.
 """
@@ -18,13 +21,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal, Protocol
+from typing import Literal, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
+from guard.core import JSON
 from guard.redact import redact_path
 from ledgers import Amount, BalanceObservation
-
-JSON = dict[str, Any]
 
 
 @dataclass(frozen=True)

@@ -11,11 +11,10 @@ import json
 import math
 from decimal import Decimal, InvalidOperation
 from fractions import Fraction
-from typing import Any, Literal
+from typing import Literal
 
+from guard.core import JSON
 from ledgers import MAX_AMOUNT, Amount
-
-JSON = dict[str, Any]
 
 # Longest numeric text worth reading: anything longer is not an amount (and costs time to parse).
 _MAX_FIGURE = 80

@@ -10,8 +10,10 @@ is `unknown` (the payment may have gone through).
 
 from __future__ import annotations
 
+from guard.core import JSON
+from guard.names import known
 from guard.payments.adapters._bolt11 import InvoiceError, read_invoice
-from guard.payments.adapters._facts import JSON, Outcome, Prepared, Refresh
+from guard.payments.adapters._facts import Outcome, Prepared, Refresh
 from guard.payments.adapters.l402_mcp import MAX_SATS, Reading, read_count, read_result
 from ledgers import MAX_AMOUNT, Amount, BalanceObservation
 
@@ -36,11 +38,6 @@ READING_TOOLS = frozenset(
 TOOLS = PAYING_TOOLS | READING_TOOLS
 
 
-def canonical(tool: str) -> str:
-    """A tool name in snake case (Alby's own); kebab case matches too."""
-    return tool.replace("-", "_")
-
-
 class Alby:
     """The adapter for the Alby MCP server."""
 
@@ -49,7 +46,7 @@ class Alby:
     tools = TOOLS
 
     def knows(self, tool: str) -> bool:
-        return canonical(tool) in TOOLS
+        return known(tool, TOOLS) is not None
 
     def prepare(self, tool: str, arguments: JSON, meta: JSON | None) -> Prepared:
         name = self._tool(tool)
@@ -80,8 +77,8 @@ class Alby:
         return Refresh("get_balance", {}) if key == WALLET_KEY else None
 
     def _tool(self, tool: str) -> str:
-        name = canonical(tool)
-        if name not in TOOLS:
+        name = known(tool, TOOLS)  # Alby's own snake case; kebab case matches too
+        if name is None:
             raise ValueError(f"{NAME} does not know the tool {tool!r}")
         return name
 
@@ -186,5 +183,5 @@ def _balance_outcome(reading: Reading) -> Outcome:
         return Outcome("no_payment", problem=reading.problem())
     if amount is None:
         return Outcome("no_payment", problem=reading.problem())
-    observation = BalanceObservation("get_balance", WALLET_KEY, amount)
+    observation = BalanceObservation("get_balance", WALLET_KEY, amount, money=True)
     return Outcome("no_payment", observations=(observation,), problem=reading.problem())

@@ -21,8 +21,10 @@ from decimal import Decimal
 from typing import Any
 from urllib.parse import urlsplit
 
+from guard.core import JSON
+from guard.names import known
 from guard.payments.adapters._bolt11 import InvoiceError, read_invoice
-from guard.payments.adapters._facts import JSON, Outcome, OutcomeState, Prepared, Quote, Refresh
+from guard.payments.adapters._facts import Outcome, OutcomeState, Prepared, Quote, Refresh
 from ledgers import MAX_AMOUNT, Amount, BalanceObservation
 
 NAME = "402-mcp"
@@ -50,11 +52,6 @@ _HASH = re.compile(r"^[0-9a-fA-F]{64}$")
 _DIGITS = re.compile(r"^\s*(\d{1,30})\s*$")
 _NO_CREDENTIALS = "No stored credentials for"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def canonical(tool: str) -> str:
-    """A tool name in kebab case: 402-mcp renamed its tools from snake case in v3.14."""
-    return tool.replace("_", "-")
 
 
 def origin_of(url: object) -> str | None:
@@ -205,7 +202,7 @@ class L402Mcp:
     tools = TOOLS
 
     def knows(self, tool: str) -> bool:
-        return canonical(tool) in TOOLS
+        return known(tool, TOOLS) is not None
 
     def prepare(self, tool: str, arguments: JSON, meta: JSON | None) -> Prepared:
         name = self._tool(tool)
@@ -260,8 +257,8 @@ class L402Mcp:
         return None
 
     def _tool(self, tool: str) -> str:
-        name = canonical(tool)
-        if name not in TOOLS:
+        name = known(tool, TOOLS)  # 402-mcp renamed its tools from snake to kebab case in v3.14
+        if name is None:
             raise ValueError(f"{NAME} does not know the tool {tool!r}")
         return name
 

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from guard.payments.adapters._facts import JSON, Outcome, Prepared, Refresh
+from guard.core import JSON
+from guard.names import known
+from guard.payments.adapters._facts import Outcome, Prepared, Refresh
 from guard.payments.adapters._json import Unreadable, amount, as_dict, dig, parse_json, short, text_of
 from ledgers import Amount, BalanceObservation
 
@@ -35,10 +37,6 @@ TOOLS = frozenset(
         "p402_agent_status",
     }
 )
-
-
-def _normal(tool: str) -> str:
-    return tool.replace("-", "_")
 
 
 def _session_id(arguments: JSON, key: str = "session_id") -> str | None:
@@ -63,17 +61,17 @@ class P402:
     tools = TOOLS
 
     def knows(self, tool: str) -> bool:
-        return _normal(tool) in TOOLS
+        return known(tool, TOOLS) is not None
 
     def prepare(self, tool: str, arguments: JSON, meta: JSON | None) -> Prepared:
-        if _normal(tool) != "p402_chat":
+        if known(tool, TOOLS) != "p402_chat":
             return Prepared(pays=False)
         session = _session_id(arguments)
         # No quote exists for a chat: the policy's max_price bounds it.
         return Prepared(pays=True, depends_on=(KEY_PREFIX + session,) if session else ())
 
     def outcome(self, tool: str, arguments: JSON, meta: JSON | None, result: JSON) -> Outcome:
-        name = _normal(tool)
+        name = known(tool, TOOLS)
         if name == "p402_chat":
             return self._chat(result)
         if name == "p402_get_session":
@@ -128,9 +126,8 @@ class P402:
         if result.get("isError") is True:
             if text.startswith("Error: Session") and asked is not None:
                 # Unknown session, or any HTTP failure on the router's side (the server cannot tell).
-                return Outcome(
-                    "no_payment", observations=(BalanceObservation(SOURCE, KEY_PREFIX + asked, status=NOT_FOUND),)
-                )
+                gone = BalanceObservation(SOURCE, KEY_PREFIX + asked, status=NOT_FOUND, money=True)
+                return Outcome("no_payment", observations=(gone,))
             return Outcome("no_payment", problem="p402_get_session answered with an error")
         observation, problems = _read_session(text, asked, created=False)
         return Outcome(
@@ -187,7 +184,8 @@ def _read_session(text: str, asked: str | None, *, created: bool) -> tuple[Balan
         remaining, why = _remaining(budget, created=created)
         if why:
             problems.append(why)
-    return BalanceObservation(SOURCE, KEY_PREFIX + sid, amount=remaining, status=status), problems
+    observation = BalanceObservation(SOURCE, KEY_PREFIX + sid, amount=remaining, status=status, money=True)
+    return observation, problems
 
 
 def _remaining(budget: JSON, *, created: bool) -> tuple[Amount | None, str | None]:

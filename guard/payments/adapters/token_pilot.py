@@ -19,7 +19,9 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from guard.payments.adapters._facts import JSON, Outcome, Prepared, Refresh
+from guard.core import JSON
+from guard.names import known
+from guard.payments.adapters._facts import Outcome, Prepared, Refresh
 from guard.payments.adapters._json import Unreadable, amount, decimal, result_object
 from ledgers import Amount, BalanceObservation
 
@@ -37,7 +39,7 @@ class TokenPilot:
     tools = frozenset({TOOL})
 
     def knows(self, tool: str) -> bool:
-        return tool.replace("-", "_") == TOOL
+        return known(tool, self.tools) is not None
 
     def prepare(self, tool: str, arguments: JSON, meta: JSON | None) -> Prepared:
         return Prepared(pays=False)

@@ -24,7 +24,8 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from guard.payments.adapters._facts import JSON, Outcome, Prepared, Quote, Refresh
+from guard.core import JSON
+from guard.payments.adapters._facts import Outcome, Prepared, Quote, Refresh
 from guard.payments.adapters._json import Unreadable, amount, as_dict, dig, parse_json, short, text_of
 from ledgers import Amount
 from ledgers._money import check_unit

@@ -1,4 +1,5 @@
-"""The Gate is the relay's one interception point: it sees every tools/call and tools/list, nothing else."""
+"""The relay hands the gate every tools/call and tools/list, and nothing else: the Gate is its one interception
+point (a recording gate here; the policy gate itself is tests/gate/)."""
 
 from __future__ import annotations
 

@@ -49,7 +49,7 @@ def usd(micro: int) -> Amount:
 
 
 def observed(amount: Amount | None, status: str | None, sid: str = SID) -> tuple[BalanceObservation, ...]:
-    return (BalanceObservation("p402", f"p402:{sid}", amount=amount, status=status),)
+    return (BalanceObservation("p402", f"p402:{sid}", amount=amount, status=status, money=True),)
 
 
 @pytest.mark.parametrize(

@@ -339,7 +339,7 @@ def test_fetch_l402_pays_an_unreported_amount_or_is_in_doubt(answer: JSON, outco
 )
 def test_get_balance_observes_the_wallet(answer: JSON, amount: Amount) -> None:
     assert ADAPTER.outcome("get_balance", {}, None, answer) == Outcome(
-        "no_payment", observations=(BalanceObservation("get_balance", "wallet:alby", amount),)
+        "no_payment", observations=(BalanceObservation("get_balance", "wallet:alby", amount, money=True),)
     )
 
 

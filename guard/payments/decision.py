@@ -1,0 +1,138 @@
+"""How a call is priced and budgeted before it is forwarded: the money decision, in one place.
+
+`bound` turns a call into a `Bound` (what the ledger's reserve needs) or a denial, in this order:
+
+1. the adapter's reading: which adapter reads the call (`reading`); its refusal (an unreadable invoice,
+   an unknown x402 asset, a variant of a paying tool's name) denies it;
+2. whether it pays: the adapter's word, else the policy's `pays`; a call that does not pay stops here;
+3. the price bound, the first of: the call's own (an invoice, `amountSats`, an x402 payment) → the
+   policy's `price` / `price_from` → a live quote for the resource (with none, the guard asks the upstream
+   itself when the adapter names a call that quotes without paying: `l402-fetch-preview`) → the policy's
+   `max_price` → none: refused (no price, no pay). The hold records which (`priced_by`);
+4. the `max_price` cap: a price above it, or in a unit it does not compare with, is refused;
+5. the budgets that count it: those covering the tool in a unit the price converts to; none is a refusal;
+6. the balances it draws on can pay it (`balances.check`: dead, below the price, stale; refreshed first
+   under `on_stale: refresh`).
+
+The rate limits, approvals and the reserve itself are the gate's steps around this one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from guard.core import SessionLink, ToolCall, off_loop
+from guard.errors import PriceUnknown
+from guard.payments import balances
+from guard.payments.adapters._facts import public_url
+from guard.payments.learning import ask
+from guard.payments.reading import Readers, Reading
+from guard.policy.rules import Denial, Policy, Who, counting
+from ledgers import Amount, Budget, Ledger, UnitMismatch
+
+PricedBy = Literal["call", "policy", "quote", "max_price"]
+"""What set a paying call's price bound: the call itself, the policy's `price` / `price_from`, a price the
+upstream named (a quote), or the policy's cap when nothing named a price."""
+
+
+@dataclass(frozen=True)
+class Bound:
+    """A call the money rules let through: the adapter's reading (the answer is read with it) and, for a
+    paying call, its price bound, what set it and the budgets that count it. `price` None: the call does
+    not pay, and nothing is reserved."""
+
+    reading: Reading
+    price: Amount | None = None
+    priced_by: PricedBy | None = None
+    budgets: tuple[Budget, ...] = ()
+
+    @property
+    def payment_id(self) -> str | None:
+        """The payment's idempotency key (a payment hash, an x402 nonce): one open or settled hold per key."""
+        return self.reading.prepared.payment_id if self.reading.prepared is not None else None
+
+    @property
+    def balance_key(self) -> str | None:
+        """The balance this payment draws on (the first it depends on): reconciliation reads it."""
+        depends_on = self.reading.prepared.depends_on if self.reading.prepared is not None else ()
+        return depends_on[0] if depends_on else None
+
+    @property
+    def resource(self) -> str | None:
+        """What is paid for, as reports show it (a URL without credentials or query)."""
+        return self.reading.prepared.paid_for if self.reading.prepared is not None else None
+
+
+async def bound(
+    ledger: Ledger, readers: Readers, policy: Policy, call: ToolCall, who: Who, link: SessionLink | None
+) -> Bound | Denial:
+    """The money decision for `call` (see the module's docstring); `link` reaches the session's upstream
+    for a price preview or a balance refresh."""
+    reading = readers.read(call)
+    if reading.refusal is not None and reading.adapter is not None:
+        return Denial(f"adapters.{reading.adapter.name}", reading.refusal, kind="adapter")
+    if not (reading.pays if reading.pays is not None else policy.pays(call.name)):
+        return Bound(reading)
+    try:
+        price, priced_by = await _price(ledger, policy, call, reading, who, link)
+        cap = policy.max_price(call.name)
+    except PriceUnknown as exc:
+        return Denial(f"tools.{call.name}", f"no price, no pay: {exc}", kind="price")
+    if cap is not None and (over := _over(price, cap)) is not None:
+        return Denial(f"tools.{call.name}.max_price", over, kind="price")
+    budgets = counting(policy.budgets(call.name, who), price)
+    if not budgets:
+        return Denial("budgets", f"no budget covers payments in {price.unit}: paying tools need one", kind="budget")
+    if (denial := await balances.check(ledger, policy, reading, price, who, link)) is not None:
+        return denial
+    return Bound(reading, price, priced_by, tuple(budgets))
+
+
+async def _price(
+    ledger: Ledger,
+    policy: Policy,
+    call: ToolCall,
+    reading: Reading,
+    who: Who,
+    link: SessionLink | None,
+) -> tuple[Amount, PricedBy]:
+    """The most this paying call can spend, and what said so (the order of the module's docstring).
+
+    Raises:
+        PriceUnknown: nothing bounds it (no price, no pay), the policy's price argument is unreadable, or
+            its caps do not compare."""
+    prepared = reading.prepared
+    if prepared is not None and prepared.price is not None:
+        return prepared.price, "call"
+    if (fixed := policy.fixed_price(call.name, call.arguments)) is not None:
+        return fixed, "policy"
+    if (quoted := await _quote(ledger, policy, reading, who, link)) is not None:
+        return quoted, "quote"
+    if (cap := policy.max_price(call.name)) is not None:
+        return cap, "max_price"
+    raise PriceUnknown(f"the price of {call.name} is unknown and the policy sets no max_price for it")
+
+
+async def _quote(ledger: Ledger, policy: Policy, reading: Reading, who: Who, link: SessionLink | None) -> Amount | None:
+    """A live quote for the resource the call pays for; with none, the one a preview names, when the
+    adapter says how to ask for it."""
+    prepared = reading.prepared
+    if prepared is None or prepared.quote_for is None:
+        return None
+    key = public_url(prepared.quote_for)
+    quote = await off_loop(ledger.quote, key)
+    how = prepared.quote_with
+    if quote is None and how is not None and link is not None and reading.adapter is not None:
+        if await ask(ledger, reading.adapter, how, link, policy, who, f"the price of {key}"):
+            quote = await off_loop(ledger.quote, key)
+    return quote.amount if quote is not None else None
+
+
+def _over(price: Amount, cap: Amount) -> str | None:
+    """Why `price` breaks the per-call cap, if it does."""
+    try:
+        above = price.to(cap.unit, rounding="up").value > cap.value
+    except UnitMismatch:
+        return f"the price is in {price.unit}, max_price in {cap.unit}"
+    return f"the price {price} is over the per-call cap of {cap}" if above else None

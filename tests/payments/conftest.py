@@ -1,0 +1,17 @@
+"""The money path's tests run in process, on a real SQLite ledger file in tmp_path and the test's clock."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import FakeClock
+from tests.payments.doubles import RecordingLedger
+
+
+@pytest.fixture
+def ledger(tmp_path: Path, clock: FakeClock) -> Iterator[RecordingLedger]:
+    with RecordingLedger.open(tmp_path / "ledger.db", clock=clock) as opened:
+        yield opened
