@@ -89,7 +89,7 @@ from sqlalchemy import Engine, MetaData, Table, create_engine, event, insert, te
 from sqlalchemy.engine import make_url
 
 from guard.operators.budget_view import balance_fields, budget_fields
-from guard.policy.rules import Balances, seconds
+from guard.policy.model import Balances, seconds
 from ledgers import Amount, Ledger
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -19,8 +19,9 @@ import yaml
 
 from guard.errors import PolicyError, PriceUnknown, Problem
 from guard.policy import files as _policy_files
+from guard.policy.arguments import args_digest
 from guard.policy.files import detect, dump, load, parse
-from guard.policy.rules import Policy, Who, args_digest
+from guard.policy.rules import Policy, Who
 from ledgers import Amount, Window
 from tests.conftest import FIXTURES, ROOT, WAIT_S
 

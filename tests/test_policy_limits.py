@@ -13,7 +13,8 @@ import pytest
 from guard.errors import PolicyError, PriceUnknown, Problem
 from guard.names import folded, spelling
 from guard.policy.files import MAX_FILE_BYTES, load, parse
-from guard.policy.rules import MAX_MATCHED_CHARS, Policy, Who
+from guard.policy.model import MAX_MATCHED_CHARS
+from guard.policy.rules import Policy, Who
 from tests.conftest import ROOT, WAIT_S
 
 

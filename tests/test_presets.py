@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from guard.policy.files import load, parse, presets
-from guard.policy.rules import Policy, Who, json_schema
+from guard.policy.model import json_schema
+from guard.policy.rules import Policy, Who
 from ledgers import Amount, UnitMismatch
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -19,7 +19,7 @@ from guard.cli.options import LedgerOption, PolicyOption, default_policy_path
 from guard.core import JSON
 from guard.operators.budget_view import balance_fields, budget_fields
 from guard.policy.files import load
-from guard.policy.rules import Balances, seconds
+from guard.policy.model import Balances, seconds
 from ledgers import Amount, AmountError, Ledger, location
 
 budget_app = typer.Typer(help="Budgets: what is spent, held and left.", no_args_is_help=True)

@@ -15,7 +15,8 @@ from guard.cli.exits import Status
 from guard.cli.options import LedgerOption
 from guard.errors import PolicyError
 from guard.policy.files import dump, load
-from guard.policy.rules import Policy, json_schema
+from guard.policy.model import json_schema
+from guard.policy.rules import Policy
 from ledgers import Approval, Ledger, RecordedCall
 
 policy_app = typer.Typer(help="Check, convert and describe policy files.", no_args_is_help=True)

@@ -38,7 +38,9 @@ from guard.gate.answers import BUDGET_TOOL, BUDGET_TOOL_DEFINITION, budget_resul
 from guard.gate.audit import AuditTrail, CallWatcher
 from guard.payments.decision import Bound
 from guard.payments.payments import Payments
-from guard.policy.rules import Denial, Limit, Policy, Who, args_digest, seconds
+from guard.policy.arguments import args_digest
+from guard.policy.model import seconds
+from guard.policy.rules import Denial, Limit, Policy, Who
 from guard.policy.source import PolicySource
 from ledgers import (
     AlreadyPaid,

@@ -73,7 +73,7 @@ import anyio.abc
 import httpx
 
 from guard.core import JSON, off_loop
-from guard.policy.rules import AlertsSpec
+from guard.policy.model import AlertsSpec
 from guard.policy.source import PolicySource
 from ledgers import Amount, BudgetState, CallRecord, Clock, HoldInfo, Ledger, SystemClock
 

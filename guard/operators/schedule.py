@@ -29,7 +29,8 @@ from apscheduler.triggers.cron import CronTrigger
 from guard.core import SessionLink, off_loop
 from guard.operators.report import write_reports
 from guard.payments.payments import Payments
-from guard.policy.rules import Policy, seconds
+from guard.policy.model import seconds
+from guard.policy.rules import Policy
 from guard.policy.source import PolicySource
 from ledgers import Ledger
 

@@ -18,7 +18,8 @@ from guard.core import SessionLink, off_loop
 from guard.payments.adapters._facts import Adapter
 from guard.payments.learning import ask
 from guard.payments.reading import Readers, Reading
-from guard.policy.rules import Denial, Policy, Who, seconds
+from guard.policy.model import seconds
+from guard.policy.rules import Denial, Policy, Who
 from guard.text import rough_duration
 from ledgers import Amount, BalanceObservation, Ledger, LedgerError, UnitMismatch
 

@@ -9,17 +9,16 @@ import json
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
+from pydantic import ValidationError
 
 from guard.errors import PolicyError, Problem
 from guard.names import spelling
-from guard.policy.rules import POLICY_VERSION, Policy, PolicySpec
-
-Format = Literal["guard", "intercept", "policylayer"]
-
+from guard.policy.model import PolicySpec
+from guard.policy.rules import Policy
+from guard.policy.seeds import Format, Untranslatable, detect, translate
 
 # --- reading with positions ------------------------------------------------------------------------------
 
@@ -247,181 +246,6 @@ def _problems(exc: ValidationError, document: _Document) -> list[Problem]:
 # --- the seed formats -------------------------------------------------------------------------------------
 
 
-class _Seed(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class InterceptCondition(_Seed):
-    path: str
-    op: Literal["eq", "neq", "in", "not_in", "lt", "lte", "gt", "gte", "regex", "contains", "exists"]
-    value: Any = None
-
-
-class InterceptState(_Seed):
-    counter: str
-    window: Literal["minute", "hour", "day"]
-    increment: StrictInt = 1
-    increment_from: str | None = None
-
-
-class InterceptRule(_Seed):
-    name: str | None = None
-    action: Literal["evaluate", "deny", "allow"] = "evaluate"
-    conditions: list[InterceptCondition] = Field(default_factory=list)
-    on_deny: str | None = None
-    rate_limit: str | None = None
-    state: InterceptState | None = None
-
-
-class InterceptTool(_Seed):
-    rules: list[InterceptRule] = Field(default_factory=list)
-
-
-class InterceptPolicy(_Seed):
-    version: Literal["1", 1] | None = None
-    description: str | None = None
-    default: Literal["allow", "deny"] = "allow"  # Intercept's own default
-    hide: list[str] = Field(default_factory=list)
-    tools: dict[str, InterceptTool] = Field(default_factory=dict)
-
-
-class PolicyLayerLimit(_Seed):
-    counter: str
-    window: Literal["second", "minute", "hour", "day"]
-    max: StrictInt = Field(ge=0)
-    scope: Literal["grant", "session", "global"] = "grant"
-
-
-class PolicyLayerTool(_Seed):
-    action: Literal["allow", "deny"] = "allow"
-    reason: str | None = None
-    limits: list[PolicyLayerLimit] = Field(default_factory=list)
-
-
-class PolicyLayerPolicy(_Seed):
-    version: Literal["1"]
-    default: Literal["allow", "deny"] = "deny"
-    tools: dict[str, PolicyLayerTool] = Field(default_factory=dict)
-
-
-_OPS = {
-    "eq": "equals",
-    "neq": "not_equals",
-    "in": "one_of",
-    "not_in": "not_one_of",
-    "regex": "matches",
-    **{op: op for op in ("lt", "lte", "gt", "gte", "contains", "exists")},
-}
-_SCOPES = {"global": "global", "session": "session", "identity": "identity", "grant": "identity"}
-
-
-class _Untranslatable(Exception):
-    def __init__(self, loc: tuple[Any, ...], message: str) -> None:
-        super().__init__(message)
-        self.loc = loc
-
-
-def detect(data: Any) -> Format:
-    """Which format a parsed file is in: Intercept's rules, PolicyLayer's string version, else guard's."""
-    if not isinstance(data, dict):
-        return "guard"
-    tools = data.get("tools")
-    entries = list(tools.values()) if isinstance(tools, dict) else []
-    if "hide" in data or any(isinstance(e, dict) and "rules" in e for e in entries):
-        return "intercept"
-    policylayer_keys = {"version", "default", "tools"}
-    if set(data) <= policylayer_keys and (
-        data.get("version") == "1" or any(isinstance(e, dict) and "limits" in e for e in entries)
-    ):
-        return "policylayer"
-    return "guard"
-
-
-def _from_intercept(seed: InterceptPolicy) -> dict[str, Any]:
-    tools: dict[str, Any] = {}
-    for name, tool in seed.tools.items():
-        counters = {r.state.counter: (i, r.state) for i, r in enumerate(tool.rules) if r.state is not None}
-        rule: dict[str, Any] = {}
-        for index, source in enumerate(tool.rules):
-            loc = ("tools", name, "rules", index)
-            if source.action == "deny":
-                if source.conditions:
-                    raise _Untranslatable(loc, "a deny rule with conditions is not supported: write an evaluate rule")
-                rule["action"] = "deny"
-                if source.on_deny:
-                    rule["reason"] = source.on_deny
-                continue
-            for number, condition in enumerate(source.conditions):
-                cloc = (*loc, "conditions", number)
-                if condition.path.startswith("state."):
-                    rule.setdefault("quotas", []).append(_quota(condition, counters, name, cloc))
-                    continue
-                if not condition.path.startswith("args."):
-                    raise _Untranslatable((*cloc, "path"), "expected a path starting with args. or state.")
-                value = condition.value if condition.op != "exists" else (condition.value is not False)
-                entry = {"arg": condition.path, _OPS[condition.op]: value}
-                if source.on_deny:
-                    entry["reason"] = source.on_deny
-                rule.setdefault("when", []).append(entry)
-            if source.rate_limit is not None:
-                rule.setdefault("rate_limit", []).append({"limit": source.rate_limit, "scope": "global"})
-            if source.on_deny and "reason" not in rule:
-                rule["reason"] = source.on_deny
-        tools[name] = rule
-    for name in seed.hide:
-        tools.setdefault(name, {})["hidden"] = True
-    policy: dict[str, Any] = {"version": POLICY_VERSION, "default": seed.default, "tools": tools}
-    if seed.description:
-        policy["description"] = seed.description
-    return policy
-
-
-def _quota(
-    condition: InterceptCondition, counters: dict[str, tuple[int, InterceptState]], tool: str, loc: tuple[Any, ...]
-) -> dict[str, Any]:
-    """`state.<scope>.<counter> lt|lte N` with the same tool's `state` counting it: a quota."""
-    parts = condition.path.split(".")
-    if len(parts) != 3 or parts[1] not in _SCOPES:
-        raise _Untranslatable((*loc, "path"), "expected state.<global|session|identity>.<counter>")
-    if condition.op not in ("lt", "lte") or isinstance(condition.value, bool) or not isinstance(condition.value, int):
-        raise _Untranslatable((*loc, "op"), "a state condition must be lt or lte a whole number")
-    if parts[2] not in counters:
-        raise _Untranslatable((*loc, "path"), f"counter {parts[2]!r} is not counted by a state block of {tool}'s rules")
-    _, state = counters[parts[2]]
-    # Intercept checks the count before adding this call: `lt N` admits N calls, `lte N` N + 1.
-    quota: dict[str, Any] = {
-        "counter": parts[2],
-        "max": condition.value + (1 if condition.op == "lte" else 0),
-        "window": state.window,
-        "scope": _SCOPES[parts[1]],
-    }
-    if state.increment_from is not None:
-        quota["increment_from"] = state.increment_from
-    elif state.increment != 1:
-        quota["increment"] = state.increment
-    return quota
-
-
-def _from_policylayer(seed: PolicyLayerPolicy) -> dict[str, Any]:
-    tools: dict[str, Any] = {}
-    for name, tool in seed.tools.items():
-        rule: dict[str, Any] = {}
-        if tool.action == "deny":
-            rule["action"] = "deny"
-        if tool.reason:
-            rule["reason"] = tool.reason
-        if tool.limits:
-            rule["quotas"] = [
-                {"counter": limit.counter, "max": limit.max, "window": limit.window, "scope": _SCOPES[limit.scope]}
-                for limit in tool.limits
-            ]
-        tools[name] = rule
-    return {"version": POLICY_VERSION, "default": seed.default, "tools": tools}
-
-
-# --- presets ----------------------------------------------------------------------------------------------
-
-
 def presets() -> list[str]:
     """The shipped presets' names."""
     return sorted(
@@ -475,18 +299,13 @@ def parse(text: str, file: str = "<policy>") -> tuple[Policy, Format]:
         raise PolicyError([Problem(file, 1, 1, "", "expected a mapping of policy keys (version, default, tools, ...)")])
     kind = detect(data)
     try:
-        if kind == "intercept":
-            data = _from_intercept(InterceptPolicy.model_validate(data))
-        elif kind == "policylayer":
-            data = _from_policylayer(PolicyLayerPolicy.model_validate(data))
-        else:
-            data = _with_preset(data, document, ())
+        data = _with_preset(data, document, ()) if kind == "guard" else translate(kind, data)
         spec = PolicySpec.model_validate(data)
     except ValidationError as exc:
         # Seed formats are validated as written, so their errors point into the file too. A guard
         # file's errors inside a preset's keys point at the file's top.
         raise PolicyError(_problems(exc, document)) from None
-    except _Untranslatable as exc:
+    except Untranslatable as exc:
         line, column, where = _position(document, exc.loc)
         raise PolicyError([Problem(file, line, column, where, str(exc))]) from None
     return Policy(spec, file), kind

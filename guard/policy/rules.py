@@ -1,424 +1,23 @@
-"""The policy: what the guard's policy file says (pydantic models, the published JSON Schema), and the
-decisions it makes by itself: which rule covers a tool, whether its argument conditions hold, what a
-call's price is, which budgets and rate limits count it.
+"""The decisions a policy makes by itself, needing no storage: which rule covers a tool (and whether a name
+is a variant of one), whether its argument conditions hold, its fixed price and cap, which budgets and
+rate limits count a call, and a denial's words.
 
-Loading files (YAML/JSON, seed formats, presets, located errors) lives in `guard.policy.files`; pricing a
-call in order and checking its balances in `guard.payments.decision`; the ledger work in `guard.gate`.
+The file's model is `guard.policy.model`; pricing a call in order and checking balances is
+`guard.payments.decision`; the ledger work is `guard.gate`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import math
-import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from decimal import Decimal
-from functools import cache
-from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
-import re2
-from pydantic import (
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    FiniteFloat,
-    StrictBool,
-    StrictInt,
-    field_validator,
-    model_validator,
-)
+from typing import Any, Literal
 
 from guard.core import JSON
 from guard.errors import PriceUnknown
 from guard.names import folded, spelling
-from ledgers import Amount, AmountError, Budget, LedgerError, RateLimit, RuleKind, UnitMismatch, Window
-
-POLICY_VERSION = 1
-
-# Bounds on what a policy may say: past them a number is a mistake (or an attack on the guard), and the
-# ledger's integer columns and time arithmetic stay far from overflowing.
-MAX_COUNT = 1_000_000_000  # calls in a rate limit, a quota's max and increment
-MAX_DURATION_DAYS = 3650  # about 10 years: windows, staleness, approval expiry
-# The longest string a `matches` pattern is run against; a longer argument fails the condition. RE2 is
-# linear in the string, but a pattern with large counted repeats costs microseconds per character.
-MAX_MATCHED_CHARS = 65_536
-
-# --- field types: plain strings in the file, checked here ------------------------------------------------
-
-
-def _amount(text: Any) -> str:
-    try:
-        Amount.parse(_str(text, "an amount with a unit, such as '1000 sat' or '2.50 usd'"))
-    except AmountError as exc:
-        raise ValueError(f"expected an amount with a unit, such as '1000 sat' or '2.50 usd' ({exc})") from None
-    return str(text)
-
-
-def _duration(text: Any) -> str:
-    _sliding(_str(text, _A_DURATION), _A_DURATION)
-    return str(text)
-
-
-def _budget_window(text: Any) -> str:
-    expected = "session, day, week, month or a duration such as 1h or 24h"
-    if _str(text, expected) not in ("session", "day", "week", "month"):
-        _sliding(text, expected)
-    return str(text)
-
-
-_A_DURATION = "a duration such as 30s, 5m, 1h, 24h or 7d"
-
-
-def _sliding(text: str, expected: str) -> None:
-    try:
-        window = Window.sliding(text)
-    except (LedgerError, ValueError):  # ValueError: more digits than Python reads as an int
-        raise ValueError(f"expected {expected}") from None
-    if window.length_us > MAX_DURATION_DAYS * 86_400 * 1_000_000:
-        raise ValueError(f"{text.strip()} is too long: at most {MAX_DURATION_DAYS}d (about 10 years)")
-
-
-_RATE = re.compile(r"^\s*(\d+)\s*/\s*(second|minute|hour|day)\s*$")
-_RATE_WINDOW = {"second": "1s", "minute": "1m", "hour": "1h", "day": "1d"}
-
-
-def _rate(text: Any) -> str:
-    match = _RATE.match(_str(text, "a rate such as 10/minute"))
-    count = match.group(1).lstrip("0") if match is not None else ""
-    if match is None or not count:
-        raise ValueError("expected a rate such as 10/minute (N/second, N/minute, N/hour or N/day, N ≥ 1)")
-    if len(count) > len(str(MAX_COUNT)) or int(count) > MAX_COUNT:
-        raise ValueError(f"{count} calls is too many: at most {MAX_COUNT} per {match.group(2)}")
-    return str(text)
-
-
-def _timezone(text: Any) -> str:
-    try:
-        ZoneInfo(_str(text, "an IANA time zone such as UTC or Europe/Paris"))
-    except (ZoneInfoNotFoundError, ValueError):
-        raise ValueError("expected an IANA time zone such as UTC or Europe/Paris") from None
-    return str(text)
-
-
-_CLOCK = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
-
-
-def _clock_time(text: Any) -> str:
-    if _CLOCK.match(_str(text, 'a time of day such as "23:55"')) is None:
-        raise ValueError('expected a time of day HH:MM, such as "23:55" (quote it in YAML)')
-    return str(text)
-
-
-def _webhook(text: Any) -> str:
-    parts = urlsplit(_str(text, "an http:// or https:// URL"))
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError("expected an http:// or https:// URL")
-    return str(text)
-
-
-def _regex(text: Any) -> str:
-    try:
-        pattern(_str(text, "a regular expression (RE2 syntax)"))
-    except re2.error as exc:
-        raise ValueError(_re2_refusal(exc)) from None
-    return str(text)
-
-
-@cache
-def pattern(text: str) -> re2._Regexp[str]:
-    """`text` compiled by RE2, which matches in time linear in the string (no backtracking).
-
-    Raises:
-        re2.error: a construct RE2 does not have (backreferences, lookaround, ...)."""
-    return re2.compile(text, _RE2_OPTIONS)
-
-
-def _re2_options() -> re2.Options:
-    options = re2.Options()
-    options.log_errors = False  # RE2 would print every refused pattern on stderr
-    options.never_capture = True  # only whether it matches is read
-    return options
-
-
-_RE2_OPTIONS = _re2_options()
-
-# What RE2 refuses that Python's `re` (and PCRE) take, by RE2's complaint: (what it is, how to do
-# without it). RE2 has none of them because they need backtracking.
-_NOT_IN_RE2 = [
-    (r"invalid escape sequence: \\[1-9]", "backreferences (\\1 to \\9)", "match the text itself"),
-    (r"invalid escape sequence: \\[kg]", "backreferences (\\k, \\g)", "match the text itself"),
-    (r"invalid perl operator: \(\?P$", "named backreferences (?P=name)", "match the text itself"),
-    (r"invalid escape sequence: \\Z", "\\Z", "write \\z (the end of the text)"),
-    (r"invalid perl operator: \(\?[=!]", "lookahead (?=...) or (?!...)", "split the test into several conditions"),
-    (r"invalid perl operator: \(\?<[=!]", "lookbehind (?<=...) or (?<!...)", "split the test into several conditions"),
-    (r"bad repetition operator: ([*+?]|\{[\d,]*\})\+$", "possessive quantifiers (++, *+, ?+, {n}+)", "drop the last +"),
-    (r"invalid perl operator: \(\?>", "atomic groups (?>...)", "write (?:...)"),
-    (r"invalid perl operator: \(\?#", "comments (?#...)", "put the comment in the policy file"),
-    (r"invalid perl operator: \(\?\(", "conditionals (?(...)...)", "split the test into several conditions"),
-    (r"invalid perl operator: \(\?x", "the verbose flag (?x)", "write the pattern without spaces and comments"),
-    (r"invalid perl operator: \(\?", "this group or flag", "use the flags i, m, s and U only"),
-    (r"invalid repetition size", "counts above 1000", "count to at most 1000 (nested counts multiply)"),
-    (r"pattern too large", "patterns this large", "write a smaller pattern"),
-]
-
-
-def _re2_refusal(exc: re2.error) -> str:
-    """RE2's complaint about a pattern in words: which construct, where, and how to do without it."""
-    raw = exc.args[0] if exc.args else ""
-    message = raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
-    for complaint, what, instead in _NOT_IN_RE2:
-        if re.match(complaint, message):
-            return f"RE2 does not take {what} ({message}): {instead}"
-    return f"not a valid regular expression (RE2 syntax): {message}"
-
-
-def _arg_path(text: Any) -> str:
-    parts = _path_parts(_str(text, "an argument path such as url or args.headers.authorization"))
-    if not parts or any(not p for p in parts):
-        raise ValueError("expected an argument path such as url or args.headers.authorization")
-    return str(text)
-
-
-def _finite(value: Any) -> Any:
-    # Said here: a union of int and float would first complain that .inf is not an integer.
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ValueError("expected a finite number")
-    return value
-
-
-def _str(value: Any, expected: str) -> str:
-    if not isinstance(value, str):
-        raise ValueError(f"expected {expected}; got {type(value).__name__}")
-    return value
-
-
-AmountText = Annotated[str, BeforeValidator(_amount), Field(examples=["1000 sat", "2.50 usd"])]
-Duration = Annotated[str, BeforeValidator(_duration), Field(examples=["5m", "1h"])]
-BudgetWindow = Annotated[str, BeforeValidator(_budget_window), Field(examples=["session", "day", "24h"])]
-RateText = Annotated[str, BeforeValidator(_rate), Field(examples=["10/minute"])]
-ArgPath = Annotated[str, BeforeValidator(_arg_path), Field(examples=["url", "args.headers.authorization"])]
-Scope = Literal["session", "identity", "global"]
-Number = Annotated[StrictInt | FiniteFloat | Decimal, BeforeValidator(_finite)]
-Scalar = Annotated[str | StrictInt | FiniteFloat | StrictBool | None, BeforeValidator(_finite)]
-
-
-class _Spec(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-# --- the file ----------------------------------------------------------------------------------------
-
-
-class Condition(_Spec):
-    """One argument condition. Give `arg` and exactly one test."""
-
-    arg: ArgPath = Field(description="Argument path: `url`, `headers.authorization` (an `args.` prefix is optional).")
-    equals: Scalar | list[Any] | dict[str, Any] = Field(default=None, description="Equal to this value.")
-    not_equals: Scalar | list[Any] | dict[str, Any] = Field(default=None, description="Not equal to this value.")
-    one_of: list[Scalar] | None = Field(default=None, description="Equal to one of these values.")
-    not_one_of: list[Scalar] | None = Field(default=None, description="Equal to none of these values.")
-    matches: Annotated[str, BeforeValidator(_regex)] | None = Field(
-        default=None, description="A string in which the regular expression (RE2 syntax) finds a match."
-    )
-    contains: Scalar = Field(default=None, description="A string or list containing this value.")
-    lt: Number | None = None
-    lte: Number | None = None
-    gt: Number | None = None
-    gte: Number | None = None
-    exists: StrictBool | None = Field(default=None, description="true: the argument is present; false: absent.")
-    reason: str | None = Field(default=None, description="Text the agent sees when this condition fails.")
-
-    @model_validator(mode="after")
-    def _one_test(self) -> Condition:
-        tests = [name for name in CONDITION_TESTS if name in self.model_fields_set]
-        if len(tests) != 1:
-            raise ValueError(
-                f"a condition needs exactly one of {', '.join(CONDITION_TESTS)}"
-                + (f"; got {', '.join(tests)}" if tests else "")
-            )
-        return self
-
-    @property
-    def test(self) -> str:
-        return next(name for name in CONDITION_TESTS if name in self.model_fields_set)
-
-
-CONDITION_TESTS = (
-    "equals",
-    "not_equals",
-    "one_of",
-    "not_one_of",
-    "matches",
-    "contains",
-    "lt",
-    "lte",
-    "gt",
-    "gte",
-    "exists",
-)
-
-
-class RateLimitRule(_Spec):
-    limit: RateText = Field(description="N/second, N/minute, N/hour or N/day (a sliding window).")
-    scope: Scope = Field(default="session", description="Whose calls count together.")
-
-
-class Quota(_Spec):
-    """A named durable counter (Intercept's `state`): each call adds `increment` (or the number at
-    `increment_from`); a call is refused when the counter would pass `max` within the window."""
-
-    counter: str = Field(min_length=1)
-    max: StrictInt = Field(ge=0, le=MAX_COUNT)
-    window: Duration | Literal["second", "minute", "hour", "day"]
-    increment: StrictInt = Field(default=1, ge=0, le=MAX_COUNT)
-    increment_from: ArgPath | None = None
-    scope: Scope = "global"
-
-
-class ToolRule(_Spec):
-    """What the guard does with calls to one tool (or, under `"*"`, every tool)."""
-
-    action: Literal["allow", "deny", "approve"] = Field(
-        default="allow", description="approve: the call needs a human's `guard approvals approve ID`."
-    )
-    reason: str | None = Field(default=None, description="Text the agent sees when this rule denies a call.")
-    hidden: StrictBool = Field(default=False, description="Hide from tools/list (and deny).")
-    when: list[Condition] = Field(default_factory=list, description="Argument conditions; all must hold.")
-    rate_limit: RateText | RateLimitRule | list[RateText | RateLimitRule] | None = None
-    quotas: list[Quota] = Field(default_factory=list)
-    pays: StrictBool = Field(default=False, description="The tool spends money: it needs a price and a budget.")
-    price: AmountText | None = Field(default=None, description="Fixed price of one call.")
-    price_from: ArgPath | None = Field(default=None, description="Argument holding the price (with price_unit).")
-    price_unit: str | None = Field(default=None, description="Unit of the number at price_from: sat, msat, usd...")
-    max_price: AmountText | None = Field(default=None, description="Per-call cap; the price bound when none is known.")
-
-    @model_validator(mode="after")
-    def _price_parts(self) -> ToolRule:
-        priced = [k for k in ("price", "price_from", "max_price") if getattr(self, k) is not None]
-        if priced and not self.pays:
-            # A price on a tool not marked as paying would silently leave it outside every budget.
-            raise ValueError(f"{', '.join(priced)} needs pays: true (a rule replaces a preset's rule whole)")
-        if self.price is not None and self.price_from is not None:
-            raise ValueError("give either price or price_from, not both")
-        if (self.price_from is None) != (self.price_unit is None):
-            raise ValueError("price_from and price_unit go together")
-        if self.price_unit is not None:
-            try:
-                Amount.parse(f"1 {self.price_unit}")
-            except AmountError as exc:
-                raise ValueError(f"price_unit: {exc}") from None
-        return self
-
-
-class BudgetSpec(_Spec):
-    name: str = Field(min_length=1)
-    limit: AmountText
-    scope: Literal["session", "identity", "server", "global"] = "session"
-    window: BudgetWindow = "session"
-    tools: list[str] | None = Field(default=None, description="Paying tools it covers (default: every paying tool).")
-    include_external: StrictBool = Field(
-        default=False, description="Also count spend seen only in a balance (a drop guard's payments do not explain)."
-    )
-
-
-class Balances(_Spec):
-    stale_after: Duration = "5m"
-    on_stale: Literal["refresh", "deny"] = "refresh"
-    refresh_every: Duration | None = "2m"
-
-
-ReportFormat = Literal["md", "html", "json", "csv"]
-
-
-class ReportSpec(_Spec):
-    at: Annotated[str, BeforeValidator(_clock_time)] | None = Field(
-        default=None,
-        description='When `guard run` writes the nightly report, "HH:MM" in the policy\'s timezone (default: never).',
-    )
-    dir: str | None = Field(default=None, description="Where reports go (default: $XDG_DATA_HOME/guard/reports).")
-    formats: list[ReportFormat] = Field(default_factory=lambda: list[ReportFormat](["md"]), min_length=1)
-
-
-class AlertsSpec(_Spec):
-    webhook: Annotated[str, BeforeValidator(_webhook)] = Field(
-        description="Where alert events are POSTed as JSON (never logged: it may carry a secret)."
-    )
-    thresholds: list[Annotated[Decimal, Field(gt=0, le=1)]] = Field(
-        default_factory=lambda: [Decimal("0.5"), Decimal("0.8"), Decimal("1.0")],
-        description="Fractions of a budget's limit that send an alert, once per budget and window period.",
-    )
-    in_doubt: StrictBool = Field(default=True, description="Also alert on each payment newly in doubt.")
-
-
-class Approvals(_Spec):
-    expire_after: Duration = Field(default="1h", description="An undecided or unused approval lapses after this.")
-
-
-class PolicySpec(_Spec):
-    """The guard's policy file (version 1)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, title="guard policy")
-
-    version: Literal[1] = Field(description="Always 1.")
-    description: str | None = None
-    preset: str | None = Field(default=None, description="Start from a shipped preset (policies/NAME.yaml).")
-    default: Literal["deny", "allow"] = Field(default="deny", description="What happens to tools no rule names.")
-    server: str | None = Field(default=None, description="The upstream's name for budgets with scope: server.")
-    timezone: Annotated[str, BeforeValidator(_timezone)] = "UTC"
-    budgets: list[BudgetSpec] = Field(default_factory=list)
-    assets: dict[str, str] = Field(
-        default_factory=dict,
-        description="x402 assets the guard should price, by contract address: the unit (usdc, eurc, usdt, ...).",
-    )
-    balances: Balances = Field(default_factory=Balances)
-    approvals: Approvals = Field(default_factory=Approvals)
-    report: ReportSpec = Field(default_factory=ReportSpec)
-    alerts: AlertsSpec | None = None
-    expose_budget_tool: StrictBool = Field(
-        default=False, description="List guard's own read-only tool `guard-budget`: the caller's budgets."
-    )
-    tools: dict[str, ToolRule] = Field(default_factory=dict)
-
-    @field_validator("assets")
-    @classmethod
-    def _asset_units(cls, assets: dict[str, str]) -> dict[str, str]:
-        for address, unit in assets.items():
-            try:
-                Amount.parse(f"1 {unit}")
-            except AmountError as exc:
-                raise ValueError(f"asset {address}: {exc}") from None
-        return assets
-
-    @field_validator("tools")
-    @classmethod
-    def _one_rule_per_tool(cls, tools: dict[str, ToolRule]) -> dict[str, ToolRule]:
-        seen: dict[str, str] = {}
-        for name in tools:
-            same = seen.setdefault(folded(name), name)
-            if same != name:
-                how = (
-                    "kebab and snake case match"
-                    if spelling(same) == spelling(name)
-                    else "they differ only in case, width, dashes or spaces: an upstream may run them as one"
-                )
-                raise ValueError(f"{same!r} and {name!r} name the same tool ({how})")
-        return tools
-
-    @field_validator("budgets")
-    @classmethod
-    def _unique_budgets(cls, budgets: list[BudgetSpec]) -> list[BudgetSpec]:
-        names = [b.name for b in budgets]
-        if dups := sorted({n for n in names if names.count(n) > 1}):
-            raise ValueError(f"budget names must be unique; repeated: {', '.join(dups)}")
-        return budgets
-
-
-# --- decisions ------------------------------------------------------------------------------------------
+from guard.policy.arguments import MISSING, describe, holds, lookup, price_at, too_long, whole_number_at
+from guard.policy.model import RATE, RATE_WINDOW, BudgetSpec, PolicySpec, ToolRule
+from ledgers import Amount, Budget, RateLimit, RuleKind, UnitMismatch, Window
 
 
 @dataclass(frozen=True)
@@ -516,7 +115,7 @@ class Policy:
         for where, rule in self.rules(tool):
             for index, condition in enumerate(rule.when):
                 if not holds(condition, arguments):
-                    reason = _too_long(condition, arguments) or condition.reason or rule.reason or describe(condition)
+                    reason = too_long(condition, arguments) or condition.reason or rule.reason or describe(condition)
                     return Denial(f"{where}.when[{index}]", reason, kind="condition")
         return None
 
@@ -535,22 +134,22 @@ class Policy:
             subject = "*" if where == "tools.*" else where.removeprefix("tools.")
             for spec in _as_list(rule.rate_limit):
                 text, scope = (spec, "session") if isinstance(spec, str) else (spec.limit, spec.scope)
-                match = _RATE.match(text)
+                match = RATE.match(text)
                 assert match is not None  # validated
                 count, per = int(match.group(1)), match.group(2)
-                key = f"calls:{subject}/{_RATE_WINDOW[per]}@{who.key(scope)}"
+                key = f"calls:{subject}/{RATE_WINDOW[per]}@{who.key(scope)}"
                 if key not in limits or limits[key].rate.limit > count:
                     described = (
                         f"{count} calls per {per} for {'all tools' if subject == '*' else subject} (per {scope})"
                     )
-                    rate = RateLimit(key, count, Window.sliding(_RATE_WINDOW[per]))
+                    rate = RateLimit(key, count, Window.sliding(RATE_WINDOW[per]))
                     limits[key] = Limit(rate, f"{where}.rate_limit", described, "rate_limit")
             for index, quota in enumerate(rule.quotas):
-                window = _RATE_WINDOW.get(quota.window, quota.window)
+                window = RATE_WINDOW.get(quota.window, quota.window)
                 key = f"counter:{quota.counter}/{window}@{who.key(quota.scope)}"
                 increment = quota.increment
                 if quota.increment_from is not None:
-                    increment = _whole_number(lookup(arguments, quota.increment_from), quota.increment_from)
+                    increment = whole_number_at(lookup(arguments, quota.increment_from), quota.increment_from)
                 described = f"counter {quota.counter} at most {quota.max} per {quota.window} (per {quota.scope})"
                 rate = RateLimit(key, quota.max, Window.sliding(window), cost=increment)
                 limits[key] = Limit(rate, f"{where}.quotas[{index}]", described, "quota")
@@ -569,8 +168,8 @@ class Policy:
                 return Amount.parse(rule.price)
             if rule.price_from is not None and rule.price_unit is not None:
                 value = lookup(arguments, rule.price_from)
-                if value is not _MISSING:
-                    return _price(value, rule.price_from, rule.price_unit)
+                if value is not MISSING:
+                    return price_at(value, rule.price_from, rule.price_unit)
         return None
 
     def max_price(self, tool: str) -> Amount | None:
@@ -630,158 +229,7 @@ def counting(budgets: Iterable[Budget], payment: Amount) -> list[Budget]:
     return counted
 
 
-# --- argument paths and conditions ----------------------------------------------------------------------
-
-
-class _Missing:
-    def __repr__(self) -> str:
-        return "<missing>"
-
-
-_MISSING: Any = _Missing()
-
-
-def _path_parts(path: str) -> list[str]:
-    parts = path.split(".")
-    return parts[1:] if parts[0] == "args" and len(parts) > 1 else parts
-
-
-def lookup(arguments: Any, path: str) -> Any:
-    """The value at `path` (`url`, `args.headers.authorization`, `items.0.id`), or `_MISSING`."""
-    value = arguments
-    for part in _path_parts(path):
-        if isinstance(value, Mapping) and part in value:
-            value = value[part]
-        elif isinstance(value, list) and part.isdigit() and int(part) < len(value):
-            value = value[int(part)]
-        else:
-            return _MISSING
-    return value
-
-
-def holds(condition: Condition, arguments: JSON) -> bool:
-    """Whether `condition` holds for these arguments. A missing argument fails every test but
-    `exists: false` and the negative ones (`not_equals`, `not_one_of`)."""
-    value = lookup(arguments, condition.arg)
-    test = condition.test
-    expected = getattr(condition, test)
-    if test == "exists":
-        return bool((value is not _MISSING) == expected)
-    if value is _MISSING:
-        return test in ("not_equals", "not_one_of")
-    if test == "equals":
-        return _same(value, expected)
-    if test == "not_equals":
-        return not _same(value, expected)
-    if test == "one_of":
-        return any(_same(value, option) for option in expected)
-    if test == "not_one_of":
-        return not any(_same(value, option) for option in expected)
-    if test == "matches":
-        return (
-            isinstance(value, str) and len(value) <= MAX_MATCHED_CHARS and pattern(expected).search(value) is not None
-        )
-    if test == "contains":
-        if isinstance(value, str):
-            return isinstance(expected, str) and expected in value
-        return isinstance(value, list) and any(_same(item, expected) for item in value)
-    number = _number(value)
-    if number is None:
-        return False
-    bound = Decimal(str(expected))
-    return {"lt": number < bound, "lte": number <= bound, "gt": number > bound, "gte": number >= bound}[test]
-
-
-def _too_long(condition: Condition, arguments: JSON) -> str | None:
-    """Why a `matches` failed when its argument is longer than patterns are run against."""
-    value = lookup(arguments, condition.arg)
-    if condition.test == "matches" and isinstance(value, str) and len(value) > MAX_MATCHED_CHARS:
-        path = ".".join(_path_parts(condition.arg))
-        return f"argument {path} is longer than {MAX_MATCHED_CHARS} characters, the most a pattern is matched against"
-    return None
-
-
-def describe(condition: Condition) -> str:
-    """A condition in words, naming the argument but never quoting the caller's value."""
-    test, expected = condition.test, getattr(condition, condition.test)
-    words = {
-        "equals": f"must equal {expected!r}",
-        "not_equals": f"must not equal {expected!r}",
-        "one_of": f"must be one of {expected!r}",
-        "not_one_of": f"must not be one of {expected!r}",
-        "matches": f"must match {expected!r}",
-        "contains": f"must contain {expected!r}",
-        "lt": f"must be less than {expected}",
-        "lte": f"must be at most {expected}",
-        "gt": f"must be more than {expected}",
-        "gte": f"must be at least {expected}",
-        "exists": "is required" if expected else "must not be given",
-    }[test]
-    return f"argument {'.'.join(_path_parts(condition.arg))} {words}"
-
-
-def _same(value: Any, expected: Any) -> bool:
-    # 1 == True in Python; in a policy they are different things.
-    if isinstance(value, bool) or isinstance(expected, bool):
-        return type(value) is type(expected) and bool(value == expected)
-    if isinstance(value, int | float) and isinstance(expected, int | float):
-        return Decimal(str(value)) == Decimal(str(expected))
-    return bool(value == expected)
-
-
-def _number(value: Any) -> Decimal | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int | float):
-        return Decimal(str(value))
-    if isinstance(value, str):
-        try:
-            number = Decimal(value.strip())
-        except ArithmeticError:
-            return None
-        return number if number.is_finite() else None
-    return None
-
-
-def _price(value: Any, path: str, unit: str) -> Amount:
-    """The number at `path` read as an amount of `unit` ("0.25" usd is 250 000 usd_micro)."""
-    number = _number(value)
-    if number is None or number < 0:
-        raise PriceUnknown(f"argument {'.'.join(_path_parts(path))} must be a number ≥ 0")
-    try:
-        return Amount.parse(f"{number:f} {unit}")
-    except AmountError as exc:
-        raise PriceUnknown(f"argument {'.'.join(_path_parts(path))}: {exc}") from None
-
-
-def _whole_number(value: Any, path: str) -> int:
-    number = _number(value) if value is not _MISSING else None
-    if number is None or not 0 <= number <= MAX_COUNT or number != number.to_integral_value():
-        raise PriceUnknown(f"argument {'.'.join(_path_parts(path))} must be a whole number from 0 to {MAX_COUNT}")
-    return int(number)
-
-
 def _as_list(value: Any) -> list[Any]:
     if value is None:
         return []
     return value if isinstance(value, list) else [value]
-
-
-def seconds(duration: str) -> float:
-    """A policy duration (`5m`, `1h`) in seconds."""
-    return Window.sliding(duration).length_us / 1_000_000
-
-
-def args_digest(arguments: JSON) -> str:
-    """A digest of the exact arguments (canonical JSON), for approvals and the audit trail. It never
-    reveals the arguments themselves."""
-    canonical = json.dumps(arguments, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
-    return hashlib.sha256(canonical.encode()).hexdigest()
-
-
-def json_schema() -> JSON:
-    """The published JSON Schema of the policy file (`policies/policy.schema.json`)."""
-    schema = PolicySpec.model_json_schema()
-    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
-    schema["$id"] = "https://github.com/guard-mcp/guard/policies/policy.schema.json"
-    return schema
