@@ -14,11 +14,10 @@ from dataclasses import replace
 from functools import partial
 
 import anyio
-import anyio.to_thread
 
 from guard._version import __version__
 from guard.cli.exits import Status, fail
-from guard.core import Background, Gate, Session
+from guard.core import Background, Gate, Session, off_loop
 from guard.errors import PriceUnknown
 from guard.gate.audit import CallWatcher
 from guard.gate.gate import PolicyGate
@@ -138,7 +137,7 @@ async def _heartbeat(ledger: Ledger) -> None:
     while True:
         await anyio.sleep(HEARTBEAT_S)
         try:
-            await anyio.to_thread.run_sync(ledger.heartbeat)
+            await off_loop(ledger.heartbeat)
         except LedgerError as exc:
             logger.warning("ledger heartbeat failed: %s", exc)
 

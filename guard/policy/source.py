@@ -14,8 +14,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import anyio
-import anyio.to_thread
 
+from guard.core import off_loop
 from guard.errors import PolicyError
 from guard.policy.files import load
 from guard.policy.rules import Policy
@@ -56,7 +56,7 @@ class PolicySource:
         self._signature = _signature(self.path)
         try:
             # In a worker thread: reading a large policy takes seconds, and calls keep being served meanwhile.
-            new, _ = await anyio.to_thread.run_sync(load, self.path)
+            new, _ = await off_loop(load, self.path)
         except PolicyError as exc:
             logger.error("policy %s not reloaded; the previous policy stays in force:\n%s", self.path, exc)
             return False

@@ -39,7 +39,6 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import anyio
-import anyio.to_thread
 import h11
 import mcp_types as types
 import uvicorn
@@ -60,7 +59,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.types import Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from guard.core import Background, Gate, Session
+from guard.core import Background, Gate, Session, off_loop
 from guard.errors import MessageRefused, UpstreamStartError
 from guard.operators.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from guard.operators.metrics import PrometheusMetrics
@@ -283,7 +282,7 @@ class HttpFront:
                 )
             )
         # A scrape reads the ledger (holds by state): never on the event loop.
-        body = await anyio.to_thread.run_sync(metrics.exposition)
+        body = await off_loop(metrics.exposition)
         await Response(body, headers={"content-type": METRICS_CONTENT_TYPE})(scope, receive, send)
 
     async def _mcp_request(self, request: Request, scope: Scope, receive: Receive, send: Send) -> None:

@@ -20,10 +20,9 @@ from contextlib import asynccontextmanager, suppress
 from functools import partial
 
 import anyio
-import anyio.to_thread
 from mcp.shared.message import SessionMessage
 
-from guard.core import Background, Gate, Session
+from guard.core import Background, Gate, Session, off_loop
 from guard.errors import MessageRefused
 from guard.proxy import upstream
 from guard.proxy.limits import DEFAULT_LIMITS, Limits
@@ -115,7 +114,7 @@ async def _reading(fd: int) -> AsyncIterator[Callable[[], Awaitable[bytes]]]:
     """`read()`: the next chunk of `fd` (b"" at its end), on the event loop when it can wait on `fd`."""
     if not _pollable(fd):
         try:
-            yield partial(anyio.to_thread.run_sync, os.read, fd, READ_CHUNK)
+            yield partial(off_loop, os.read, fd, READ_CHUNK)
         finally:
             os.close(fd)
         return
@@ -142,7 +141,7 @@ async def _writing(fd: int) -> AsyncIterator[tuple[Callable[[bytes], Awaitable[N
                 os.close(fd)
 
         async def write_file(data: bytes) -> None:
-            await anyio.to_thread.run_sync(_write_all, fd, data)
+            await off_loop(_write_all, fd, data)
 
         try:
             yield write_file, hang_up_file
