@@ -4,14 +4,17 @@ for a human decided; the audit trail read."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from guard.policy.files import parse
+from guard.policy.files import load, parse
 from ledgers import Amount, CallRecord, Ledger
-from tests.cli.conftest import guard, json_lines
+from tests.cli.conftest import Ran, guard, json_lines
 from tests.conftest import FIXTURES
+from tests.policy.helpers import SEEDS
+from tests.policy.test_files import FULL_POLICY, MISTAKES
 
 SEED = FIXTURES / "seed-policies" / "intercept-402-mcp.yaml"
 POLICY = """\
@@ -147,3 +150,86 @@ def test_audit_tail_shows_the_latest_decisions_as_lines_or_json(tmp_path: Path) 
         "reason": "no admin",
         "spent": None,
     }
+
+
+# --- every mistake of the policy tests, and the full policy, through `guard policy` ------------------------
+
+CLI_SEEDS = ["intercept-402-mcp.yaml", "policylayer-p402.json", "policylayer-token-pilot.json"]
+# The mistakes `guard policy check` is run on.
+CLI_MISTAKES = [
+    c
+    for c in MISTAKES
+    if c.values[0]
+    in {
+        "wrong-type",
+        "unknown-key",
+        "bad-regex",
+        "amount-without-unit",
+        "bad-rate",
+        "duplicate-key",
+        "yaml-syntax",
+        "unknown-preset",
+    }
+]
+
+
+@pytest.fixture(scope="module")
+def cli(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[tuple[str, str], tuple[Path, Ran]]]:
+    """Every `guard policy` run these tests look at, in this process."""
+    folder = tmp_path_factory.mktemp("policies")
+    jobs: dict[tuple[str, str], tuple[Path, tuple[str, ...]]] = {}
+    texts = {"full": FULL_POLICY, **{c.values[0]: c.values[1] for c in CLI_MISTAKES}}
+    for name, text in texts.items():
+        path = folder / f"{name}.yaml"
+        path.write_text(text)
+        jobs["check", name] = (path, ("check", str(path)))
+    jobs["check", "seed"] = (SEEDS / CLI_SEEDS[0], ("check", str(SEEDS / CLI_SEEDS[0])))
+    for seed in CLI_SEEDS:
+        jobs["convert", seed] = (SEEDS / seed, ("convert", str(SEEDS / seed)))
+    yield {key: (path, guard("policy", *args)) for key, (path, args) in jobs.items()}
+
+
+def test_policy_check_summarises_a_valid_file(cli: dict[tuple[str, str], tuple[Path, Ran]]) -> None:
+    path, ran = cli["check", "full"]
+    assert (ran.status, ran.stderr) == (0, "")
+    assert ran.stdout.splitlines() == [
+        f"{path}: valid guard policy",
+        "  default: allow",
+        "  allow: *, fetch, buy",
+        "  approve: pay",
+        "  deny: admin, drop",
+        "  budget per-session: 5000 sat per session, scope session",
+        "  budget daily: 2.50 usd per day, scope identity",
+        "  paying tools: pay, buy",
+    ]
+
+
+def test_policy_check_names_a_seed_files_format(cli: dict[tuple[str, str], tuple[Path, Ran]]) -> None:
+    path, ran = cli["check", "seed"]
+    assert (ran.status, ran.stderr) == (0, "")
+    assert ran.stdout.splitlines() == [
+        f"{path}: valid intercept (seed format) policy",
+        "  default: allow",
+        "  allow: l402-balance",
+    ]
+
+
+@pytest.mark.parametrize(("name", "text", "line", "column", "where", "message"), CLI_MISTAKES)
+def test_policy_check_exits_2_with_each_problem_at_file_line_column(
+    cli: dict[tuple[str, str], tuple[Path, Ran]], name: str, text: str, line: int, column: int, where: str, message: str
+) -> None:
+    path, ran = cli["check", name]
+    assert (ran.status, ran.stdout) == (2, "")
+    (reported,) = ran.stderr.splitlines()
+    assert reported.startswith(f"{path}:{line}:{column}: " + (f"{where}: " if where else "") + message)
+
+
+@pytest.mark.parametrize("seed", CLI_SEEDS)
+def test_policy_convert_prints_guard_yaml_that_loads_back_equal(
+    cli: dict[tuple[str, str], tuple[Path, Ran]], seed: str
+) -> None:
+    path, ran = cli["convert", seed]
+    assert (ran.status, ran.stderr) == (0, "")
+    converted, kind = parse(ran.stdout, "converted.yaml")
+    assert kind == "guard"
+    assert converted.spec == load(path)[0].spec

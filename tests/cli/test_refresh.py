@@ -1,5 +1,5 @@
 """`guard refresh`: the upstream and the policy checked before the ledger opens; a count of what answered.
-(A refresh that stores an upstream's balance is tests/test_reconciliation.py's.)"""
+(A refresh that stores an upstream's balance is tests/e2e/test_reconciliation.py's.)"""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 (tests/gate/fakes.py): quotes and previews, concurrency against one budget, payments in doubt and their
 retries, malformed answers, stale balances, P402 costs and dead sessions, x402, identities and sessions,
 counters that outlive a restart. Each test cross-checks the ledger against the fake's own record of what
-left its wallet, as the end-to-end tests (tests/test_payments_e2e.py, tests/test_enforcement.py) do with a
+left its wallet, as the end-to-end tests (tests/e2e/test_payments.py, tests/e2e/test_enforcement.py) do with a
 real `guard run`."""
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from guard.core import Session
 from guard.errors import UpstreamError
 from ledgers import Amount, BalanceObservation, Budget, Ledger
 from tests.conftest import WAIT_S
-from tests.test_fake_upstreams import T0, payment_for
+from tests.upstreams.test_fakes import T0, payment_for
 
 from .fakes import guarded
 

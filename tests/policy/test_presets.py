@@ -15,7 +15,7 @@ from guard.policy.model import json_schema
 from guard.policy.rules import Policy, Who
 from ledgers import Amount, UnitMismatch
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 POLICIES = ROOT / "policies"
 SCHEMA = POLICIES / "policy.schema.json"
 WHO = Who("s", None, "srv")

@@ -14,8 +14,7 @@ import pytest
 from mcp import Client, StdioServerParameters
 
 from ledgers import Ledger
-
-from .conftest import GUARD, ROOT, WAIT_S
+from tests.conftest import GUARD, ROOT, WAIT_S
 
 pytestmark = pytest.mark.anyio
 

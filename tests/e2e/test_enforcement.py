@@ -17,9 +17,8 @@ from typing import Any
 import pytest
 
 from ledgers import Ledger
-
-from .conftest import GUARD, ROOT, WAIT_S
-from .rawguard import RawGuard
+from tests.conftest import GUARD, ROOT, WAIT_S
+from tests.rawguard import RawGuard
 
 SHOP = [sys.executable, str(ROOT / "tests/upstreams/shop.py")]
 DENIAL_FIELDS = {"denied", "rule", "reason", "remaining", "unit", "retry_after_s", "approval_id"}

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,6 +16,7 @@ from guard.errors import PolicyError
 from guard.policy import files as _policy_files
 from guard.policy.files import parse
 from guard.policy.rules import Policy
+from tests.conftest import FIXTURES
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
 
@@ -87,7 +87,7 @@ PRESET_BASE: dict[str, Any] = {
     "budgets": [{"name": "daily", "limit": "100 sat", "scope": "global", "window": "day"}],
     "tools": {"pay": {"action": "deny"}, "get_quote": {}},
 }
-PRESETS = Path(__file__).parent / "fixtures" / "policies"
+PRESETS = FIXTURES / "policies"
 
 POLICYLAYER_BASE: dict[str, Any] = {
     "version": "1",

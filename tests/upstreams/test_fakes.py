@@ -29,7 +29,7 @@ from tests.conftest import INITIALIZE, WAIT_S
 
 pytestmark = pytest.mark.anyio
 
-UPSTREAMS = Path(__file__).parent / "upstreams"
+UPSTREAMS = Path(__file__).parent
 T0 = 1_767_225_600  # 2026-01-01T00:00:00Z
 PAYER = "0x857b06519E91e3A54538791bDbb0E22373e36b66"
 

@@ -17,9 +17,8 @@ import anyio
 from mcp import Client, StdioServerParameters
 
 from ledgers import Amount, BalanceObservation, Budget, Ledger
-
-from .cli.conftest import plain
-from .conftest import GUARD, ROOT, WAIT_S
+from tests.cli.conftest import plain
+from tests.conftest import GUARD, ROOT, WAIT_S
 
 FAKE_P402 = [sys.executable, str(ROOT / "tests/upstreams/fake_p402.py")]
 SESSION = "sess_0123456789abcdef01234567"

@@ -6,7 +6,7 @@ front), and the two outcomes must be equal: an open guard is invisible.
 
 server-everything speaks only the handshake era, so every client here uses `mode="legacy"`
 (the `initialize` handshake). The 2026-07-28 era is covered by another test file
-(tests/test_relay_eras.py), against a Python upstream.
+(tests/proxy/test_eras.py), against a Python upstream.
 """
 
 from __future__ import annotations

@@ -25,9 +25,8 @@ from typing import Any
 import pytest
 
 from ledgers import Amount, BalanceObservation, Budget, Ledger
-
-from .conftest import ROOT
-from .rawguard import JSON, RawGuard
+from tests.conftest import ROOT
+from tests.rawguard import JSON, RawGuard
 
 UPSTREAMS = ROOT / "tests" / "upstreams"
 

@@ -1,0 +1,329 @@
+"""Policy files: presets as bases, located errors (file, line, column, the key), `dump` round trips."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from guard.errors import PolicyError
+from guard.policy import files as _policy_files
+from guard.policy.files import dump, load, parse
+from tests.conftest import FIXTURES
+from tests.policy.helpers import (
+    PRESETS,
+    SEEDS,
+    policy_text,
+    problems,
+)
+from tests.policy.test_seeds import INTERCEPT
+
+# --- presets ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def fixture_presets(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`preset: NAME` reads tests/fixtures/policies/NAME.yaml instead of the shipped presets."""
+    monkeypatch.setattr(_policy_files, "presets", lambda: sorted(p.stem for p in PRESETS.glob("*.yaml")))
+    monkeypatch.setattr(_policy_files, "preset_text", lambda name: (PRESETS / f"{name}.yaml").read_text())
+
+
+@pytest.mark.usefixtures("fixture_presets")
+def test_a_preset_is_the_base_the_files_tools_and_budgets_override_by_name() -> None:
+    policy, kind = policy_text(
+        """\
+        version: 1
+        preset: fixture-base
+        default: allow
+        budgets:
+          - name: daily
+            limit: 100 sat
+            scope: global
+            window: day
+        tools:
+          pay:
+            action: deny
+          write: {}
+        """
+    )
+    assert kind == "guard"
+    spec = policy.spec
+    assert (spec.default, spec.description) == ("allow", "fixture base preset")
+    assert [(b.name, b.limit) for b in spec.budgets] == [("per-session", "1000 sat"), ("daily", "100 sat")]
+    assert sorted(spec.tools) == ["get-quote", "pay", "read", "write"]
+    assert spec.tools["pay"].action == "deny" and spec.tools["pay"].max_price is None
+    assert spec.tools["read"].rate_limit == "10/minute"
+
+
+@pytest.mark.usefixtures("fixture_presets")
+def test_a_file_replaces_a_preset_rule_named_in_the_other_case_style() -> None:
+    policy, _ = policy_text("version: 1\npreset: fixture-base\ntools:\n  get_quote:\n    action: deny\n")
+    assert sorted(policy.spec.tools) == ["get_quote", "pay", "read"]
+    refusal = policy.refusal("get-quote")
+    assert refusal is not None and refusal.rule == "tools.get_quote"
+
+
+@pytest.mark.usefixtures("fixture_presets")
+def test_presets_that_include_each_other_are_an_error() -> None:
+    (problem,) = problems("version: 1\npreset: fixture-loop\n")
+    assert "presets include each other" in problem.message
+
+
+@pytest.mark.usefixtures("fixture_presets")
+@pytest.mark.parametrize("value", ["[read]", "5"], ids=["list", "number"])
+def test_a_preset_with_tools_that_are_not_a_mapping_is_a_located_error(value: str) -> None:
+    (problem,) = problems(f"version: 1\npreset: fixture-base\ntools: {value}\n")
+    assert (problem.line, problem.where) == (3, "tools")
+
+
+@pytest.mark.usefixtures("fixture_presets")
+@pytest.mark.parametrize("name", ["[a, b]", "{a: 1}"], ids=["list", "mapping"])
+def test_a_preset_with_a_budget_name_that_is_not_a_string_is_a_located_error(name: str) -> None:
+    (problem,) = problems(f"version: 1\npreset: fixture-base\nbudgets:\n  - name: {name}\n    limit: 5 sat\n")
+    assert problem.line == 4 and "budgets" in problem.where
+
+
+def test_an_unknown_preset_names_the_shipped_ones() -> None:
+    (problem,) = problems("version: 1\npreset: no-such-preset\n")
+    assert (problem.line, problem.column, problem.where) == (2, 9, "preset")
+    assert problem.message.startswith("unknown preset 'no-such-preset'; shipped:")
+
+
+# --- located errors -------------------------------------------------------------------------------------
+
+
+# (name, text, line, column, where, message start)
+_MISTAKES: list[Any] = [
+    (
+        "wrong-type",
+        "version: 1\ntools:\n  a:\n    price: 5\n",
+        4,
+        12,
+        "tools.a.price",
+        "expected an amount with a unit",
+    ),
+    (
+        "bad-regex",
+        "version: 1\ntools:\n  a:\n    when:\n      - arg: x\n        matches: '('\n",
+        6,
+        18,
+        "tools.a.when[0].matches",
+        "not a valid regular expression",
+    ),
+    (
+        "amount-without-unit",
+        "version: 1\ntools:\n  a:\n    max_price: '500'\n",
+        4,
+        16,
+        "tools.a.max_price",
+        "expected an amount with a unit, such as '1000 sat' or '2.50 usd' ('500' is not an amount",
+    ),
+    (
+        "bad-rate",
+        "version: 1\ntools:\n  a:\n    rate_limit: 10/fortnight\n",
+        4,
+        17,
+        "tools.a.rate_limit",
+        "expected a rate such as 10/minute",
+    ),
+    (
+        "duplicate-key",
+        "version: 1\ndefault: deny\ndefault: allow\n",
+        3,
+        1,
+        "",
+        "not valid YAML: duplicate key 'default'",
+    ),
+    (
+        "yaml-syntax",
+        "version: 1\ntools:\n  a:\n    when:\n      - arg: x\n        equals: a: b\n",
+        6,
+        18,
+        "",
+        "not valid YAML: mapping values are not allowed here",
+    ),
+    ("unknown-preset", "version: 1\npreset: nope\n", 2, 9, "preset", "unknown preset 'nope'; shipped:"),
+    ("wrong-version", "version: 2\n", 1, 10, "version", "expected 1"),
+    (
+        "missing-key",
+        "version: 1\nbudgets:\n  - name: b\n    scope: session\n",
+        3,
+        5,
+        "budgets[0]",
+        "missing key 'limit'",
+    ),
+    ("bad-timezone", "version: 1\ntimezone: Mars/Olympus\n", 2, 11, "timezone", "expected an IANA time zone"),
+    (
+        "two-tests",
+        "version: 1\ntools:\n  a:\n    when:\n      - {arg: x, lt: 1, gt: 0}\n",
+        5,
+        9,
+        "tools.a.when[0]",
+        "a condition needs exactly one of",
+    ),
+    pytest.param(
+        "unknown-key",
+        "version: 1\ntools:\n  a:\n    colour: red\n",
+        4,
+        5,
+        "tools.a.colour",
+        "unknown key 'colour'",
+        id="unknown-key",
+    ),
+    pytest.param(
+        "unknown-key-with-a-mapping",
+        "version: 1\ntools:\n  a:\n    colour:\n      shade: red\n",
+        4,
+        5,
+        "tools.a.colour",
+        "unknown key 'colour'",
+        id="unknown-key-with-a-mapping",
+    ),
+]
+MISTAKES = [pytest.param(*c, id=c[0]) if type(c) is tuple else c for c in _MISTAKES]
+
+
+@pytest.mark.parametrize(("name", "text", "line", "column", "where", "message"), MISTAKES)
+def test_a_mistake_is_reported_at_its_line_and_column(
+    name: str, text: str, line: int, column: int, where: str, message: str
+) -> None:
+    (problem,) = problems(text)
+    assert (problem.line, problem.column, problem.where) == (line, column, where)
+    assert problem.message.startswith(message)
+    assert str(problem).startswith(f"test.yaml:{line}:{column}: ")
+
+
+def test_every_mistake_in_a_file_is_reported_in_line_order() -> None:
+    found = problems("version: 1\ndefault: maybe\ntools:\n  a:\n    price: 5\n  b:\n    rate_limit: often\n")
+    assert [(p.line, p.where) for p in found] == [(2, "default"), (5, "tools.a.price"), (7, "tools.b.rate_limit")]
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", "- 1\n- 2\n", "just a string\n", "42\n"],
+    ids=["empty", "list", "string", "number"],
+)
+def test_a_file_that_is_not_a_mapping_is_an_error_at_its_top(text: str) -> None:
+    (problem,) = problems(text)
+    assert (problem.line, problem.column) == (1, 1)
+    assert problem.message.startswith("expected a mapping of policy keys")
+
+
+def test_json_that_yaml_cannot_read_is_read_as_json() -> None:
+    policy, kind = parse('{\n\t"version": 1,\n\t"default": "allow"\n}\n', "tabs.json")
+    assert (kind, policy.spec.default) == ("guard", "allow")
+
+
+def test_broken_json_is_located_by_the_json_parser() -> None:
+    (problem,) = problems('{\n\t"version": 1\n\t"default": "allow"\n}\n')
+    assert (problem.line, problem.column, problem.message) == (3, 2, "not valid JSON: Expecting ',' delimiter")
+
+
+def test_a_mistake_in_json_that_yaml_cannot_read_still_names_its_key() -> None:
+    (problem,) = problems('{\n\t"version": 1,\n\t"tools": {"a": {"price": 5}}\n}\n')
+    assert problem.where == "tools.a.price"
+
+
+def test_an_unreadable_file_is_a_policy_error(tmp_path: Path) -> None:
+    with pytest.raises(PolicyError) as failed:
+        load(tmp_path / "missing.yaml")
+    (problem,) = failed.value.problems
+    assert (problem.line, problem.column) == (1, 1)
+    assert problem.message.startswith("cannot read the policy")
+
+
+# --- dump round trips -----------------------------------------------------------------------------------
+
+FULL_POLICY = """\
+version: 1
+description: every rule kind
+default: allow
+server: shop
+timezone: Europe/Paris
+budgets:
+  - name: per-session
+    limit: 5000 sat
+  - name: daily
+    limit: 2.50 usd
+    scope: identity
+    window: day
+    tools: [pay]
+balances:
+  stale_after: 10m
+  on_stale: deny
+  refresh_every: null
+approvals:
+  expire_after: 30m
+tools:
+  "*":
+    rate_limit: 100/minute
+  fetch:
+    when:
+      - arg: args.url
+        matches: ^https://
+        reason: https only
+      - arg: headers.authorization
+        exists: false
+      - arg: items.0.qty
+        lte: 10
+      - arg: dry_run
+        equals: false
+      - arg: network
+        one_of: [main, test]
+    rate_limit:
+      - 10/minute
+      - limit: 1000/day
+        scope: global
+    quotas:
+      - counter: fetched
+        max: 50
+        window: hour
+        increment_from: count
+        scope: identity
+  pay:
+    action: approve
+    pays: true
+    price_from: amount
+    price_unit: msat
+    max_price: 1000 sat
+  buy:
+    pays: true
+    price: 0.01 usdc
+  admin:
+    hidden: true
+  drop:
+    action: deny
+    reason: never
+"""
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        pytest.param((SEEDS / "intercept-402-mcp.yaml").read_text(), id="seed-intercept"),
+        pytest.param((SEEDS / "policylayer-p402.json").read_text(), id="seed-p402"),
+        pytest.param((SEEDS / "policylayer-token-pilot.json").read_text(), id="seed-token-pilot"),
+        pytest.param(textwrap.dedent(INTERCEPT), id="intercept-inline"),
+        pytest.param("version: 1\n", id="guard-minimal"),
+        pytest.param(FULL_POLICY, id="guard-every-rule-kind"),
+        pytest.param((FIXTURES / "allow-all.yaml").read_text(), id="guard-allow-all"),
+        pytest.param(
+            "version: 1\ntools:\n  t:\n    when:\n      - arg: x\n        equals: null\n",
+            id="guard-equals-null",
+        ),
+    ],
+)
+def test_dump_writes_guard_yaml_that_parses_back_to_the_same_spec(text: str) -> None:
+    policy, _ = parse(text, "original")
+    dumped = dump(policy.spec)
+    again, kind = parse(dumped, "dumped")
+    assert kind == "guard"
+    assert again.spec == policy.spec
+    assert dump(again.spec) == dumped
+
+
+def test_dump_keeps_the_version_and_default_first() -> None:
+    dumped = dump(policy_text(FULL_POLICY)[0].spec)
+    assert dumped.splitlines()[:2] == ["version: 1", "default: allow"]
