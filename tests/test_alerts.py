@@ -4,14 +4,9 @@ sharing a ledger (SQLite file and PostgreSQL)."""
 
 from __future__ import annotations
 
-import json
 import logging
-import queue
 import sys
-import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -25,87 +20,14 @@ from guard.operators.alerts import OVER_RESERVATION_LOOKBACK_S, Alerter
 from guard.policy.files import parse
 from guard.policy.source import PolicySource
 from ledgers import Amount, Budget, Ledger, Window
-from tests.conftest import ROOT, WAIT_S, FakeClock, free_port
+from tests.conftest import ROOT, FakeClock, free_port
 from tests.ledgers.helpers import query
+from tests.operators.webhook import SECRET_PATH, Receiver
 from tests.rawguard import RawGuard
 
 JSON = dict[str, Any]
-# A webhook's path is its secret (Slack's are): it must never reach a log.
-SECRET_PATH = "/hooks/T0001/B0002/s3cr3t-path"
 SAT = "sat"
 DAILY = Budget("daily", Amount(100, SAT), "global", Window.calendar("day"))
-
-
-@dataclass
-class Received:
-    path: str
-    event: JSON
-
-
-class Receiver:
-    """A webhook on 127.0.0.1 that records every POST before answering it with the next of `statuses`
-    (200 once they run out). With `hang`, each request waits until `release` is set (bounded)."""
-
-    def __init__(self) -> None:
-        self.statuses: list[int] = []
-        self.hang = False
-        self.release = threading.Event()
-        self._requests: queue.Queue[Received] = queue.Queue()
-        self._lock = threading.Lock()
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                receiver._requests.put(Received(self.path, json.loads(body)))
-                with receiver._lock:
-                    status = receiver.statuses.pop(0) if receiver.statuses else 200
-                if receiver.hang:
-                    receiver.release.wait(WAIT_S)
-                self.send_response(status)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.01,), daemon=True)
-        self._thread.start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_port}{SECRET_PATH}?token=q-secret"
-
-    @property
-    def origin(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_port}"
-
-    def taken(self) -> list[JSON]:
-        """Every event received since the last look (without waiting)."""
-        events = []
-        while not self._requests.empty():
-            received = self._requests.get_nowait()
-            assert received.path == SECRET_PATH + "?token=q-secret"
-            events.append(received.event)
-        return events
-
-    def next(self) -> JSON:
-        """The next event received (waiting for it, bounded)."""
-        try:
-            return self._requests.get(timeout=WAIT_S).event
-        except queue.Empty:
-            raise AssertionError(f"the receiver got no request within {WAIT_S}s") from None
-
-    async def next_async(self) -> JSON:
-        return await anyio.to_thread.run_sync(self.next)
-
-    def close(self) -> None:
-        self.release.set()
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(WAIT_S)
 
 
 @pytest.fixture

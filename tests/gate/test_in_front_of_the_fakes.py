@@ -24,7 +24,7 @@ from guard.core import Session
 from guard.errors import UpstreamError
 from ledgers import Amount, BalanceObservation, Budget, Ledger
 from tests.conftest import WAIT_S
-from tests.upstreams.test_fakes import T0, payment_for
+from tests.upstreams.x402_payments import T0, payment_for
 
 from .fakes import guarded
 

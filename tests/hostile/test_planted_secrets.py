@@ -33,9 +33,10 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.upstreams.x402_payments import T0, payment_for
+
 from ..conftest import GUARD, INITIALIZE, ROOT, WAIT_S, start_http_guard, stop
 from ..rawguard import JSON, RawGuard
-from ..test_fake_upstreams import T0, payment_for
 
 
 def _hex(seed: str, digits: int = 64) -> str:

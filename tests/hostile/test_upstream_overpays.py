@@ -29,8 +29,8 @@ import pytest
 
 from ledgers import Amount, Budget, Ledger
 from tests.conftest import GUARD, ROOT, WAIT_S
+from tests.operators.webhook import Receiver
 from tests.rawguard import RawGuard
-from tests.test_alerts import Receiver
 
 JSON = dict[str, Any]
 FAKE = ROOT / "tests" / "upstreams" / "fake_402mcp.py"

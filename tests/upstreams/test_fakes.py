@@ -26,12 +26,11 @@ from mcp import Client, MCPError, StdioServerParameters
 from mcp.types import CallToolResult
 
 from tests.conftest import INITIALIZE, WAIT_S
+from tests.upstreams.x402_payments import PAYER, T0, payment_for
 
 pytestmark = pytest.mark.anyio
 
 UPSTREAMS = Path(__file__).parent
-T0 = 1_767_225_600  # 2026-01-01T00:00:00Z
-PAYER = "0x857b06519E91e3A54538791bDbb0E22373e36b66"
 
 
 def iso(ts: float) -> str:
@@ -461,29 +460,6 @@ async def test_p402_sessions_budget_and_chat(tmp_path: Path) -> None:
 
 
 # --- x402 over MCP -----------------------------------------------------------------------------
-
-
-def payment_for(
-    required: dict[str, Any], nonce_byte: str, *, now: int = T0, value: str | None = None
-) -> dict[str, Any]:
-    """A PaymentPayload for the first requirement, as fake_x402 verifies it (nonce: `nonce_byte` x 32)."""
-    accepted = required["accepts"][0]
-    return {
-        "x402Version": 2,
-        "resource": required["resource"],
-        "accepted": accepted,
-        "payload": {
-            "signature": "0x" + "2d" * 65,
-            "authorization": {
-                "from": PAYER,
-                "to": accepted["payTo"],
-                "value": value or accepted["amount"],
-                "validAfter": str(now - 10),
-                "validBefore": str(now + 60),
-                "nonce": "0x" + nonce_byte * 32,
-            },
-        },
-    }
 
 
 async def test_x402_payment_required_paid_retry_upto_and_failures(tmp_path: Path) -> None:

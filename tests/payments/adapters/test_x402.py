@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from guard.payments.adapters._facts import Outcome, Prepared, Quote
 from guard.payments.adapters.x402 import X402
 from ledgers import Amount, AmountError
+from tests.upstreams.x402_payments import PAYER
 
 JSON = dict[str, Any]
 
@@ -24,7 +25,6 @@ BASE = "0x833589fCD6eDb6E08f4c7C32D4f71b54bdA02913"
 BASE_SEPOLIA = "0x036CbD53842c5426634e7929541eC2318f3dCF7e"
 OTHER = "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed"
 PAY_TO = "0x209693Bc6afc0C5328bA36FaF03C514EF312287C"
-PAYER = "0x857b06519E91e3A54538791bDbb0E22373e36b66"
 NONCE = "0xf3746613c2d920b5fdabc0856f2aeb2d4f88ee6037b8cc5d04a71a4462f13480"
 SIGNATURE = (
     "0x2d6a7588d6acca505cbf0d9a4a227e0c52c6c34008c8e8986a1283259764173608a2ce6496642e377d6da8dbbf5836e9bd1509"
