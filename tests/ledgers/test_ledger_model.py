@@ -537,7 +537,7 @@ class LedgerMachine(RuleBasedStateMachine):
             del self.model.owners[gone]
         else:
             # A crash: no close(), the owner row stays as the process left it; then it is gone.
-            self.ledger._engine.dispose()
+            self.ledger._store.close()
             params: dict[str, object] = {"id": gone}
             if how == "row_deleted":
                 statement = "DELETE FROM ledger_owners WHERE id = :id"
