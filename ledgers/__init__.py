@@ -45,6 +45,7 @@ from ledgers._report import (
     StaleDenial,
 )
 from ledgers._schema import SCHEMA_VERSION
+from ledgers._shim import MONEY_BALANCES  # TEMP shim
 from ledgers._store import DEFAULT_POOL, default_path, location
 from ledgers._time import Clock, SystemClock, Window
 
@@ -52,6 +53,7 @@ __all__ = [
     "DEFAULT_LEASE_S",
     "DEFAULT_POOL",
     "MAX_AMOUNT",
+    "MONEY_BALANCES",  # TEMP shim
     "QUOTE_LIFETIME_S",
     "SCHEMA_VERSION",
     "AlreadyPaid",

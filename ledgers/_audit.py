@@ -14,6 +14,7 @@ from ledgers._errors import AmountError
 from ledgers._money import Amount
 from ledgers._part import Part
 from ledgers._records import CallRecord, RecordedCall
+from ledgers._shim import with_facts
 from ledgers._store import columns, run
 from ledgers._time import from_us
 
@@ -76,6 +77,7 @@ def call_row(call: CallRecord, now: int) -> dict[str, Any]:
     for money in (call.price, call.spent):
         if money is not None and not isinstance(money, Amount):
             raise AmountError(f"a call record's price and spend must be Amounts, not {money!r}")
+    call = with_facts(call)  # TEMP shim
     return {
         "at_us": now,
         "session": call.session,

@@ -11,6 +11,7 @@ from ledgers._errors import AmountError
 from ledgers._money import Amount
 from ledgers._part import Part
 from ledgers._records import BalanceObservation, Quote
+from ledgers._shim import with_money
 from ledgers._store import columns, run
 from ledgers._time import US_PER_S, from_us, to_us
 
@@ -28,6 +29,7 @@ class Observations(Part):
         amount = observation.amount
         if amount is not None and not isinstance(amount, Amount):
             raise AmountError(f"an observation's amount must be an Amount, not {amount!r}")
+        observation = with_money(observation)  # TEMP shim
         values = {
             "source": observation.source,
             "key": observation.key,
