@@ -129,8 +129,8 @@ def test_a_first_release_ledger_file_is_upgraded_and_its_rate_events_count_once_
     assert [row[0] for row in query(url, "SELECT state FROM ledger_approvals")] == ["used"]
 
 
-def test_a_version_1_ledger_on_either_database_is_upgraded_in_place(ledger_url: str, clock: FakeClock) -> None:
-    engine = create_engine(ledger_url)
+def test_a_version_1_ledger_on_either_database_is_upgraded_in_place(database_url: str, clock: FakeClock) -> None:
+    engine = create_engine(database_url)
     with engine.begin() as conn:
         MIGRATIONS[0](conn)  # the first release's schema, as it created it
         conn.execute(text("INSERT INTO ledger_meta (key, value) VALUES ('schema_version', '1')"))
@@ -139,16 +139,18 @@ def test_a_version_1_ledger_on_either_database_is_upgraded_in_place(ledger_url: 
             [{"t": to_us(clock.now()) - n * 1_000_000} for n in (1, 2)],
         )
     engine.dispose()
-    with Ledger.open(ledger_url, clock=clock) as ledger:
+    with Ledger.open(database_url, clock=clock) as ledger:
         assert ledger.count("counter:sats/1h@global", Window.sliding("1h")) == 2
         ledger.hit([quota(8)])
         with pytest.raises(RateLimited):
             ledger.hit([quota(1)])
         approval = ask(ledger)
         assert ledger.decide_approval(approval.id, approve=False).state == "denied"
-    assert query(ledger_url, "SELECT value FROM ledger_meta WHERE key = 'schema_version'")[0][0] == str(SCHEMA_VERSION)
+    assert query(database_url, "SELECT value FROM ledger_meta WHERE key = 'schema_version'")[0][0] == str(
+        SCHEMA_VERSION
+    )
     # Opening again migrates nothing twice.
-    with Ledger.open(ledger_url, clock=clock) as ledger:
+    with Ledger.open(database_url, clock=clock) as ledger:
         assert ledger.count("counter:sats/1h@global", Window.sliding("1h")) == 10
 
 
@@ -182,18 +184,18 @@ def test_a_version_4_ledger_file_opens_with_its_rows_and_then_records_payments_a
     assert query(url, "SELECT key FROM ledger_observations") == [("wallet:alby",)]
 
 
-def test_a_version_4_ledger_on_either_database_is_upgraded_in_place(ledger_url: str, clock: FakeClock) -> None:
-    engine = create_engine(ledger_url)
+def test_a_version_4_ledger_on_either_database_is_upgraded_in_place(database_url: str, clock: FakeClock) -> None:
+    engine = create_engine(database_url)
     with engine.begin() as conn:
         for step in MIGRATIONS[:4]:
             step(conn)
         conn.execute(text("INSERT INTO ledger_meta (key, value) VALUES ('schema_version', '4')"))
         insert_v4_rows(conn.connection.driver_connection)
     engine.dispose()
-    with Ledger.open(ledger_url, clock=clock) as ledger:
+    with Ledger.open(database_url, clock=clock) as ledger:
         check_v4_rows_then_settle_above(ledger)
     # Opening again migrates nothing twice.
-    with Ledger.open(ledger_url, clock=clock) as ledger:
+    with Ledger.open(database_url, clock=clock) as ledger:
         assert ledger.hold(1).settled == Amount(600, SAT)
 
 
@@ -343,17 +345,17 @@ def test_a_version_5_ledger_file_opens_with_the_facts_of_its_call_events_and_obs
     assert query(url, "SELECT value FROM ledger_meta WHERE key = 'schema_version'")[0][0] == str(SCHEMA_VERSION) == "6"
 
 
-def test_a_version_5_ledger_on_either_database_is_upgraded_in_place(ledger_url: str, clock: FakeClock) -> None:
-    engine = create_engine(ledger_url)
+def test_a_version_5_ledger_on_either_database_is_upgraded_in_place(database_url: str, clock: FakeClock) -> None:
+    engine = create_engine(database_url)
     with engine.begin() as conn:
         released(conn, 5)
         conn.execute(text("INSERT INTO ledger_meta (key, value) VALUES ('schema_version', '5')"))
         run_sql(conn.connection.driver_connection, v5_rows())
     engine.dispose()
-    with Ledger.open(ledger_url, clock=clock) as ledger:
+    with Ledger.open(database_url, clock=clock) as ledger:
         check_v5_rows(ledger)
     # Opening again migrates nothing twice.
-    with Ledger.open(ledger_url, clock=clock) as ledger:
+    with Ledger.open(database_url, clock=clock) as ledger:
         check_v5_rows(ledger)
 
 
