@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, inspect, text
+from sqlmodel import SQLModel
 
 from ledgers import SCHEMA_VERSION
 
@@ -205,15 +206,15 @@ def reset_postgres(url: str) -> None:
 
 
 def empty_postgres_ledger(url: str) -> None:
-    """Empty the server's ledger so a test starts from an empty one: with this release's schema, its rows are
-    deleted and its ids restarted (creating the schema again costs several times more); a ledger of any
-    other schema is dropped."""
+    """Empty the server's ledger so a test starts from an empty one: with this release's schema whole, its
+    rows are deleted and its ids restarted (creating the schema again costs several times more); a ledger
+    of any other schema, or missing a table, is dropped."""
     engine = create_engine(url)
     try:
         with engine.begin() as conn:
             tables = [t for t in inspect(conn).get_table_names() if t.startswith("ledger_")]
             found = None
-            if "ledger_meta" in tables:
+            if set(tables) == set(SQLModel.metadata.tables):
                 found = conn.execute(text("SELECT value FROM ledger_meta WHERE key = 'schema_version'")).scalar()
             if found != str(SCHEMA_VERSION):
                 for table in tables:
