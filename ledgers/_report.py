@@ -6,8 +6,9 @@ What is counted:
   a balance (`Ledger.charge`); `total` = spent + external. Lightning amounts are summed in msat (sat
   and msat holds add up exactly); other units are never mixed.
 - denials, rate-limit hits and stale-balance denials come from the call events of the period: denials
-  by the rule's name, rate-limit hits and stale balances by the kind of rule (`CallRecord.kind`) and the
-  balance it named (`balance_key`), never by a rule's name or its words;
+  are counted per rule as the policy names it; rate-limit hits and stale balances are picked out by the
+  kind of rule (`CallRecord.kind`) and the balance it named (`balance_key`), never by what a rule's name
+  or its words say;
 - holds in doubt are every hold in doubt now, whenever it was made;
 - payments above their reservation: holds created in the period and settled at more than they held
   (the spend above counts all of it);
