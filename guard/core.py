@@ -82,6 +82,16 @@ class Gate(Protocol):
         ...
 
 
+class Scrape(Protocol):
+    """What the HTTP front serves at `/metrics` (`guard.operators.metrics.PrometheusMetrics` is one)."""
+
+    content_type: str
+
+    def exposition(self) -> bytes:
+        """The metrics now, in `content_type`'s format (blocking: it may read the ledger)."""
+        ...
+
+
 class OpenGate:
     """Forwards everything unchanged: the relay with no policy."""
 

@@ -1,5 +1,5 @@
 """Scrub secrets from text before guard shows it: every log record (the SDK's and the HTTP stack's
-included, see guard/_logging.py), errors, an upstream's stderr and command line, URLs kept for reports.
+included, see guard/cli/logs.py), errors, an upstream's stderr and command line, URLs kept for reports.
 
 Macaroons, preimages, invoices, NWC URIs, Cashu tokens, x402 signatures, bearer tokens, passwords and
 API keys are secrets. What is redacted:

@@ -17,10 +17,10 @@ from ledgers._errors import (
     StorageError,
     UnitMismatch,
 )
-from ledgers._ledger import (
-    DEFAULT_LEASE_S,
-    DEFAULT_POOL,
-    QUOTE_LIFETIME_S,
+from ledgers._ledger import Ledger
+from ledgers._money import MAX_AMOUNT, Amount, Rates
+from ledgers._observations import QUOTE_LIFETIME_S
+from ledgers._records import (
     Approval,
     BalanceObservation,
     Budget,
@@ -28,18 +28,14 @@ from ledgers._ledger import (
     CallRecord,
     Decision,
     HoldInfo,
-    Ledger,
     Quote,
     RateLimit,
     RecordedCall,
     RuleKind,
     Usage,
-    default_path,
-    location,
 )
-from ledgers._money import MAX_AMOUNT, Amount, Rates
+from ledgers._recovery import DEFAULT_LEASE_S
 from ledgers._report import (
-    MONEY_BALANCES,
     BalanceDrift,
     DoubtfulHold,
     OverReservation,
@@ -49,13 +45,13 @@ from ledgers._report import (
     StaleDenial,
 )
 from ledgers._schema import SCHEMA_VERSION
+from ledgers._store import DEFAULT_POOL, default_path, location
 from ledgers._time import Clock, SystemClock, Window
 
 __all__ = [
     "DEFAULT_LEASE_S",
     "DEFAULT_POOL",
     "MAX_AMOUNT",
-    "MONEY_BALANCES",
     "QUOTE_LIFETIME_S",
     "SCHEMA_VERSION",
     "AlreadyPaid",

@@ -5,12 +5,16 @@ What is counted:
   `in_doubt` the full amount of payments that may or may not have left, `external` spend seen only in
   a balance (`Ledger.charge`); `total` = spent + external. Lightning amounts are summed in msat (sat
   and msat holds add up exactly); other units are never mixed.
-- denials, rate-limit hits and stale-balance denials come from the call events of the period;
+- denials, rate-limit hits and stale-balance denials come from the call events of the period: denials
+  are counted per rule as the policy names it; rate-limit hits and stale balances are picked out by the
+  kind of rule (`CallRecord.kind`) and the balance it named (`balance_key`), never by what a rule's name
+  or its words say;
 - holds in doubt are every hold in doubt now, whenever it was made;
 - payments above their reservation: holds created in the period and settled at more than they held
   (the spend above counts all of it);
-- balance drift: for each money balance (`p402:*`, `wallet:*`) observed in the period, how its first
-  and last observation differ, against what the guard counted as drawn on it in between.
+- balance drift: for each balance of money (`BalanceObservation.money`: a wallet, a P402 session)
+  observed in the period, how its first and last observation differ, against what the guard counted as
+  drawn on it in between.
 
 Each query reads only the period's rows through the index on its time column (`ledger_holds_created`,
 `ledger_call_events_time`, `ledger_observations_time`, `ledger_holds_balance_time`) and aggregates in
@@ -19,29 +23,24 @@ SQL: Python only sees grouped rows.
 
 from __future__ import annotations
 
-import re
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, tzinfo
-from functools import cache
 from typing import Any
 from urllib.parse import urlsplit
 
-from sqlalchemy import Connection, TextClause, text
+from sqlalchemy import Connection
 
 from ledgers._money import Amount
+from ledgers._schema import MAYBE_PAID
+from ledgers._store import run, sql_list
 from ledgers._time import US_PER_S, from_us, to_us
 
 US_PER_HOUR = 3600 * US_PER_S
-# Balances of money guard's payments draw on: their drops are payments, explained by guard's own or not.
-# (An origin's 402-mcp credits and a token budget fall with use, not with payment.)
-MONEY_BALANCES = ("p402:", "wallet:")
 TOP = 10  # how many URLs and origins the report names, per unit
-
-# A stale-balance denial names its balance (`Payments.check_balances`): "the balance KEY was seen ...".
-_STALE_BALANCE = re.compile(r"^the balance (\S+) was seen ")
-_RATE_LIMIT_RULE = re.compile(r"\.(?:rate_limit|quotas\[\d+\])$")
+# The kinds of rule that count calls: their denials are rate-limit hits.
+RATE_KINDS = ("rate_limit", "quota")
 
 
 @dataclass(frozen=True)
@@ -209,7 +208,7 @@ def build_report(conn: Connection, start: datetime, end: datetime, now_us: int) 
         top_urls=_top(spend["resource"]),
         top_origins=_top(_by_origin(spend["resource"])),
         denials=denials,
-        rate_limit_hits=tuple(d for d in denials if _RATE_LIMIT_RULE.search(d.rule)),
+        rate_limit_hits=_rate_limit_hits(conn, period),
         stale_denials=_stale_denials(conn, period),
         in_doubt=_in_doubt(conn, now_us, zone),
         over_reservations=_over_reservations(conn, period, zone),
@@ -338,21 +337,32 @@ def _calls(conn: Connection, period: dict[str, int]) -> tuple[tuple[tuple[str, i
     return tuple(sorted(decisions.items())), tuple(denials)
 
 
+_RATE_LIMIT_SQL = f"""
+SELECT rule, COUNT(*) AS n, MIN(reason) AS example FROM ledger_call_events
+WHERE at_us >= :start AND at_us < :end AND decision = 'deny' AND kind IN {sql_list(RATE_KINDS)}
+GROUP BY rule
+"""
+
+
+def _rate_limit_hits(conn: Connection, period: dict[str, int]) -> tuple[RuleCount, ...]:
+    hits = [
+        RuleCount(rule or "(none)", int(count), example)
+        for rule, count, example in _rows(conn, _RATE_LIMIT_SQL, period)
+    ]
+    return tuple(sorted(hits, key=lambda d: (-d.count, d.rule)))
+
+
 _STALE_SQL = """
-SELECT tool, reason, COUNT(*) AS n FROM ledger_call_events
-WHERE at_us >= :start AND at_us < :end AND decision = 'deny' AND rule = 'balances.stale_after'
-GROUP BY tool, reason
+SELECT tool, balance_key, COUNT(*) AS n FROM ledger_call_events
+WHERE at_us >= :start AND at_us < :end AND decision = 'deny' AND kind = 'stale_balance'
+GROUP BY tool, balance_key
 """
 
 
 def _stale_denials(conn: Connection, period: dict[str, int]) -> tuple[StaleDenial, ...]:
-    # Reasons differ only by the balance and its age: few distinct ones, each parsed once.
-    counts: dict[tuple[str, str | None], int] = defaultdict(int)
-    for tool, reason, count in _rows(conn, _STALE_SQL, period):
-        named = _STALE_BALANCE.match(reason or "")
-        counts[(tool, named.group(1) if named else None)] += int(count)
-    ordered = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0][0], kv[0][1] or ""))
-    return tuple(StaleDenial(tool, balance, count) for (tool, balance), count in ordered)
+    rows = _rows(conn, _STALE_SQL, period)
+    ordered = sorted(rows, key=lambda row: (-row.n, row.tool, row.balance_key or ""))
+    return tuple(StaleDenial(row.tool, row.balance_key, int(row.n)) for row in ordered)
 
 
 _IN_DOUBT_SQL = """
@@ -419,8 +429,7 @@ WITH o AS (
          ROW_NUMBER() OVER (PARTITION BY key ORDER BY seen_us, id) AS nth,
          ROW_NUMBER() OVER (PARTITION BY key ORDER BY seen_us DESC, id DESC) AS nth_last
   FROM ledger_observations
-  WHERE seen_us >= :start AND seen_us < :end AND amount IS NOT NULL
-    AND (key LIKE :p402 OR key LIKE :wallet)
+  WHERE seen_us >= :start AND seen_us < :end AND amount IS NOT NULL AND money
 )
 SELECT key,
        MAX(CASE WHEN nth = 1 THEN u END) AS first_u, MAX(CASE WHEN nth = 1 THEN a END) AS first_a,
@@ -440,15 +449,14 @@ SELECT {_unit("unit")} AS u,
                 ELSE {_scaled("amount", "unit")} END) AS counted,
        SUM(CASE WHEN external THEN {_scaled("settled", "unit")} ELSE 0 END) AS external
 FROM ledger_holds
-WHERE balance_key = :key AND updated_us > :first AND updated_us <= :last AND phase IN ('settled', 'in_doubt')
+WHERE balance_key = :key AND updated_us > :first AND updated_us <= :last AND phase IN {sql_list(MAYBE_PAID)}
 GROUP BY {_unit("unit")}
 """
 
 
 def _drift(conn: Connection, period: dict[str, int], zone: tzinfo) -> tuple[BalanceDrift, ...]:
-    patterns = {"p402": MONEY_BALANCES[0] + "%", "wallet": MONEY_BALANCES[1] + "%"}
     drifts = []
-    for row in _rows(conn, _DRIFT_SQL, {**period, **patterns}):
+    for row in _rows(conn, _DRIFT_SQL, period):
         unit = row.first_u
         problems = []
         if row.last_u != unit:
@@ -479,12 +487,7 @@ def _drift(conn: Connection, period: dict[str, int], zone: tzinfo) -> tuple[Bala
 
 
 def _rows(conn: Connection, statement: str, params: dict[str, Any] | None = None) -> list[Any]:
-    return list(conn.execute(_sql(statement), params or {}).all())
-
-
-@cache
-def _sql(statement: str) -> TextClause:
-    return text(statement)
+    return list(run(conn, statement, params).all())
 
 
 __all__ = [

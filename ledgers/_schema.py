@@ -7,6 +7,7 @@ idempotency key among holds that are not voided.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 from sqlalchemy import BigInteger, Boolean, CheckConstraint, Column, Connection, Index, Integer, false, text
@@ -16,6 +17,8 @@ from ledgers._errors import SchemaError
 
 PHASES = ("reserved", "forwarded", "settled", "voided", "in_doubt")
 OPEN_PHASES = ("reserved", "forwarded", "in_doubt")
+# The money of these left, or may have (in doubt: counted in full): what a balance shows drawn.
+MAYBE_PAID = ("settled", "in_doubt")
 
 
 def _big(**kwargs: object) -> Column:  # type: ignore[type-arg]
@@ -140,6 +143,7 @@ class Observation(SQLModel, table=True):
     upstream_us: int | None = Field(default=None, sa_column=_big(nullable=True))
     upstream_stale: bool | None = None
     seen_us: int = Field(sa_column=_big(nullable=False))
+    # `money BOOLEAN NOT NULL DEFAULT false` (a wallet's, a P402 session's balance) is added by `_v6`.
 
 
 class CallEvent(SQLModel, table=True):
@@ -165,6 +169,7 @@ class CallEvent(SQLModel, table=True):
     spent_unit: str | None = None
     latency_us: int | None = Field(default=None, sa_column=_big(nullable=True))
     args_digest: str | None = None
+    # `server` is added by `_v4`; `kind` and `balance_key` (structured facts reports read) by `_v6`.
 
 
 class ApprovalRow(SQLModel, table=True):
@@ -333,7 +338,74 @@ def _v5(conn: Connection) -> None:
     SQLModel.metadata.create_all(conn, tables=[getattr(QuoteRow, "__table__")])  # noqa: B009
 
 
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3, _v4, _v5]
+def _v6(conn: Connection) -> None:
+    """Structured facts instead of sentences: a call event says which kind of rule decided it and which
+    balance a balance rule looked at; an observation, whether its balance is money. Old rows are moved:
+    their facts are read, once, from the rule names and sentences guard wrote before version 6."""
+    conn.execute(text("ALTER TABLE ledger_call_events ADD COLUMN kind VARCHAR"))
+    conn.execute(text("ALTER TABLE ledger_call_events ADD COLUMN balance_key VARCHAR"))
+    conn.execute(text("ALTER TABLE ledger_observations ADD COLUMN money BOOLEAN NOT NULL DEFAULT false"))
+    after = 0
+    while True:  # in batches, by id: a long audit trail never sits in memory whole
+        rows = conn.execute(
+            text(
+                "SELECT id, rule, reason FROM ledger_call_events WHERE rule IS NOT NULL AND id > :after"
+                " ORDER BY id LIMIT 10000"
+            ),
+            {"after": after},
+        ).all()
+        if not rows:
+            break
+        facts = []
+        for row in rows:
+            kind, balance_key = _old_facts(row.rule, row.reason)
+            facts.append({"id": row.id, "kind": kind, "balance_key": balance_key})
+        conn.execute(
+            text("UPDATE ledger_call_events SET kind = :kind, balance_key = :balance_key WHERE id = :id"), facts
+        )
+        after = rows[-1].id
+    # Until version 6, guard took these key prefixes for money (a P402 session, a wallet).
+    conn.execute(text("UPDATE ledger_observations SET money = true WHERE key LIKE 'p402:%' OR key LIKE 'wallet:%'"))
+
+
+# How guard before version 6 named its rules and worded some of its denials: read by `_v6` only.
+_OLD_RULES = (  # a rule's name, matched whole: its kind
+    (re.compile(r"default"), "default"),
+    (re.compile(r"wire"), "wire"),
+    (re.compile(r"idempotency"), "idempotency"),
+    (re.compile(r"approvals"), "approval"),
+    (re.compile(r"balances\.stale_after"), "stale_balance"),
+    (re.compile(r"balances"), "balance"),
+    (re.compile(r"budgets(\..+)?"), "budget"),
+    (re.compile(r"adapters\..+"), "adapter"),
+    (re.compile(r"tools\..+\.max_price"), "price"),
+    (re.compile(r"tools\..+\.rate_limit"), "rate_limit"),
+    (re.compile(r"tools\..+\.quotas\[\d+\]"), "quota"),
+    (re.compile(r"tools\..+\.when\[\d+\]"), "condition"),
+)
+# A tool's own rule (`tools.NAME`) denied a tool, priced nothing, or asked a human: its words tell which.
+_OLD_NO_PRICE = re.compile(r"no price, no pay: ")
+_OLD_APPROVAL = re.compile(r".* needs a human's approval: |the operator denied this call to ")
+_OLD_STALE_BALANCE = re.compile(r"the balance (\S+) was seen ")
+
+
+def _old_facts(rule: str, reason: str | None) -> tuple[str | None, str | None]:
+    """The kind of rule that decided a call event written before version 6 (None for a name guard never
+    wrote), and for a stale balance the balance it named."""
+    for name, kind in _OLD_RULES:
+        if name.fullmatch(rule):
+            stale = _OLD_STALE_BALANCE.match(reason or "") if kind == "stale_balance" else None
+            return kind, stale.group(1) if stale else None
+    if not rule.startswith("tools."):
+        return None, None
+    if _OLD_NO_PRICE.match(reason or ""):
+        return "price", None
+    if _OLD_APPROVAL.match(reason or ""):
+        return "approval", None
+    return "tool", None
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3, _v4, _v5, _v6]
 MIGRATION_LOCK = 0x6775617264  # "guard": the advisory lock key that serializes migrations
 SCHEMA_VERSION = len(MIGRATIONS)
 

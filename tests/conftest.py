@@ -15,6 +15,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.engine import make_url
+from sqlmodel import SQLModel
+
+from ledgers import SCHEMA_VERSION
 
 ROOT = Path(__file__).resolve().parent.parent
 GUARD = [sys.executable, "-m", "guard"]
@@ -205,7 +208,7 @@ def clock() -> FakeClock:
 
 
 def reset_postgres(url: str) -> None:
-    """Drop the ledger's tables so a test starts from an empty ledger."""
+    """Drop the ledger's tables so a test starts from an empty database."""
     engine = create_engine(url)
     with engine.begin() as conn:
         for table in [t for t in inspect(conn).get_table_names() if t.startswith("ledger_")]:
@@ -213,9 +216,50 @@ def reset_postgres(url: str) -> None:
     engine.dispose()
 
 
+def empty_postgres_ledger(url: str) -> None:
+    """Empty the server's ledger so a test starts from an empty one: with this release's schema whole, its
+    rows are deleted and its ids restarted (creating the schema again costs several times more); a ledger
+    of any other schema, or missing a table, is dropped."""
+    engine = create_engine(url)
+    try:
+        with engine.begin() as conn:
+            tables = [t for t in inspect(conn).get_table_names() if t.startswith("ledger_")]
+            found = None
+            if set(tables) == set(SQLModel.metadata.tables):
+                found = conn.execute(text("SELECT value FROM ledger_meta WHERE key = 'schema_version'")).scalar()
+            if found != str(SCHEMA_VERSION):
+                for table in tables:
+                    conn.execute(text(f"DROP TABLE IF EXISTS {table} CASCADE"))
+                return
+            for table in tables:
+                if table != "ledger_meta":
+                    conn.execute(text(f"DELETE FROM {table}"))
+            for sequence in conn.execute(
+                text(
+                    "SELECT sequencename FROM pg_sequences"
+                    " WHERE schemaname = current_schema() AND sequencename LIKE 'ledger_%'"
+                )
+            ):
+                conn.execute(text(f"ALTER SEQUENCE {sequence[0]} RESTART"))
+    finally:
+        engine.dispose()
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
 def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """An empty ledger's URL: a SQLite file in tmp_path, or the test PostgreSQL server, emptied."""
+    """An empty ledger's URL: a new SQLite file in tmp_path, or the test PostgreSQL server's ledger emptied
+    (this release's schema without rows, or no ledger tables)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'ledger.db'}"
+    url = str(request.getfixturevalue("postgres_url"))
+    empty_postgres_ledger(url)
+    return url
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty database's URL, without a single ledger table: for tests that create a ledger's schema
+    themselves (an older release's) or watch it being created."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'ledger.db'}"
     url = str(request.getfixturevalue("postgres_url"))

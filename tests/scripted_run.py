@@ -77,7 +77,7 @@ class ScriptedRun:
 def scripted_run(directory: Path) -> ScriptedRun:
     """Run the script above in `directory` (an empty one: its ledger.db, policies' fakes' state files)."""
     directory.mkdir(parents=True, exist_ok=True)
-    _seed(directory / "ledger.db", BalanceObservation("get_balance", WALLET, Amount(WALLET_SEEN, "sat")))
+    _seed(directory / "ledger.db", BalanceObservation("get_balance", WALLET, Amount(WALLET_SEEN, "sat"), money=True))
     payments = _carol(directory)
     payments += _alice(directory)
     payments += _bob(directory)

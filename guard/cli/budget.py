@@ -20,6 +20,7 @@ from guard.core import JSON
 from guard.operators.budget_view import balance_fields, budget_fields
 from guard.policy.files import load
 from guard.policy.model import Balances, seconds
+from guard.text import duration
 from ledgers import Amount, AmountError, Ledger, location
 
 budget_app = typer.Typer(help="Budgets: what is spent, held and left.", no_args_is_help=True)
@@ -88,7 +89,9 @@ def _print_tables(view: JSON) -> None:
         balances.add_column(column, justify="right" if column in ("amount", "age") else "left")
     for row in view["balances"]:
         stale = Text("stale", style="red") if row["stale"] else Text("fresh", style="green")
-        balances.add_row(row["key"], _money(row["amount"], row["unit"]), _age(row["age_s"]), stale, row["status"] or "")
+        balances.add_row(
+            row["key"], _money(row["amount"], row["unit"]), duration(row["age_s"]), stale, row["status"] or ""
+        )
     console.print(balances if view["balances"] else "No balance observed yet.")
 
 
@@ -110,7 +113,7 @@ def _print_plain(view: JSON) -> None:
         [
             b["key"],
             _money(b["amount"], b["unit"]),
-            _age(b["age_s"]),
+            duration(b["age_s"]),
             "stale" if b["stale"] else "fresh",
             b["status"] or "",
         ]
@@ -154,18 +157,7 @@ def _money(value: Any, unit: str | None) -> str:
 
 def _when(iso: str) -> str:
     left = int((datetime.fromisoformat(iso) - datetime.now(UTC)).total_seconds())
-    return f"in {_age(max(left, 0))}"
-
-
-def _age(total: int) -> str:
-    """42s, 3m, 2h 5m, 1d 4h."""
-    if total < 60:
-        return f"{total}s"
-    if total < 3600:
-        return f"{total // 60}m"
-    if total < 86_400:
-        return f"{total // 3600}h {total % 3600 // 60}m"
-    return f"{total // 86_400}d {total % 86_400 // 3600}h"
+    return f"in {duration(max(left, 0))}"
 
 
 def _columns(header: list[str], rows: list[list[str]]) -> str:

@@ -72,25 +72,24 @@ def _amount(text: str | None, option: str) -> Amount | None:
 
 
 def _resolve(hold: int, paid: Amount | None, ledger_url: str | None) -> None:
-    """Resolve an in-doubt hold at `paid` (None: nothing was paid), and say so in the audit trail."""
+    """Resolve an in-doubt hold at `paid` (None or zero: nothing was paid), with its call event in the same
+    ledger transaction."""
     with Ledger.open(ledger_url) as ledger:
         info = ledger.hold(hold)
         amount = paid if paid is not None else Amount(0, info.amount.unit)
-        ledger.resolve(hold, amount)
-        phase = ledger.hold(hold).phase
-        what = f"settled at {amount}" if phase == "settled" else "voided: nothing was paid"
-        ledger.record(
-            CallRecord(
-                tool=info.tool or "?",
-                decision="resolve",
-                session=info.session,
-                identity=info.identity,
-                server=info.server,
-                reason=f"an operator resolved hold {hold}: {what}",
-                hold_id=hold,
-                spent=amount if phase == "settled" else None,
-            )
+        what = f"settled at {amount}" if amount.value else "voided: nothing was paid"
+        event = CallRecord(
+            tool=info.tool or "?",
+            decision="resolve",
+            session=info.session,
+            identity=info.identity,
+            server=info.server,
+            reason=f"an operator resolved hold {hold}: {what}",
+            hold_id=hold,
+            spent=amount if amount.value else None,
         )
+        ledger.resolve(hold, amount, event=event)
+        phase = ledger.hold(hold).phase
     typer.echo(f"hold {hold} is {phase}" + (f" at {amount}" if phase == "settled" else ""))
 
 

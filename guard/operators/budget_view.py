@@ -4,11 +4,9 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 
+from guard.core import JSON
 from ledgers import BalanceObservation, BudgetState
-
-JSON = dict[str, Any]
 
 
 def budget_fields(state: BudgetState) -> JSON:

@@ -88,6 +88,8 @@ class _HoldsCollector:
 class PrometheusMetrics:
     """A guard's metrics: a `CallWatcher` for the gate, and the exposition `/metrics` serves."""
 
+    content_type = CONTENT_TYPE
+
     def __init__(self, ledger: Ledger, *, max_label_values: int = MAX_LABEL_VALUES) -> None:
         self._registry = CollectorRegistry()
         self._tool = _BoundedLabel("tool", max_label_values)

@@ -55,10 +55,10 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from guard.core import JSON
 from guard.text import duration
 from ledgers import Amount, Ledger, Spend, SpendReport
 
-JSON = dict[str, Any]
 FORMATS = ("md", "html", "json", "csv")
 SCHEMA = {"report": "guard-spend", "version": 1}
 SPEND_SECTIONS = ("totals", "by_session", "by_identity", "by_server", "by_tool", "by_hour", "top_urls", "top_origins")

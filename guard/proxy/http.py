@@ -59,10 +59,8 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.types import Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from guard.core import Background, Gate, Session, off_loop
+from guard.core import Background, Gate, Scrape, Session, off_loop
 from guard.errors import MessageRefused, UpstreamStartError
-from guard.operators.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from guard.operators.metrics import PrometheusMetrics
 from guard.proxy import upstream
 from guard.proxy.limits import DEFAULT_LIMITS, Limits
 from guard.proxy.relay import UPSTREAM_UNAVAILABLE, ClientPort, Relay
@@ -175,7 +173,7 @@ class HttpFront:
         identity: str | None,
         security: TransportSecuritySettings,
         background: Sequence[Background] = (),
-        metrics: PrometheusMetrics | None = None,
+        metrics: Scrape | None = None,
         limits: Limits = DEFAULT_LIMITS,
     ) -> None:
         self._limits = limits
@@ -270,7 +268,7 @@ class HttpFront:
             raise _Refused(refusal)
 
     async def _metrics_request(
-        self, metrics: PrometheusMetrics, request: Request, scope: Scope, receive: Receive, send: Send
+        self, metrics: Scrape, request: Request, scope: Scope, receive: Receive, send: Send
     ) -> None:
         """`GET /metrics`: the same bearer tokens and DNS-rebinding protection as the MCP endpoint."""
         self._authenticate(request)
@@ -283,7 +281,7 @@ class HttpFront:
             )
         # A scrape reads the ledger (holds by state): never on the event loop.
         body = await off_loop(metrics.exposition)
-        await Response(body, headers={"content-type": METRICS_CONTENT_TYPE})(scope, receive, send)
+        await Response(body, headers={"content-type": metrics.content_type})(scope, receive, send)
 
     async def _mcp_request(self, request: Request, scope: Scope, receive: Receive, send: Send) -> None:
         """Every check, in order, before a session or an upstream is touched; then the request's session."""
@@ -867,7 +865,7 @@ def serve_http(
     tokens: dict[str, str],
     identity: str | None,
     background: Sequence[Background] = (),
-    metrics: PrometheusMetrics | None = None,
+    metrics: Scrape | None = None,
     limits: Limits = DEFAULT_LIMITS,
 ) -> None:
     """Serve until interrupted; with `metrics`, also Prometheus metrics at `/metrics`."""

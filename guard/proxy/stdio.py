@@ -5,7 +5,7 @@ about half of the guard's cost per call. When stdin and stdout are pipes, socket
 case under every MCP client) the guard reads and writes them on the event loop instead; otherwise
 (say, stdin redirected from a file) through a worker thread. Either way fd 0 and fd 1 are pointed away
 from the wire while serving, so a stray print cannot corrupt the protocol stream, and every line is read
-with a bounded reader and checked by `_wire.read_client_message` before the relay sees it.
+with a bounded reader and checked by `wire.read_client_message` before the relay sees it.
 """
 
 from __future__ import annotations

@@ -13,8 +13,8 @@ from guard.policy.files import load, parse
 from ledgers import Amount, CallRecord, Ledger
 from tests.cli.conftest import Ran, guard, json_lines
 from tests.conftest import FIXTURES
+from tests.policy.cases import FULL_POLICY, MISTAKES
 from tests.policy.helpers import SEEDS
-from tests.policy.test_files import FULL_POLICY, MISTAKES
 
 SEED = FIXTURES / "seed-policies" / "intercept-402-mcp.yaml"
 POLICY = """\

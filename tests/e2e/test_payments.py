@@ -26,6 +26,7 @@ import pytest
 
 from ledgers import Amount, BalanceObservation, Budget, Ledger
 from tests.conftest import ROOT
+from tests.e2e.helpers import body, site
 from tests.rawguard import JSON, RawGuard
 
 UPSTREAMS = ROOT / "tests" / "upstreams"
@@ -99,11 +100,6 @@ def denied(result: JSON) -> bool:
     return bool((result.get("structuredContent") or {}).get("denied"))
 
 
-def body(result: JSON) -> Any:
-    """The JSON in the first text item of an upstream's answer."""
-    return json.loads(result["content"][0]["text"])
-
-
 def read_ledger(path: Path) -> Ledger:
     """The ledger file as the guard left it (no recovery: nothing is voided or put in doubt by reading)."""
     return Ledger.open(path, recover=False)
@@ -121,11 +117,6 @@ def seed_observation(ledger_path: Path, observation: BalanceObservation, age: ti
     """Store `observation` in the ledger file as if the guard had seen it `age` ago."""
     with Ledger.open(ledger_path, clock=FixedClock(datetime.now(UTC) - age)) as ledger:
         ledger.observe(observation)
-
-
-def site(n: int) -> str:
-    """A paid resource on an origin of its own (402-mcp reuses a credential per origin for free)."""
-    return f"https://shop{n}.example/item"
 
 
 # --- 402-mcp ------------------------------------------------------------------------------------------------

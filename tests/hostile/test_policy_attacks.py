@@ -24,7 +24,7 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-import ledgers._ledger
+import ledgers._store
 from ledgers import DEFAULT_POOL, Amount, Budget, Ledger, StorageError
 
 from ..conftest import GUARD, ROOT, WAIT_S, reset_postgres
@@ -329,7 +329,7 @@ def test_a_ledger_operation_that_waits_too_long_for_a_pooled_connection_fails_wi
     postgres_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     reset_postgres(postgres_url)
-    monkeypatch.setattr(ledgers._ledger, "POOL_TIMEOUT_S", 0.2)
+    monkeypatch.setattr(ledgers._store, "POOL_TIMEOUT_S", 0.2)
     budget = Budget("shared", Amount(100, "sat"))
     with Ledger.open(postgres_url, pool=1) as ledger, psycopg.connect(dsn(postgres_url)) as other_guard:
         ledger.void(ledger.reserve([budget], Amount(1, "sat")))  # the budget's lock row now exists

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from ledgers import Amount, Ledger
-from tests.e2e.test_payments import body, site
+from tests.e2e.helpers import body, site
 
 from .stdio_guard import FAKE_402MCP, L402_POLICY, RAW_UPSTREAM, StdioGuard
 

@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ledgers import Ledger
-from tests.e2e.test_payments import site
+from tests.e2e.helpers import site
 
 from .stdio_guard import FAKE_402MCP, JSON, StdioGuard
 

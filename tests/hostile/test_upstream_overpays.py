@@ -239,7 +239,7 @@ def test_a_price_raised_after_the_quote_is_counted_whole_flagged_alerted_and_blo
     }
     assert (event["session"], event["resource"]) == ("s1", site(1))
     # Sent once: the alert's key is claimed in the ledger.
-    with Ledger.open(guard.ledger, recover=False) as ledger, ledger._write() as conn:
+    with Ledger.open(guard.ledger, recover=False) as ledger, ledger._store.write() as conn:
         claims = conn.exec_driver_sql("SELECT key, state FROM ledger_alerts WHERE kind = 'payment.over_reservation'")
         assert claims.all() == [(f"payment.over_reservation:{hold.id}", "sent")]
     # Operators see it: the budget over its limit, the payment in the report.

@@ -1,5 +1,6 @@
-"""Helpers for ledger tests that need more than one process: worker subprocesses read line by line
-(every wait bounded), and plain SQL reads of a ledger's tables behind the ledger's back."""
+"""Helpers for ledger tests: worker subprocesses read line by line (every wait bounded) for tests that need
+more than one process, plain SQL reads of a ledger's tables behind the ledger's back, and holds left in a
+phase for reports."""
 
 from __future__ import annotations
 
@@ -9,11 +10,17 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import IO, Any
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import Row, create_engine, text
 
+from ledgers import Amount, Budget, Ledger, SpendReport
 from tests.conftest import ROOT, WAIT_S
+
+T0 = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)  # where the fake clock starts
+DAY = timedelta(hours=24)
 
 
 class Child:
@@ -107,3 +114,27 @@ def query(url: str, sql: str) -> Sequence[Row[Any]]:
             return conn.execute(text(sql)).all()
     finally:
         engine.dispose()
+
+
+def paid(
+    ledger: Ledger, amount: str, *, settled: str | None = None, phase: str = "settled", **where: str | None
+) -> int:
+    """A hold of `amount` left in `phase` (settled at `settled`, default the whole amount)."""
+    money = Amount.parse(amount)
+    budget = Budget("b", Amount(10**12, "msat" if money.unit == "sat" else money.unit), "global")
+    hold = ledger.reserve([budget], money, **where)  # type: ignore[arg-type]
+    if phase == "reserved":
+        return hold
+    ledger.mark_forwarded(hold)
+    if phase == "settled":
+        ledger.settle(hold, Amount.parse(settled or amount))
+    elif phase == "voided":
+        ledger.void(hold)
+    elif phase == "in_doubt":
+        ledger.mark_in_doubt(hold)
+    return hold
+
+
+def day_report(ledger: Ledger, zone: str = "UTC", start: datetime = T0) -> SpendReport:
+    local = start.astimezone(ZoneInfo(zone))
+    return ledger.report(local, local + DAY)

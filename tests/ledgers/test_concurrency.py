@@ -185,14 +185,14 @@ def test_two_concurrent_reservations_with_the_same_idempotency_key_never_both_su
     assert sorted((k.idempotency_key, k.n) for k in keys) == sorted((f"payment-{i}", 1) for i in range(rounds))
 
 
-def test_ledgers_opened_at_once_on_an_empty_database_all_open(ledger_url: str) -> None:
+def test_ledgers_opened_at_once_on_an_empty_database_all_open(database_url: str) -> None:
     # Guards sharing one PostgreSQL ledger may all start together against a fresh database.
     count = 8
     barrier = threading.Barrier(count, timeout=WAIT_S)
 
     def opener(_: int) -> str:
         barrier.wait()
-        with Ledger.open(ledger_url) as ledger:
+        with Ledger.open(database_url) as ledger:
             return ledger.owner
 
     owners = in_threads(count, opener)

@@ -14,7 +14,7 @@ from guard.payments.decision import Bound
 from guard.payments.payments import Payments
 from guard.payments.reading import Reading
 from guard.payments.settlement import Settled
-from ledgers import Amount, BalanceObservation, Budget, Ledger, PaymentInFlight, StorageError
+from ledgers import Amount, BalanceObservation, Budget, Ledger, PaymentInFlight
 
 from .doubles import WHO, StubAdapter, call, policy, text_result
 
@@ -120,12 +120,6 @@ async def test_the_payment_an_answer_names_is_given_to_the_hold_so_it_cannot_be_
         ledger.reserve([BUDGET], RESERVED, idempotency_key=HASH)
 
 
-@pytest.mark.xfail(
-    raises=StorageError,
-    strict=True,
-    reason="ledger: name_payment's IntegrityError becomes a StorageError in Ledger._write before name_payment"
-    " can answer False (the gate then keeps the paid hold in doubt and the client gets an error)",
-)
 async def test_a_payment_another_hold_has_is_not_given_twice(ledger: Ledger) -> None:
     first = forwarded(ledger, payment_id=HASH)
     second = forwarded(ledger)

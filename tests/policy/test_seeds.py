@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from guard.policy.files import detect, load, parse
+from tests.policy.cases import INTERCEPT
 from tests.policy.helpers import (
     JSON,
     SEEDS,
@@ -65,23 +66,6 @@ def test_the_token_pilot_seed_caps_session_budget_at_30_a_minute_per_identity() 
     )
     refusal = policy.refusal("other_tool")
     assert refusal is not None and refusal.rule == "default"
-
-
-INTERCEPT = """\
-    version: "1"
-    description: inline intercept policy
-    hide: [admin-reset]
-    tools:
-      pay:
-        rules:
-          - name: never
-            action: deny
-            on_deny: paying is off
-      fetch:
-        rules:
-          - name: per-minute
-            rate_limit: 5/minute
-"""
 
 
 def test_intercept_hide_and_deny_rules_refuse_with_their_reason() -> None:

@@ -1,17 +1,14 @@
-"""What operators read from a ledger: budgets in use (spent, held, in doubt, remaining, resets), read-only
-opening next to a writer, and alerts claimed once. On a real SQLite file and a real PostgreSQL server."""
+"""What operators and watchers read from a ledger: budgets in use (spent, held, in doubt, remaining,
+resets), holds by phase, and alerts claimed once. On a real SQLite file and a real PostgreSQL server."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from pathlib import Path
 
-import pytest
 from sqlalchemy import create_engine, text
 
-from ledgers import Amount, Budget, Ledger, SchemaError, StorageError, Window
-
-from .conftest import FakeClock
+from ledgers import Amount, Budget, Ledger, Window
+from tests.ledgers.conftest import FakeClock
 
 DAY = Window.calendar("day", "Europe/Paris")
 
@@ -95,54 +92,6 @@ def test_an_alert_is_claimed_once_across_ledgers_and_its_end_recorded(ledger_url
     assert tuple(row) == ("sent", 2)
 
 
-def test_read_only_opening_never_writes(ledger_url: str) -> None:
-    with Ledger.open(ledger_url) as writer:
-        writer.reserve([Budget("b", sats(100))], sats(10))
-        with Ledger.open(ledger_url, read_only=True) as reader:
-            assert [s.held for s in reader.budget_states()] == [10]
-            assert reader.hold_counts()["reserved"] == 1
-            with pytest.raises(StorageError, match="read-only"):
-                reader.reserve([Budget("b", sats(100))], sats(10))
-        engine = create_engine(ledger_url)
-        with engine.connect() as conn:
-            owners = conn.execute(text("SELECT COUNT(*) FROM ledger_owners")).scalar()
-        engine.dispose()
-        assert owners == 1  # only the writer registered itself
-
-
-def test_a_sqlite_reader_is_not_blocked_by_a_writer_holding_the_lock(tmp_path: Path) -> None:
-    path = tmp_path / "ledger.db"
-    with Ledger.open(path) as writer:
-        writer.reserve([Budget("b", sats(100))], sats(10))
-    engine = create_engine(f"sqlite:///{path}", connect_args={"isolation_level": None})
-    with engine.connect() as conn:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")  # a guard in the middle of a reservation
-        conn.exec_driver_sql("UPDATE ledger_holds SET amount = amount")
-        with Ledger.open(path, read_only=True) as reader:
-            assert [s.held for s in reader.budget_states()] == [10]
-        conn.exec_driver_sql("ROLLBACK")
-    engine.dispose()
-
-
-def test_a_missing_sqlite_file_reads_as_an_empty_ledger_and_is_not_created(tmp_path: Path) -> None:
-    path = tmp_path / "nowhere" / "ledger.db"
-    with Ledger.open(path, read_only=True) as reader:
-        assert reader.budget_states() == []
-        assert reader.observed() == []
-    assert not path.exists() and not path.parent.exists()
-
-
-def test_a_ledger_of_an_older_schema_is_not_read_but_named(tmp_path: Path) -> None:
-    path = tmp_path / "ledger.db"
-    Ledger.open(path).close()
-    engine = create_engine(f"sqlite:///{path}")
-    with engine.begin() as conn:
-        conn.execute(text("UPDATE ledger_meta SET value = '3' WHERE key = 'schema_version'"))
-    engine.dispose()
-    with pytest.raises(SchemaError, match=r"version 3.*start `guard run` once"):
-        Ledger.open(path, read_only=True)
-
-
 def test_an_old_session_still_holding_money_stays_in_use(ledger_url: str, clock: FakeClock) -> None:
     old, idle = Budget("per-session", sats(100), "session:old"), Budget("per-session", sats(100), "session:idle")
     with Ledger.open(ledger_url, clock=clock) as ledger:
@@ -152,3 +101,24 @@ def test_an_old_session_still_holding_money_stays_in_use(ledger_url: str, clock:
         ledger.settle(ledger.reserve([idle], sats(10), session="idle"), sats(10))
         clock.advance(3 * 86_400)
         assert states_by_key(ledger) == {old.key: (0, 0, 40, 60)}
+
+
+def test_hold_counts_name_every_phase_zero_included(ledger: Ledger) -> None:
+    budget = Budget("b", sats(1000))
+    assert ledger.hold_counts() == {"reserved": 0, "forwarded": 0, "settled": 0, "voided": 0, "in_doubt": 0}
+    ledger.reserve([budget], sats(1))
+    ledger.settle(ledger.reserve([budget], sats(2)), sats(2))
+    forwarded = ledger.reserve([budget], sats(3))
+    ledger.mark_forwarded(forwarded)
+    assert ledger.hold_counts() == {"reserved": 1, "forwarded": 1, "settled": 1, "voided": 0, "in_doubt": 0}
+
+
+def test_usage_is_a_budgets_spend_and_holds_in_its_current_window(ledger: Ledger, clock: FakeClock) -> None:
+    daily = Budget("daily", sats(1000), "global", DAY)
+    ledger.settle(ledger.reserve([daily], sats(30)), sats(25))
+    ledger.reserve([daily], sats(10))
+    usage = ledger.usage(daily)
+    assert (usage.spent, usage.held, usage.remaining) == (25, 10, 965)
+    assert usage.window_start == datetime(2026, 11, 20, 23, 0, tzinfo=UTC)  # midnight in Paris
+    clock.advance(13 * 3600)  # the next day in Paris
+    assert (ledger.usage(daily).spent, ledger.usage(daily).held) == (0, 0)

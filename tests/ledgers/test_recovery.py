@@ -1,7 +1,8 @@
-"""A guard process killed (SIGKILL) at each step of a payment, then the ledger reopened: recovery
-treats what it left by the rules. Never forwarded: voided, its room back. Forwarded: the money may
-have left, so in doubt and counted in full. Settled and in-doubt holds stay as they were. The holds
-of a process that is still alive are left alone."""
+"""Recovery. A guard process killed (SIGKILL) at each step of a payment, then the ledger reopened:
+recovery treats what it left by the rules. Never forwarded: voided, its room back. Forwarded: the money
+may have left, so in doubt and counted in full. Settled and in-doubt holds stay as they were. The holds
+of a process that is still alive are left alone; a guard on another host is alive while it beats
+within its lease."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 
 import pytest
+from sqlalchemy import create_engine, text
 
 from ledgers import AlreadyPaid, Amount, BudgetExceeded, HoldStateError, Ledger, PaymentInFlight
-from tests.ledgers.conftest import reset_postgres
+from tests.ledgers.conftest import FakeClock, reset_postgres
 from tests.ledgers.crash_worker import crash_budget
 from tests.ledgers.helpers import Child, query
 
@@ -255,3 +257,29 @@ def test_a_process_that_starts_while_recovery_runs_keeps_its_holds(postgres_url:
     finally:
         for guard, _ in started:
             guard.close()
+
+
+def test_a_guard_on_another_host_is_gone_after_a_lease_of_silence_and_each_heartbeat_renews_it(
+    ledger_url: str, clock: FakeClock
+) -> None:
+    with (
+        Ledger.open(ledger_url, clock=clock, lease_s=600) as elsewhere,
+        Ledger.open(ledger_url, clock=clock, lease_s=600) as here,
+    ):
+        reserved = elsewhere.reserve([BUDGET], Amount(20, "sat"))
+        forwarded = elsewhere.reserve([BUDGET], Amount(30, "sat"))
+        elsewhere.mark_forwarded(forwarded)
+        engine = create_engine(ledger_url)
+        with engine.begin() as conn:  # its pid means nothing here: only its heartbeat tells it is alive
+            conn.execute(text("UPDATE ledger_owners SET host = 'another-host' WHERE id = :id"), {"id": elsewhere.owner})
+        engine.dispose()
+        clock.advance(599)
+        assert here.recover() == 0
+        elsewhere.heartbeat()
+        clock.advance(599)
+        assert here.recover() == 0
+        clock.advance(1)
+        assert here.recover() == 2
+        assert (here.hold(reserved).phase, here.hold(forwarded).phase) == ("voided", "in_doubt")
+        assert usage(here) == (0, 30)
+        assert owners(ledger_url) == [here.owner]

@@ -1,0 +1,426 @@
+"""Holds: two-phase spend. A paying call reserves its most before it is forwarded, in the transaction
+that checks its budgets and rate limits; its hold is settled at what was paid, or voided, after.
+
+A hold moves through phases, each written durably before the step it allows:
+
+    reserved ──mark_forwarded──► forwarded ──settle──► settled
+        │                            │  └────void────► voided
+        ├──settle / void             └──mark_in_doubt──► in_doubt ──resolve──► settled | voided
+
+A crash leaves `reserved` holds (never forwarded: voided at recovery) and `forwarded` holds (the money
+may have left: kept counted as `in_doubt` until resolved). A hold resolves at most once. `STEPS` is this
+diagram as a table: every step checks the hold's phase and writes the next one in one statement.
+
+What was paid is recorded whole, above the hold too: each budget's charge becomes the paid amount in
+its unit (rounded up), and a budget then over its limit refuses every further reservation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Any, Literal, NoReturn
+
+from sqlalchemy import Connection, Row
+from sqlalchemy.exc import IntegrityError
+
+from ledgers._audit import INSERT_CALL, call_row
+from ledgers._errors import AlreadyPaid, AmountError, HoldStateError, PaymentInFlight
+from ledgers._money import Amount, Rates
+from ledgers._part import Part
+from ledgers._records import Budget, CallRecord, HoldInfo, RateLimit
+from ledgers._schema import MAYBE_PAID, OPEN_PHASES
+from ledgers._store import columns, run, sql_list
+from ledgers._time import from_us, to_us
+from ledgers._windows import check_budget, check_rate, count_calls, define_budgets
+
+
+@dataclass(frozen=True)
+class Step:
+    """A hold's move from one of the phases `start` to the phase `end`."""
+
+    start: tuple[str, ...]
+    end: str
+
+
+StepName = Literal[
+    "mark_forwarded", "settle", "void", "mark_in_doubt", "resolve", "resolve_unpaid", "recover_unsent", "recover_sent"
+]
+
+# The state diagram above, once: which phases each step may start from, and where it leads.
+STEPS: dict[StepName, Step] = {
+    "mark_forwarded": Step(("reserved",), "forwarded"),
+    "settle": Step(("reserved", "forwarded"), "settled"),
+    "void": Step(("reserved", "forwarded"), "voided"),
+    "mark_in_doubt": Step(("forwarded",), "in_doubt"),
+    "resolve": Step(("in_doubt",), "settled"),  # the outcome became known: it was paid
+    "resolve_unpaid": Step(("in_doubt",), "voided"),  # ...or nothing was
+    "recover_unsent": Step(("reserved",), "voided"),  # its process is gone and never forwarded it
+    "recover_sent": Step(("forwarded",), "in_doubt"),  # its process is gone: the payment may have left
+}
+
+# A hold's columns as `HoldInfo` reads them (see `hold_info`).
+HOLD_COLUMNS = (
+    "id",
+    "phase",
+    "unit",
+    "amount",
+    "settled",
+    "idempotency_key",
+    "created_us",
+    "session",
+    "identity",
+    "tool",
+    "balance_key",
+    "server",
+    "resource",
+    "priced_by",
+)
+SELECT_HOLDS = f"SELECT {columns(HOLD_COLUMNS)} FROM ledger_holds"
+
+
+@dataclass(frozen=True)
+class Where:
+    """Who made a payment, where it went, what bounded it: a hold's descriptive columns."""
+
+    session: str | None = None
+    identity: str | None = None
+    tool: str | None = None
+    balance_key: str | None = None
+    server: str | None = None
+    resource: str | None = None
+    priced_by: str | None = None
+
+
+class Holds(Part):
+    def reserve(
+        self,
+        budgets: Sequence[Budget],
+        amount: Amount,
+        *,
+        idempotency_key: str | None = None,
+        rate_limits: Sequence[RateLimit] = (),
+        session: str | None = None,
+        identity: str | None = None,
+        tool: str | None = None,
+        balance_key: str | None = None,
+        server: str | None = None,
+        resource: str | None = None,
+        priced_by: str | None = None,
+    ) -> int:
+        """Check every budget and rate limit and, in the same transaction, write the hold (and the
+        calls the rate limits count). `balance_key` names the balance the payment draws on (see
+        `spent_from`); `server` and `resource` (a URL without its query) are for reports, `priced_by`
+        what bounded `amount` (a quote, a cap). Returns the hold id.
+
+        Raises:
+            BudgetExceeded / RateLimited: which rule, what remains, when to retry. Nothing written.
+            PaymentInFlight / AlreadyPaid: the idempotency key is open, or was paid. Nothing written.
+            AmountError / UnitMismatch: an amount or unit is wrong. Nothing written.
+        """
+        if not isinstance(amount, Amount):
+            raise AmountError(f"reserve() needs an Amount, not {type(amount).__name__} {amount!r}")
+        charges = [(b, amount.to(b.limit.unit, rates=self._rates, rounding="up").value) for b in budgets]
+        keys = sorted({b.key for b in budgets} | {r.lock_key for r in rate_limits})
+        where = Where(session, identity, tool, balance_key, server, resource, priced_by)
+        with self._store.write(lock_keys=keys) as conn:
+            now = self._store.now_us()
+            if idempotency_key is not None:
+                check_key(conn, idempotency_key)
+            for rate in rate_limits:
+                check_rate(conn, rate, now)
+            for budget, value in charges:
+                check_budget(conn, budget, value, now)
+            hold_id = self._insert_hold(conn, amount, idempotency_key, now, where, _mixed(budgets, amount))
+            defined = define_budgets(conn, budgets, now, self._defined)
+            _insert_charges(conn, hold_id, charges, now, held=True)
+            count_calls(conn, rate_limits, now)
+        self._defined |= defined
+        return hold_id
+
+    def charge(
+        self,
+        budgets: Sequence[Budget],
+        amount: Amount,
+        *,
+        balance_key: str | None = None,
+        session: str | None = None,
+        tool: str | None = None,
+        server: str | None = None,
+    ) -> int:
+        """Record spend that already happened (seen only in a balance): a settled hold counted against
+        `budgets`, never refused (the money is gone). Returns the hold id."""
+        charges = [(b, amount.to(b.limit.unit, rates=self._rates, rounding="up").value) for b in budgets]
+        where = Where(session=session, tool=tool, balance_key=balance_key, server=server)
+        with self._store.write(lock_keys=sorted({b.key for b in budgets})) as conn:
+            now = self._store.now_us()
+            hold_id = self._insert_hold(conn, amount, None, now, where, _mixed(budgets, amount))
+            defined = define_budgets(conn, budgets, now, self._defined)
+            run(
+                conn,
+                "UPDATE ledger_holds SET phase = 'settled', settled = :p, updated_us = :t, external = :x WHERE id = :h",
+                {"p": amount.value, "t": now, "h": hold_id, "x": True},
+            )
+            _insert_charges(conn, hold_id, charges, now, held=False)
+        self._defined |= defined
+        return hold_id
+
+    def mark_forwarded(self, hold_id: int) -> None:
+        """Record that the paying call is about to be sent upstream (before it is sent)."""
+        self._move(hold_id, STEPS["mark_forwarded"])
+
+    def settle(self, hold_id: int, actual: Amount) -> None:
+        """The call finished; `actual` was paid. All of it is recorded, above the hold too: then each
+        budget's charge is `actual` in its unit (rounded up), the budget may go over its limit, and every
+        further reservation against it is refused (see `HoldInfo.over_reservation`)."""
+        with self._store.write() as conn:
+            finish(conn, hold_id, STEPS["settle"], actual, self._store.now_us(), self._rates)
+
+    def void(self, hold_id: int) -> None:
+        """Provably nothing was paid: release the hold."""
+        with self._store.write() as conn:
+            finish(conn, hold_id, STEPS["void"], None, self._store.now_us(), self._rates)
+
+    def mark_in_doubt(self, hold_id: int) -> None:
+        """The outcome is unknown (timeout, crash, `paymentState: unknown`): keep it counted in full."""
+        self._move(hold_id, STEPS["mark_in_doubt"])
+
+    def resolve(self, hold_id: int, actual: Amount, event: CallRecord | None = None) -> None:
+        """An in-doubt hold's outcome became known: `actual` was paid (zero: nothing was, and the hold is
+        voided), recorded whole as `settle` records it. `event`, the call event saying so, is written to
+        the audit trail in the same transaction: a resolution is never without its record, nor the
+        record without it."""
+        paid = actual if actual.value else None
+        with self._store.write() as conn:
+            now = self._store.now_us()
+            finish(conn, hold_id, STEPS["resolve" if paid else "resolve_unpaid"], paid, now, self._rates)
+            if event is not None:
+                run(conn, INSERT_CALL, call_row(event, now))
+
+    def name_payment(self, hold_id: int, idempotency_key: str) -> bool:
+        """Give a hold the payment id its answer revealed (a 402's payment hash), so that payment cannot
+        be made again while the hold is open and a later proof can find it. False when another open
+        or settled hold has that id already (the hold keeps none)."""
+        with self._store.write() as conn:
+            try:  # inside the transaction: the write transaction would take a refusal for a failure
+                with self._store.savepoint(conn):
+                    named = run(
+                        conn,
+                        "UPDATE ledger_holds SET idempotency_key = :k WHERE id = :h AND idempotency_key IS NULL",
+                        {"k": idempotency_key, "h": hold_id},
+                    ).rowcount
+            except IntegrityError:
+                return False
+        return bool(named)
+
+    def hold(self, hold_id: int) -> HoldInfo:
+        """The hold `hold_id` as it is now.
+
+        Raises:
+            HoldStateError: there is no such hold."""
+        with self._store.read() as conn:
+            row = run(conn, f"{SELECT_HOLDS} WHERE id = :id", {"id": hold_id}).first()
+        if row is None:
+            raise HoldStateError(f"hold {hold_id} does not exist")
+        return hold_info(row)
+
+    def hold_for_payment(self, idempotency_key: str) -> HoldInfo | None:
+        """The hold that is not voided for this payment (a payment hash, an x402 nonce), if any."""
+        with self._store.read() as conn:
+            row = run(
+                conn,
+                f"{SELECT_HOLDS} WHERE idempotency_key = :k AND phase != 'voided'",
+                {"k": idempotency_key},
+            ).first()
+        return hold_info(row) if row is not None else None
+
+    def open_holds(self, phase: str | None = None) -> list[HoldInfo]:
+        """Holds not yet resolved (reserved, forwarded, in doubt), oldest first; or those in `phase`."""
+        # `phase` comes from an operator: a parameter, never SQL.
+        where, params = ("phase = :p", {"p": phase}) if phase else (f"phase IN {sql_list(OPEN_PHASES)}", {})
+        with self._store.read() as conn:
+            rows = run(conn, f"{SELECT_HOLDS} WHERE {where} ORDER BY id", params).all()
+        return [hold_info(row) for row in rows]
+
+    def spent_from(self, balance_key: str, since: datetime) -> list[Amount]:
+        """What this ledger's payments took from a balance since a moment, one Amount per unit: settled
+        amounts, and in-doubt ones in full (they may have left)."""
+        with self._store.read() as conn:
+            rows: Any = run(
+                conn,
+                "SELECT unit, SUM(CASE WHEN phase = 'settled' THEN settled ELSE amount END) FROM ledger_holds"
+                f" WHERE balance_key = :k AND updated_us > :s AND phase IN {sql_list(MAYBE_PAID)} GROUP BY unit",
+                {"k": balance_key, "s": to_us(since)},
+            ).all()
+        return [Amount(int(row[1]), row[0]) for row in rows if row[1]]
+
+    def _move(self, hold_id: int, step: Step) -> None:
+        """A step that moves no money: only the phase changes."""
+        with self._store.write() as conn:
+            moved = run(
+                conn,
+                "UPDATE ledger_holds SET phase = :p, updated_us = :t"
+                f" WHERE id = :h AND phase IN {sql_list(step.start)}",
+                {"p": step.end, "t": self._store.now_us(), "h": hold_id},
+            ).rowcount
+            if not moved:
+                _refuse(conn, hold_id, step)
+
+    def _insert_hold(
+        self, conn: Connection, amount: Amount, key: str | None, now: int, where: Where, mixed: bool
+    ) -> int:
+        described = asdict(where)
+        try:
+            with self._store.savepoint(conn):
+                hold_id: Any = run(
+                    conn,
+                    "INSERT INTO ledger_holds (idempotency_key, phase, unit, amount, owner, mixed_units, created_us,"
+                    f" updated_us, {columns(list(described))}) VALUES (:key, 'reserved', :unit, :amount, :owner,"
+                    f" :mixed, :now, :now, {columns(list(described), ':')}) RETURNING id",
+                    {
+                        "key": key,
+                        "unit": amount.unit,
+                        "amount": amount.value,
+                        "owner": self.owner,
+                        "mixed": mixed,
+                        "now": now,
+                        **described,
+                    },
+                ).scalar_one()
+        except IntegrityError:
+            # Another process reserved the same key between our check and our insert (PostgreSQL).
+            raise PaymentInFlight(
+                f"payment {key} is already in progress: paying again could pay twice", rule="idempotency"
+            ) from None
+        return int(hold_id)
+
+
+# Inside a transaction
+
+
+def check_key(conn: Connection, key: str) -> None:
+    """Refuse a payment id held open or settled already: paying it again could pay twice."""
+    phase = run(
+        conn, "SELECT phase FROM ledger_holds WHERE idempotency_key = :k AND phase != 'voided'", {"k": key}
+    ).scalar()
+    if phase == "settled":
+        raise AlreadyPaid(f"payment {key} was already made", rule="idempotency")
+    if phase is not None:
+        raise PaymentInFlight(
+            f"payment {key} is already {'in doubt' if phase == 'in_doubt' else 'in progress'}:"
+            " paying again could pay twice",
+            rule="idempotency",
+        )
+
+
+def finish(conn: Connection, hold_id: int, step: Step, actual: Amount | None, now: int, rates: Rates | None) -> None:
+    """Take `step`, a settlement at `actual` (or, for None, a release), in as few statements as the hot
+    path allows: the phase is checked by the UPDATE that writes the next one."""
+    if actual is None:
+        voided = run(
+            conn,
+            f"UPDATE ledger_holds SET phase = :p, updated_us = :t WHERE id = :h AND phase IN {sql_list(step.start)}",
+            {"p": step.end, "t": now, "h": hold_id},
+        ).rowcount
+        if not voided:
+            _refuse(conn, hold_id, step)
+        run(conn, "UPDATE ledger_charges SET held = 0 WHERE hold_id = :h", {"h": hold_id})
+        return
+    settled = run(
+        conn,
+        "UPDATE ledger_holds SET phase = :p, settled = :v, updated_us = :t"
+        f" WHERE id = :h AND phase IN {sql_list(step.start)} AND unit = :u RETURNING mixed_units",
+        {"p": step.end, "v": actual.value, "t": now, "h": hold_id, "u": actual.unit},
+    ).first()
+    if settled is not None:
+        unit, paid, mixed = actual.unit, actual.value, bool(settled.mixed_units)
+    else:  # another unit than the hold's, or a step the phase does not allow
+        unit = _unit_if_allowed(conn, hold_id, step)
+        paid = actual.to(unit, rounding="up").value
+        run(
+            conn,
+            "UPDATE ledger_holds SET phase = :p, settled = :v, updated_us = :t WHERE id = :h",
+            {"p": step.end, "v": paid, "t": now, "h": hold_id},
+        )
+        mixed = True
+    # What was paid is what is spent, all of it: above the hold too (the ledger never says less than
+    # what left; the budget may go over its limit, and then refuses every reservation).
+    run(
+        conn,
+        "UPDATE ledger_charges SET spent = :p, held = 0 WHERE hold_id = :h AND unit = :u",
+        {"p": paid, "h": hold_id, "u": unit},
+    )
+    if not mixed:
+        return
+    others = run(
+        conn, "SELECT id, unit FROM ledger_charges WHERE hold_id = :h AND unit != :u", {"h": hold_id, "u": unit}
+    ).all()
+    for charge in others:
+        spent = Amount(paid, unit).to(charge.unit, rates=rates, rounding="up").value
+        run(conn, "UPDATE ledger_charges SET held = 0, spent = :s WHERE id = :c", {"s": spent, "c": charge.id})
+
+
+def hold_info(row: Row[Any]) -> HoldInfo:
+    """A row of `HOLD_COLUMNS` as a `HoldInfo`."""
+    return HoldInfo(
+        row.id,
+        row.phase,
+        Amount(row.amount, row.unit),
+        Amount(row.settled, row.unit) if row.settled is not None else None,
+        row.idempotency_key,
+        from_us(row.created_us),
+        row.session,
+        row.identity,
+        row.tool,
+        row.balance_key,
+        row.server,
+        row.resource,
+        row.priced_by,
+    )
+
+
+def _insert_charges(
+    conn: Connection, hold_id: int, charges: Sequence[tuple[Budget, int]], now: int, *, held: bool
+) -> None:
+    """What the hold counts against each budget, in the budget's unit: held while open, or spent."""
+    for budget, value in charges:
+        run(
+            conn,
+            "INSERT INTO ledger_charges (hold_id, budget, unit, held, spent, created_us)"
+            " VALUES (:h, :b, :u, :held, :spent, :t)",
+            {
+                "h": hold_id,
+                "b": budget.key,
+                "u": budget.limit.unit,
+                "held": value if held else 0,
+                "spent": 0 if held else value,
+                "t": now,
+            },
+        )
+
+
+def _mixed(budgets: Sequence[Budget], amount: Amount) -> bool:
+    """Whether a budget counts in another unit than the hold (then settling converts per charge)."""
+    return any(b.limit.unit != amount.unit for b in budgets)
+
+
+def _refuse(conn: Connection, hold_id: int, step: Step) -> NoReturn:
+    phase = _phase_and_unit(conn, hold_id)[0]
+    raise HoldStateError(f"hold {hold_id} is {phase}: it cannot become {step.end}")
+
+
+def _unit_if_allowed(conn: Connection, hold_id: int, step: Step) -> str:
+    """The hold's unit, when its phase allows `step` (then only `actual`'s unit was another); else raise
+    why the step cannot be taken."""
+    phase, unit = _phase_and_unit(conn, hold_id)
+    if phase not in step.start:
+        raise HoldStateError(f"hold {hold_id} is {phase}: it cannot become {step.end}")
+    return unit
+
+
+def _phase_and_unit(conn: Connection, hold_id: int) -> tuple[str, str]:
+    row = run(conn, "SELECT phase, unit FROM ledger_holds WHERE id = :h", {"h": hold_id}).first()
+    if row is None:
+        raise HoldStateError(f"hold {hold_id} does not exist")
+    return str(row.phase), str(row.unit)
