@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
-from .conftest import GUARD, INITIALIZE, WAIT_S
+from tests.conftest import GUARD, INITIALIZE, WAIT_S
 
 JSON = dict[str, Any]
 

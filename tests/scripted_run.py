@@ -37,9 +37,8 @@ from typing import Any
 import bolt11
 
 from ledgers import Amount, BalanceObservation, Ledger
-
-from .conftest import FIXTURES, ROOT
-from .rawguard import RawGuard
+from tests.conftest import FIXTURES, ROOT
+from tests.rawguard import RawGuard
 
 JSON = dict[str, Any]
 UPSTREAMS = ROOT / "tests" / "upstreams"

@@ -9,8 +9,7 @@ import pytest
 
 from guard.payments.adapters._facts import public_url
 from guard.redact import redact, secret_segment
-
-from .conftest import WAIT_S
+from tests.conftest import WAIT_S
 
 PAYMENT_HASH = "0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0"
 PREIMAGE = "7f3c" * 16

@@ -24,9 +24,8 @@ from guard.core import Session
 from guard.errors import UpstreamError
 from ledgers import Amount, BalanceObservation, Budget, Ledger
 from tests.conftest import WAIT_S
+from tests.gate.fakes import guarded
 from tests.upstreams.x402_payments import T0, payment_for
-
-from .fakes import guarded
 
 pytestmark = pytest.mark.anyio
 

@@ -23,8 +23,7 @@ import pytest
 from guard.proxy.http import LogFloodFilter
 from ledgers import Amount, Budget, Ledger, Window
 from tests.conftest import INITIALIZE, WAIT_S
-
-from .http_guard import (
+from tests.hostile.http_guard import (
     DUAL_ERA,
     FAKE_402MCP,
     HEADERS,

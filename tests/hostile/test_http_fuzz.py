@@ -25,8 +25,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from ledgers import Amount, Budget, Ledger
-
-from .http_guard import ENVELOPE, FAKE_402MCP, HEADERS, HttpGuard, answers
+from tests.hostile.http_guard import ENVELOPE, FAKE_402MCP, HEADERS, HttpGuard, answers
 
 JSON = dict[str, Any]
 LIMIT = 64 * 1024

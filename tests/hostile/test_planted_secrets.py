@@ -33,10 +33,9 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.conftest import GUARD, INITIALIZE, ROOT, WAIT_S, start_http_guard, stop
+from tests.rawguard import JSON, RawGuard
 from tests.upstreams.x402_payments import T0, payment_for
-
-from ..conftest import GUARD, INITIALIZE, ROOT, WAIT_S, start_http_guard, stop
-from ..rawguard import JSON, RawGuard
 
 
 def _hex(seed: str, digits: int = 64) -> str:

@@ -26,9 +26,8 @@ from sqlalchemy.engine import make_url
 
 import ledgers._store
 from ledgers import DEFAULT_POOL, Amount, Budget, Ledger, StorageError
-
-from ..conftest import GUARD, ROOT, WAIT_S, reset_postgres
-from ..rawguard import JSON, RawGuard
+from tests.conftest import GUARD, ROOT, WAIT_S, reset_postgres
+from tests.rawguard import JSON, RawGuard
 
 FAKE_402MCP = [sys.executable, str(ROOT / "tests" / "upstreams" / "fake_402mcp.py")]
 

@@ -14,8 +14,7 @@ import pytest
 
 from ledgers import Amount, Ledger
 from tests.e2e.helpers import body, site
-
-from .stdio_guard import FAKE_402MCP, L402_POLICY, RAW_UPSTREAM, StdioGuard
+from tests.hostile.stdio_guard import FAKE_402MCP, L402_POLICY, RAW_UPSTREAM, StdioGuard
 
 MIB = 1024 * 1024
 WAITS = "fake_402mcp: l402-fetch waits"  # the fake started a slow payment: the call is in flight upstream

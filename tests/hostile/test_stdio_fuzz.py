@@ -25,8 +25,7 @@ from hypothesis import strategies as st
 
 from ledgers import Ledger
 from tests.e2e.helpers import site
-
-from .stdio_guard import FAKE_402MCP, JSON, StdioGuard
+from tests.hostile.stdio_guard import FAKE_402MCP, JSON, StdioGuard
 
 MAX_MESSAGE = 64 * 1024  # a small limit, so lines over it are cheap to send
 SITES = 3000

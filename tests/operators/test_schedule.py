@@ -1,6 +1,6 @@
 """The scheduled balance refresh (`guard.operators.schedule.refresh_balances`): every balance that is due
 asked again through a live session's link, logged; a failing run is logged and the next one tries again.
-(The nightly report's schedule: tests/test_nightly_report.py; the job running in `guard run`:
+(The nightly report's schedule: tests/operators/test_nightly_report.py; the job running in `guard run`:
 tests/e2e/test_payments.py.)"""
 
 from __future__ import annotations

@@ -17,8 +17,7 @@ from guard.payments.payments import Payments
 from guard.policy.rules import Denial, Policy
 from ledgers import Amount, BalanceObservation, Ledger
 from tests.conftest import FakeClock
-
-from .doubles import WHO, FakeLink, StubAdapter, call, policy, text_result
+from tests.payments.doubles import WHO, FakeLink, StubAdapter, call, policy, text_result
 
 pytestmark = pytest.mark.anyio
 

@@ -16,8 +16,7 @@ from guard.payments.payments import Payments
 from guard.payments.reading import Reading
 from ledgers import Amount, Budget, CallRecord, Window
 from tests.conftest import FakeClock
-
-from .doubles import WHO, RecordingLedger, call, policy, text_result
+from tests.payments.doubles import WHO, RecordingLedger, call, policy, text_result
 
 pytestmark = pytest.mark.anyio
 

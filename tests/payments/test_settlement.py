@@ -15,8 +15,7 @@ from guard.payments.payments import Payments
 from guard.payments.reading import Reading
 from guard.payments.settlement import Settled
 from ledgers import Amount, BalanceObservation, Budget, Ledger, PaymentInFlight
-
-from .doubles import WHO, StubAdapter, call, policy, text_result
+from tests.payments.doubles import WHO, StubAdapter, call, policy, text_result
 
 pytestmark = pytest.mark.anyio
 

@@ -20,8 +20,7 @@ from guard.payments.payments import Payments
 from guard.policy.files import load
 from guard.policy.source import PolicySource
 from ledgers import Amount, Budget, Ledger
-
-from .conftest import WAIT_S
+from tests.conftest import WAIT_S
 
 pytestmark = pytest.mark.anyio
 

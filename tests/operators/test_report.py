@@ -26,7 +26,7 @@ import pytest
 
 from guard.operators.report import FORMATS, day_period, render, to_json, write_reports
 from ledgers import Amount, Ledger, Spend, SpendReport
-from tests.conftest import GUARD, WAIT_S, FakeClock
+from tests.conftest import GUARD, ROOT, WAIT_S, FakeClock
 from tests.ledgers.helpers import day_report, paid
 from tests.scripted_run import (
     CHAT,
@@ -42,7 +42,7 @@ from tests.scripted_run import (
 )
 from tests.scripted_run import scripted_run as run_script
 
-GOLDEN = Path(__file__).parent / "golden"
+GOLDEN = ROOT / "tests/golden"
 UPDATE = os.environ.get("GUARD_UPDATE_GOLDEN") == "1"
 T0 = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)  # the fake clock's start (stored times never go back)
 DAY = timedelta(hours=24)
