@@ -136,17 +136,18 @@ def test_audit_tail_shows_the_latest_decisions_as_lines_or_json(tmp_path: Path) 
     path = tmp_path / "ledger.db"
     with Ledger.open(path) as ledger:
         ledger.record(CallRecord("fetch", "allow", session="s1", identity="alice", spent=Amount(7, "sat")))
-        ledger.record(CallRecord("admin", "deny", session="s1", rule="tools.admin", reason="no admin"))
+        ledger.record(CallRecord("admin", "deny", session="s1", rule="tools.admin", reason="no admin", kind="tool"))
     lines = guard("audit", "tail", "--ledger", str(path)).stdout.splitlines()
     assert [line.split(" ", 1)[1] for line in lines] == [
         "ALLOW fetch session=s1 identity=alice spent=7 sat",
         "DENY admin session=s1 rule=tools.admin — no admin",
     ]
     [last] = json_lines(guard("audit", "tail", "-n", "1", "--json", "--ledger", str(path)).stdout)
-    assert {k: last[k] for k in ("tool", "decision", "rule", "reason", "spent")} == {
+    assert {k: last[k] for k in ("tool", "decision", "rule", "kind", "reason", "spent")} == {
         "tool": "admin",
         "decision": "deny",
         "rule": "tools.admin",
+        "kind": "tool",
         "reason": "no admin",
         "spent": None,
     }

@@ -28,6 +28,7 @@ from ledgers import Amount, BalanceObservation, Budget, Ledger
 from tests.conftest import ROOT
 from tests.e2e.helpers import body, site
 from tests.rawguard import JSON, RawGuard
+from tests.upstreams.p402_state import p402_session
 
 UPSTREAMS = ROOT / "tests" / "upstreams"
 
@@ -217,20 +218,6 @@ def test_twenty_concurrent_fetches_in_one_session_never_overspend_the_identity_b
 # --- Alby: stale balances ------------------------------------------------------------------------------------
 
 # --- P402: sessions, scheduled refresh, costs -----------------------------------------------------------------
-
-
-def p402_session(session_id: str, *, total: float, used: float = 0.0, expires_in: timedelta) -> JSON:
-    when = (datetime.now(UTC) + expires_in).strftime("%Y-%m-%dT%H:%M:%S.000Z")
-    return {
-        "id": session_id,
-        "status": "active",
-        "total_usd": total,
-        "used_usd": used,
-        "expires_at": when,
-        "agent_id": "agent",
-        "session_key": "p402_sk_live_" + "0" * 48,
-        "created_at": when,
-    }
 
 
 SCHEDULE_POLICY = """\

@@ -25,6 +25,7 @@ from guard.errors import UpstreamError
 from ledgers import Amount, BalanceObservation, Budget, Ledger
 from tests.conftest import WAIT_S
 from tests.gate.fakes import guarded
+from tests.upstreams.p402_state import p402_session
 from tests.upstreams.x402_payments import T0, payment_for
 
 pytestmark = pytest.mark.anyio
@@ -338,20 +339,6 @@ async def test_a_stale_wallet_balance_denies_payment_under_on_stale_deny_and_is_
 
 
 # --- P402: costs and dead sessions ---------------------------------------------------------------------------
-
-
-def p402_session(session_id: str, *, total: float, used: float = 0.0, expires_in: timedelta) -> JSON:
-    when = (datetime.now(UTC) + expires_in).strftime("%Y-%m-%dT%H:%M:%S.000Z")
-    return {
-        "id": session_id,
-        "status": "active",
-        "total_usd": total,
-        "used_usd": used,
-        "expires_at": when,
-        "agent_id": "agent",
-        "session_key": "p402_sk_live_" + "0" * 48,
-        "created_at": when,
-    }
 
 
 P402_POLICY = """\
