@@ -6,9 +6,10 @@
    an unknown x402 asset, a variant of a paying tool's name) denies it;
 2. whether it pays: the adapter's word, else the policy's `pays`; a call that does not pay stops here;
 3. the price bound, the first of: the call's own (an invoice, `amountSats`, an x402 payment) → the
-   policy's `price` / `price_from` → a live quote for the resource (with none, the guard asks the upstream
-   itself when the adapter names a call that quotes without paying: `l402-fetch-preview`) → the policy's
-   `max_price` → none: refused (no price, no pay). The hold records which (`priced_by`);
+   policy's `price` / `price_from` → a live quote: for the payment the call names (402-mcp's `l402-pay
+   {paymentHash}`), else for the resource (with none, the guard asks the upstream itself when the adapter
+   names a call that quotes without paying: `l402-fetch-preview`) → the policy's `max_price` → none:
+   refused (no price, no pay). The hold records which (`priced_by`);
 4. the `max_price` cap: a price above it, or in a unit it does not compare with, is refused;
 5. the budgets that count it: those covering the tool in a unit the price converts to; none is a refusal;
 6. the balances it draws on can pay it (`balances.check`: dead, below the price, stale; refreshed first
@@ -26,7 +27,7 @@ from guard.core import SessionLink, ToolCall, off_loop
 from guard.errors import PriceUnknown
 from guard.payments import balances
 from guard.payments.adapters._facts import public_url
-from guard.payments.learning import ask
+from guard.payments.learning import ask, payment_key
 from guard.payments.reading import Readers, Reading
 from guard.policy.rules import Denial, Policy, Who, counting
 from ledgers import Amount, Budget, Ledger, UnitMismatch
@@ -115,9 +116,16 @@ async def _price(
 
 
 async def _quote(ledger: Ledger, policy: Policy, reading: Reading, who: Who, link: SessionLink | None) -> Amount | None:
-    """A live quote for the resource the call pays for; with none, the one a preview names, when the
-    adapter says how to ask for it."""
+    """A live quote for the payment the call names; else for the resource the call pays for, and with none,
+    the one a preview names, when the adapter says how to ask for it.
+
+    The payment's quote wins over the resource's: it is the price of the very invoice the upstream will pay
+    (402-mcp pays the challenge it cached for that hash), where a resource's quote is the price of its next
+    invoice, which may differ."""
     prepared = reading.prepared
+    if prepared is not None and prepared.payment_id is not None:
+        if (by_payment := await off_loop(ledger.quote, payment_key(prepared.payment_id))) is not None:
+            return by_payment.amount
     if prepared is None or prepared.quote_for is None:
         return None
     key = public_url(prepared.quote_for)

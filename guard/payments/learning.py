@@ -2,8 +2,10 @@
 
 - payments it proves were made settle their holds in doubt (`reconcile.settle_proven`);
 - balance observations are held against the last one seen (`reconcile.explain`), then stored;
-- quotes (a price named before paying) are remembered, keyed by `public_url` (no credentials, query or
-  fragment: where API keys and tokens travel), until they expire.
+- quotes (a price named before paying) are remembered until they expire, keyed by `public_url` (no
+  credentials, query or fragment: where API keys and tokens travel) and, when the answer names the
+  invoice's payment hash, by `payment_key` too: 402-mcp caches that challenge, and a later `l402-pay
+  {paymentHash}` pays exactly it. One hash is one invoice: of two prices named for it, the higher is kept.
 
 `ask` is the guard's own call upstream (a balance refresh, a price preview), through the session's
 `SessionLink`, learnt from like any answer.
@@ -17,11 +19,16 @@ from functools import partial
 from guard.core import SessionLink, off_loop
 from guard.errors import UpstreamError
 from guard.payments import reconcile
-from guard.payments.adapters._facts import Adapter, Outcome, Refresh, public_url
+from guard.payments.adapters._facts import Adapter, Outcome, Quote, Refresh, public_url
 from guard.policy.rules import Policy, Who
-from ledgers import Ledger
+from ledgers import Amount, Ledger, UnitMismatch
 
 logger = logging.getLogger("guard.payments")
+
+
+def payment_key(payment_id: str) -> str:
+    """The quote key of a payment (an invoice's payment hash); no URL key starts this way."""
+    return f"payment:{payment_id}"
 
 
 async def learn(ledger: Ledger, outcome: Outcome, policy: Policy, who: Who) -> None:
@@ -32,8 +39,26 @@ async def learn(ledger: Ledger, outcome: Outcome, policy: Policy, who: Who) -> N
         await reconcile.explain(ledger, observation, policy, who)
         await off_loop(ledger.observe, observation)
     for quote in outcome.quotes:
-        remember = partial(ledger.remember_quote, expires=quote.expires, payment_id=quote.payment_id)
-        await off_loop(remember, public_url(quote.resource), quote.amount)
+        await off_loop(_remember, ledger, quote)
+
+
+def _remember(ledger: Ledger, quote: Quote) -> None:
+    remember = partial(ledger.remember_quote, expires=quote.expires, payment_id=quote.payment_id)
+    if quote.resource is not None:
+        remember(public_url(quote.resource), quote.amount)
+    if quote.payment_id is not None:
+        key = payment_key(quote.payment_id)
+        earlier = ledger.quote(key)
+        remember(key, _higher(earlier.amount, quote.amount) if earlier is not None else quote.amount)
+
+
+def _higher(earlier: Amount, named: Amount) -> Amount:
+    """The higher of two prices named for one invoice (they should agree: if not, the ledger must not say
+    less than the wallet may pay); the one named last when they do not compare."""
+    try:
+        return earlier if earlier.to(named.unit, rounding="up").value > named.value else named
+    except UnitMismatch:
+        return named
 
 
 async def ask(

@@ -547,6 +547,24 @@ def tool_fetch(state: JSON, args: JSON) -> types.CallToolResult:
     tiers = state["credit_tiers"].get(origin)
     should_pay = not credits_exhausted and auto_pay and price <= MAX_AUTO_PAY_SATS
     within_limit = should_pay and tracker.try_record(price, now)
+    if should_pay and within_limit and default_method(state) == "human":
+        # No wallet to pay with: a payment page for a human, then `l402-pay {paymentHash}` (captures
+        # paywall-human-07): no invoice in the answer, and nothing paid yet.
+        tracker.unrecord(price)
+        challenge["paymentUrl"] = f"{origin}/invoice-status/{payment_hash}?token={secrets.token_hex(32)}"
+        human: JSON = {
+            "status": 402,
+            "costSats": price,
+            "paymentHash": payment_hash,
+            "paymentUrl": challenge["paymentUrl"],
+        }
+        if tiers:
+            human["tiers"] = tiers
+        human["message"] = (
+            f"Payment required: {price} sats. Open the URL to pay, then call l402-pay with paymentHash "
+            f'"{payment_hash}" to confirm and retry.'
+        )
+        return result(human, knobs=knobs)
     if should_pay and within_limit:
         method = default_method(state)
         outcome, reason = pay(
@@ -649,6 +667,25 @@ def tool_pay(state: JSON, args: JSON) -> types.CallToolResult:
     outcome, reason = pay(
         state, tool="l402-pay", sats=cost, payment_hash=payment_hash, method=method, knobs=knobs, url=cached_url
     )
+    if cached is not None and cached.get("paymentUrl") and method == "human":
+        # The human paid on the payment page (knob "failed": never; "unknown": paid, but not seen in time):
+        # 402-mcp polls that page and answers without a paymentState (captures paywall-human-09).
+        if outcome != "paid":
+            if outcome == "failed":
+                tracker.unrecord(cost)
+            not_confirmed = {
+                "paid": False,
+                "paymentState": "unknown",
+                "reason": "Payment not confirmed after 120s. It may still have settled: call l402-pay again with the "
+                "same paymentHash to keep checking.",
+                "paymentUrl": cached["paymentUrl"],
+            }
+            return failure(not_confirmed)
+        if origin is not None:
+            store_credential(state, origin, macaroon, cached["preimage"], arg_hash or "", "toll-booth")
+            state["credits"][origin] = state["grant_credits"].get(origin)
+        state["challenges"].pop(arg_hash, None)
+        return result({"paid": True, "credentialsStored": origin is not None, "method": "human"}, knobs=knobs)
     if outcome == "failed":
         tracker.unrecord(cost)
         return result(
@@ -801,9 +838,7 @@ def tool_discover(state: JSON, args: JSON) -> types.CallToolResult:
         "macaroon": challenge["macaroon"],
         "paymentHash": challenge["paymentHash"],
     }
-    if origin in state["credit_tiers"]:
-        out["server"] = "toll-booth"
-        out["creditTiers"] = state["credit_tiers"][origin]
+    # Even a toll-booth server's tiers are not in a discover's answer (captures paywall-human-03).
     return result(out, knobs=knobs)
 
 

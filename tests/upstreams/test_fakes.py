@@ -292,7 +292,7 @@ async def test_402mcp_discover_pay_buy_redeem_store_search(tmp_path: Path) -> No
         assert list(found) == ["url", "costSats", "invoice", "macaroon", "paymentHash"]
         assert found["costSats"] == 50 and invoice_sats(found["invoice"]) == 50
         toll = body(await client.call_tool("l402-discover", {"url": f"{booth}/api"}))
-        assert toll["server"] == "toll-booth" and toll["creditTiers"] == tiers
+        assert list(toll) == list(found)  # 402-mcp 4.2.1 names no tiers here (captures paywall-human-03)
         free = await client.call_tool("l402-discover", {"url": f"{SHOP}/free"})
         assert free.is_error and "Expected 402" in body(free)["error"]
 

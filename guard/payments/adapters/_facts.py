@@ -14,7 +14,8 @@ Observation keys (one convention, shared by adapters, the gate and reports):
 An adapter marks observations of money `money=True`: a drop there that the guard's payments do not explain
 is spend seen only in the balance (credits and tokens are the server's own units, never external spend).
 
-Quotes (see `Quote`) are not observations: the ledger keeps them apart, keyed by `public_url`.
+Quotes (see `Quote`) are not observations: the ledger keeps them apart, keyed by `public_url` and by payment
+hash (`guard.payments.learning.payment_key`).
 """
 
 from __future__ import annotations
@@ -31,12 +32,13 @@ from ledgers import Amount, BalanceObservation
 
 @dataclass(frozen=True)
 class Quote:
-    """A price the upstream named for a resource before anything was paid (a 402 answer, a preview,
-    a discover), remembered so a later paying call for that resource has a price bound."""
+    """A price the upstream named for a resource or a payment before anything was paid (a 402 answer, a
+    preview, a discover), remembered so a later paying call for that resource, or of that payment (402-mcp's
+    `l402-pay {paymentHash}`), has a price bound. At least one of `resource` and `payment_id` is set."""
 
-    resource: str  # the URL, as the call names it
+    resource: str | None  # the URL, as the call names it (None: a price for the payment only)
     amount: Amount
-    payment_id: str | None = None  # the invoice's payment hash, when there is one
+    payment_id: str | None = None  # the invoice's payment hash, when there is one: the price is remembered by it too
     expires: datetime | None = None  # when the upstream says the price stops holding (an invoice's expiry)
 
 

@@ -29,7 +29,7 @@ from ledgers import MAX_AMOUNT, Amount, BalanceObservation
 
 NAME = "402-mcp"
 
-# All of 402-mcp's tools (v4.2.1), in their kebab-case names.
+# All of 402-mcp's tools (v4.2.1, widgets on), in their kebab-case names.
 PAYING_TOOLS = frozenset({"l402-fetch", "l402-pay", "l402-buy-credits", "l402-redeem-cashu"})
 READING_TOOLS = frozenset(
     {
@@ -40,6 +40,9 @@ READING_TOOLS = frozenset(
         "l402-discover",
         "l402-search",
         "l402-store-token",
+        # Served only when 402-mcp's widgets are on (captures widgets-01): a host's UI, no payment.
+        "l402-service-directory",
+        "l402-wallet-dashboard",
     }
 )
 TOOLS = PAYING_TOOLS | READING_TOOLS
@@ -349,10 +352,10 @@ def _unreadable(pays: bool, reading: Reading, payment_id: str | None = None) -> 
 
 def _quote(resource: str | None, data: JSON, reading: Reading) -> Quote | None:
     """The price a 402 answer, a preview or a discover names: the invoice's amount when it carries a
-    readable one (exact), else `costSats`; `costUsd` alone makes no quote. It expires with the invoice
-    (its timestamp + expiry) or at `expiresAt` (a preview's, epoch ms), whichever comes first."""
-    if resource is None:
-        return None
+    readable one (exact), else `costSats`; `costUsd` alone makes no quote. It is for the resource and,
+    when the answer names one, for the payment hash (402-mcp caches that challenge: a later `l402-pay
+    {paymentHash}` pays exactly it). It expires with the invoice (its timestamp + expiry) or at
+    `expiresAt` (a preview's, epoch ms), whichever comes first."""
     amount = None
     hash_ = payment_hash(data.get("paymentHash"))
     expiries = [_epoch_ms(data.get("expiresAt"), "expiresAt", reading.problems)]
@@ -372,7 +375,9 @@ def _quote(resource: str | None, data: JSON, reading: Reading) -> Quote | None:
         if sats is not None:
             amount = Amount(sats, "sat")
     expires = min((e for e in expiries if e is not None), default=None)
-    return Quote(resource, amount, hash_, expires) if amount is not None else None
+    if amount is None or (resource is None and hash_ is None):
+        return None
+    return Quote(resource, amount, hash_, expires)
 
 
 def _epoch_ms(value: object, name: str, problems: list[str]) -> datetime | None:
@@ -468,9 +473,13 @@ def _pay_outcome(args: JSON, reading: Reading) -> Outcome:
         if paid is False:
             reading.problems.append("paid and paymentState disagree")
             return Outcome("unknown", payment_id=hash_, problem=reading.problem())
-        if amount is None:
+        if amount is None and args.get("invoice") not in (None, ""):
+            # An amountless invoice. (Paid by `paymentHash` alone, 402-mcp never names the amount: the hold's
+            # price, a quote for that hash or else the policy's cap, is what the ledger counts.)
             reading.problems.append("amount unknown")
         return Outcome("paid", spent=amount, payment_id=hash_, problem=reading.problem())
+    if _refused_before_paying(data):
+        return Outcome("not_paid", payment_id=hash_, problem=reading.problem())
     if state in ("failed", "blocked"):
         if paid is True:
             reading.problems.append("paid and paymentState disagree")
@@ -486,6 +495,23 @@ def _pay_outcome(args: JSON, reading: Reading) -> Outcome:
         reading.problems.append("paymentState is not one of paid, failed, unknown")
         return Outcome("unknown", payment_id=hash_, problem=reading.problem())
     return _unreadable(True, reading, hash_)
+
+
+def _refused_before_paying(data: JSON) -> bool:
+    """`{"paid": false, "reason": "…"}` and nothing else: how 402-mcp 4.2.1 answers when it stops before its
+    wallet is called (no invoice or macaroon cached for the hash, no wallet, an amountless invoice, over
+    MAX_AUTO_PAY_SATS, the per-minute spend limit) or after the wallet said it did not pay ("Payment
+    failed"). Every answer given once money may have moved names a `paymentState`."""
+    return set(data) == {"paid", "reason"} and data["paid"] is False and isinstance(data["reason"], str)
+
+
+# The texts of l402-buy-credits' `{"error": …}` refusals made before its wallet is called (402-mcp 4.2.1):
+# nothing was paid. Any other error text may come from a wallet that threw mid-payment: in doubt.
+_BUY_REFUSALS = re.compile(
+    r"^(?:Amount \d+ sats exceeds per-request limit|Per-minute spend limit reached|Failed to create invoice"
+    r"|Invalid server response|Server returned an amountless invoice|Invoice amount \(\d+ sats\) does not match"
+    r"|Payment to this service is paused)"
+)
 
 
 def _buy_credits_outcome(args: JSON, reading: Reading) -> Outcome:
@@ -518,9 +544,24 @@ def _buy_credits_outcome(args: JSON, reading: Reading) -> Outcome:
     if paid is None and state is None and "tiers" in data:
         return Outcome("not_paid", problem=reading.problem())  # tiers listed: nothing was bought
     if paid is False and state is None and "invoice" in data and not reading.error:
-        # A human wallet's invoice handed back to pay by hand (then `l402-pay`): not paid yet.
+        # A human wallet's invoice handed back to pay by hand (then `l402-pay {paymentHash}`): not paid yet;
+        # its price is remembered by its hash.
+        quote = _quote(None, data, reading)
+        return Outcome(
+            "not_paid",
+            quotes=(quote,) if quote else (),
+            payment_id=hash_ or (quote.payment_id if quote else None),
+            problem=reading.problem(),
+        )
+    if _refused_before_paying(data) or _buy_refused(data):
         return Outcome("not_paid", payment_id=hash_, problem=reading.problem())
     return _unreadable(True, reading, hash_)
+
+
+def _buy_refused(data: JSON) -> bool:
+    """An `{"error": …}` answer of l402-buy-credits that 402-mcp gives only before paying."""
+    error = data.get("error")
+    return set(data) == {"error"} and isinstance(error, str) and _BUY_REFUSALS.match(error) is not None
 
 
 def _redeem_outcome(reading: Reading) -> Outcome:

@@ -631,9 +631,17 @@ PAID = {"paid": True, "paymentState": "paid", "credentialsStored": True, "method
             Outcome("paid", spent=None, payment_id=HASH, problem="amount unknown"),
         ),
         (
+            # 402-mcp never names the amount of a payment by hash: the hold's price (its quote) is counted.
             {"paymentHash": OTHER_HASH},
             result(PAID),
-            Outcome("paid", spent=None, payment_id=OTHER_HASH, problem="amount unknown"),
+            Outcome("paid", spent=None, payment_id=OTHER_HASH),
+        ),
+        (
+            # What our reading did not expect (captures paywall-limits-07): 402-mcp's refusals before paying
+            # name no paymentState at all, only `reason`.
+            {"paymentHash": OTHER_HASH},
+            result({"paid": False, "reason": "Per-minute spend limit reached."}, error=True),
+            Outcome("not_paid", payment_id=OTHER_HASH),
         ),
         (
             {"invoice": INVOICE_21_SAT},
@@ -660,7 +668,8 @@ PAID = {"paid": True, "paymentState": "paid", "credentialsStored": True, "method
         "paid: spent the invoice's amount",
         "paid by a human, no paymentState",
         "paid an amountless invoice: amount unknown",
-        "paid by cached paymentHash: amount unknown",
+        "paid by cached paymentHash: the hold's price counts",
+        "refused before paying: paid false with only a reason",
         "failed: nothing moved",
         "unknown: in doubt",
         "threw after reserving: in doubt",
@@ -676,13 +685,21 @@ def test_a_pay_answer_settles_at_the_invoice_amount_or_stays_in_doubt(
 @pytest.mark.parametrize(
     ("answer", "problem"),
     [
-        (result({"paid": False, "reason": "Per-minute spend limit reached."}, error=True), "paymentState"),
+        (result({"paid": False, "reason": "timeout", "method": "nwc"}, error=True), "paymentState"),
+        (result({"paid": False}, error=True), "paymentState"),
         (result({"paid": True, "paymentState": "failed"}), "disagree"),
         (result({"paid": False, "paymentState": "paid"}), "disagree"),
         (result({"paid": "yes"}), "not in a documented shape"),
         (result({"paid": True, "paymentState": 7}), "paymentState is not one of"),
     ],
-    ids=["paid false without a state", "paid but failed", "not paid but paid", "paid as a string", "odd"],
+    ids=[
+        "paid false with more than a reason",
+        "paid false alone",
+        "paid but failed",
+        "not paid but paid",
+        "paid as a string",
+        "odd",
+    ],
 )
 def test_a_pay_answer_that_does_not_prove_the_outcome_is_unknown(answer: JSON, problem: str) -> None:
     outcome = ADAPTER.outcome("l402_pay", {"invoice": INVOICE_21_SAT}, None, answer)
@@ -723,7 +740,20 @@ TIERS = {"tiers": [{"amountSats": 500, "creditSats": 550}, {"amountSats": 1000, 
         (
             BUY,
             result({"paid": False, "invoice": INVOICE_21_SAT, "paymentHash": HASH, "costSats": 500}),
-            Outcome("not_paid", payment_id=HASH),
+            # Its price is remembered by its hash (the invoice's exact amount) for the `l402-pay` that follows.
+            Outcome("not_paid", quotes=(Quote(None, Amount(21_000, "msat"), HASH, INVOICE_EXPIRES),), payment_id=HASH),
+        ),
+        (
+            BUY,
+            result({"error": "Amount 500 sats exceeds per-request limit (50 sats). Reduce the amount."}, error=True),
+            Outcome("not_paid"),
+        ),
+        (BUY, result({"error": "Per-minute spend limit reached."}, error=True), Outcome("not_paid")),
+        (BUY, result({"paid": False, "reason": "Payment failed"}, error=True), Outcome("not_paid")),
+        (
+            BUY,
+            result({"error": "socket hang up"}, error=True),
+            Outcome("unknown", problem="the call failed without saying whether it paid"),
         ),
     ],
     ids=[
@@ -735,6 +765,10 @@ TIERS = {"tiers": [{"amountSats": 500, "creditSats": 550}, {"amountSats": 1000, 
         "failed",
         "tiers on a purchase: nothing bought",
         "a human's invoice handed back",
+        "over 402-mcp's own per-request limit: refused before paying",
+        "over 402-mcp's per-minute limit: refused before paying",
+        "the wallet said it did not pay",
+        "any other error: the wallet may have paid",
     ],
 )
 def test_a_buy_credits_answer_settles_at_amount_sats(arguments: JSON, answer: JSON, outcome: Outcome) -> None:
@@ -748,7 +782,7 @@ def test_a_buy_credits_answer_settles_at_amount_sats(arguments: JSON, answer: JS
         (result({"paid": True}), "paid", Amount(500, "sat"), "the amount asked for is counted"),
         (result({"paid": True, "amountSats": -500}), "paid", Amount(500, "sat"), "amountSats is negative"),
         (result({"paid": True, "amountSats": 600}), "paid", Amount(600, "sat"), "differs from the amount asked"),
-        (result({"error": "Per-minute spend limit reached."}, error=True), "unknown", None, "failed without saying"),
+        (result({"error": "Invoice payment threw"}, error=True), "unknown", None, "failed without saying"),
         (raw("oops"), "paid", None, "not JSON"),
         (result({"paid": None}), "unknown", None, "not in a documented shape"),
     ],
