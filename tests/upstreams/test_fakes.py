@@ -25,6 +25,7 @@ import pytest
 from mcp import Client, MCPError, StdioServerParameters
 from mcp.types import CallToolResult
 
+from tests.captures.files import capture
 from tests.conftest import INITIALIZE, WAIT_S
 from tests.upstreams.x402_payments import PAYER, T0, payment_for
 
@@ -274,6 +275,30 @@ async def test_402mcp_fetch_caps_and_outcome_knobs(tmp_path: Path) -> None:
         edit(state_file, now=T0 + 61)
         assert body(await client.call_tool("l402-fetch", {"url": urls["h"], "autoPay": True}))["satsPaid"] == 10
         assert sum(p["amount"] for p in read(state_file)["payments"]) == 50
+
+
+async def test_402mcp_with_no_wallet_answers_an_autopay_fetch_and_its_l402_pay_as_the_real_one_did(
+    tmp_path: Path,
+) -> None:
+    """Captures paywall-human-07 and -09: a payment page instead of an invoice; `l402-pay {paymentHash}`
+    answers without amount or paymentState."""
+
+    def recorded(name: str) -> Any:
+        return json.loads(capture(name)["response"]["result"]["content"][0]["text"])
+
+    state_file = tmp_path / "state.json"
+    tiers = [{"amountSats": 100, "creditSats": 110, "label": "110 credits"}]
+    state = {"now": T0, "nwc_configured": False, "prices": {PAID: 21}, "credit_tiers": {SHOP: tiers}}
+    async with fake("fake_402mcp", state_file, state) as client:
+        asked = body(await client.call_tool("l402-fetch", {"url": PAID, "autoPay": True}))
+        assert list(asked) == list(recorded("paywall-human-07-l402-fetch-autopay-human"))
+        assert (asked["status"], asked["costSats"], read(state_file)["payments"]) == (402, 21, [])
+        assert asked["paymentUrl"].startswith(f"{SHOP}/invoice-status/{asked['paymentHash']}?token=")
+        paid = await client.call_tool("l402-pay", {"paymentHash": asked["paymentHash"]})
+        assert not paid.is_error and body(paid) == recorded("paywall-human-09-l402-pay")
+        [payment] = read(state_file)["payments"]
+        assert (payment["amount"], payment["method"], payment["payment_hash"]) == (21, "human", asked["paymentHash"])
+        assert body(await client.call_tool("l402-fetch", {"url": PAID}))["status"] == 200  # the credential works
 
 
 async def test_402mcp_discover_pay_buy_redeem_store_search(tmp_path: Path) -> None:
