@@ -31,8 +31,9 @@ class RawGuard:
         session: str = "s1",
         extra: tuple[str, ...] = (),
         env: dict[str, str] | None = None,
+        ledger: str | None = None,
     ) -> None:
-        self.ledger = tmp / "ledger.db"
+        self.ledger: Path | str = ledger or tmp / "ledger.db"  # a PostgreSQL URL, or the SQLite file
         self.policy = policy
         command = [*GUARD, "run", "--policy", str(policy), "--ledger", str(self.ledger), "--session", session, *extra]
         self.process = subprocess.Popen(
