@@ -37,6 +37,7 @@ from ledgers._records import (
 from ledgers._recovery import DEFAULT_LEASE_S
 from ledgers._report import (
     BalanceDrift,
+    BudgetCount,
     DoubtfulHold,
     OverReservation,
     RuleCount,
@@ -62,6 +63,7 @@ __all__ = [
     "BalanceDrift",
     "BalanceObservation",
     "Budget",
+    "BudgetCount",
     "BudgetExceeded",
     "BudgetState",
     "CallRecord",

@@ -26,7 +26,7 @@ from sqlalchemy import Connection, Row
 from sqlalchemy.exc import IntegrityError
 
 from ledgers._audit import INSERT_CALL, call_row
-from ledgers._errors import AlreadyPaid, AmountError, HoldStateError, PaymentInFlight
+from ledgers._errors import AlreadyPaid, AmountError, HoldStateError, PaymentInFlight, UnitMismatch
 from ledgers._money import Amount, Rates
 from ledgers._part import Part
 from ledgers._records import Budget, CallRecord, HoldInfo, RateLimit
@@ -108,11 +108,14 @@ class Holds(Part):
         server: str | None = None,
         resource: str | None = None,
         priced_by: str | None = None,
+        rates: Rates | None = None,
     ) -> int:
         """Check every budget and rate limit and, in the same transaction, write the hold (and the
         calls the rate limits count). `balance_key` names the balance the payment draws on (see
         `spent_from`); `server` and `resource` (a URL without its query) are for reports, `priced_by`
-        what bounded `amount` (a quote, a cap). Returns the hold id.
+        what bounded `amount` (a quote, a cap). `rates` (default: the ledger's own) converts `amount`
+        into each budget's unit, rounded up; the charge stored is that figure, and settling scales it,
+        so a later change of rates never rewrites it. Returns the hold id.
 
         Raises:
             BudgetExceeded / RateLimited: which rule, what remains, when to retry. Nothing written.
@@ -121,7 +124,8 @@ class Holds(Part):
         """
         if not isinstance(amount, Amount):
             raise AmountError(f"reserve() needs an Amount, not {type(amount).__name__} {amount!r}")
-        charges = [(b, amount.to(b.limit.unit, rates=self._rates, rounding="up").value) for b in budgets]
+        rates = rates if rates is not None else self._rates
+        charges = [(b, amount.to(b.limit.unit, rates=rates, rounding="up").value) for b in budgets]
         keys = sorted({b.key for b in budgets} | {r.lock_key for r in rate_limits})
         where = Where(session, identity, tool, balance_key, server, resource, priced_by)
         with self._store.write(lock_keys=keys) as conn:
@@ -148,10 +152,13 @@ class Holds(Part):
         session: str | None = None,
         tool: str | None = None,
         server: str | None = None,
+        rates: Rates | None = None,
     ) -> int:
         """Record spend that already happened (seen only in a balance): a settled hold counted against
-        `budgets`, never refused (the money is gone). Returns the hold id."""
-        charges = [(b, amount.to(b.limit.unit, rates=self._rates, rounding="up").value) for b in budgets]
+        `budgets` (converted with `rates`, default the ledger's own), never refused (the money is gone).
+        Returns the hold id."""
+        rates = rates if rates is not None else self._rates
+        charges = [(b, amount.to(b.limit.unit, rates=rates, rounding="up").value) for b in budgets]
         where = Where(session=session, tool=tool, balance_key=balance_key, server=server)
         with self._store.write(lock_keys=sorted({b.key for b in budgets})) as conn:
             now = self._store.now_us()
@@ -330,13 +337,13 @@ def finish(conn: Connection, hold_id: int, step: Step, actual: Amount | None, no
     settled = run(
         conn,
         "UPDATE ledger_holds SET phase = :p, settled = :v, updated_us = :t"
-        f" WHERE id = :h AND phase IN {sql_list(step.start)} AND unit = :u RETURNING mixed_units",
+        f" WHERE id = :h AND phase IN {sql_list(step.start)} AND unit = :u RETURNING mixed_units, amount",
         {"p": step.end, "v": actual.value, "t": now, "h": hold_id, "u": actual.unit},
     ).first()
     if settled is not None:
-        unit, paid, mixed = actual.unit, actual.value, bool(settled.mixed_units)
+        unit, paid, mixed, reserved = actual.unit, actual.value, bool(settled.mixed_units), int(settled.amount)
     else:  # another unit than the hold's, or a step the phase does not allow
-        unit = _unit_if_allowed(conn, hold_id, step)
+        unit, reserved = _unit_if_allowed(conn, hold_id, step)
         paid = actual.to(unit, rounding="up").value
         run(
             conn,
@@ -354,11 +361,27 @@ def finish(conn: Connection, hold_id: int, step: Step, actual: Amount | None, no
     if not mixed:
         return
     others = run(
-        conn, "SELECT id, unit FROM ledger_charges WHERE hold_id = :h AND unit != :u", {"h": hold_id, "u": unit}
+        conn,
+        "SELECT id, unit, held FROM ledger_charges WHERE hold_id = :h AND unit != :u",
+        {"h": hold_id, "u": unit},
     ).all()
     for charge in others:
-        spent = Amount(paid, unit).to(charge.unit, rates=rates, rounding="up").value
+        spent = _in_charge_unit(paid, reserved, int(charge.held), Amount(paid, unit), charge.unit, rates)
         run(conn, "UPDATE ledger_charges SET held = 0, spent = :s WHERE id = :c", {"s": spent, "c": charge.id})
+
+
+def _in_charge_unit(paid: int, reserved: int, held: int, actual: Amount, unit: str, rates: Rates | None) -> int:
+    """What a payment of `paid` (in the hold's unit) counts in a charge of another unit. Units that
+    convert by themselves (sat, msat) convert exactly, rounded up. Others keep the rate the reservation
+    used: the charge held at reserve scaled by paid / reserved, rounded up (never less than the exact
+    figure at that rate), so rates edited since never rewrite it and one no longer written cannot fail a
+    settlement. A hold of nothing has no rate to scale by: `rates` convert it."""
+    try:
+        return actual.to(unit, rounding="up").value
+    except UnitMismatch:
+        if reserved == 0:
+            return actual.to(unit, rates=rates, rounding="up").value
+    return Amount(-(-held * paid // reserved), unit).value
 
 
 def hold_info(row: Row[Any]) -> HoldInfo:
@@ -410,17 +433,17 @@ def _refuse(conn: Connection, hold_id: int, step: Step) -> NoReturn:
     raise HoldStateError(f"hold {hold_id} is {phase}: it cannot become {step.end}")
 
 
-def _unit_if_allowed(conn: Connection, hold_id: int, step: Step) -> str:
-    """The hold's unit, when its phase allows `step` (then only `actual`'s unit was another); else raise
-    why the step cannot be taken."""
-    phase, unit = _phase_and_unit(conn, hold_id)
+def _unit_if_allowed(conn: Connection, hold_id: int, step: Step) -> tuple[str, int]:
+    """The hold's unit and reserved amount, when its phase allows `step` (then only `actual`'s unit was
+    another); else raise why the step cannot be taken."""
+    phase, unit, reserved = _phase_and_unit(conn, hold_id)
     if phase not in step.start:
         raise HoldStateError(f"hold {hold_id} is {phase}: it cannot become {step.end}")
-    return unit
+    return unit, reserved
 
 
-def _phase_and_unit(conn: Connection, hold_id: int) -> tuple[str, str]:
-    row = run(conn, "SELECT phase, unit FROM ledger_holds WHERE id = :h", {"h": hold_id}).first()
+def _phase_and_unit(conn: Connection, hold_id: int) -> tuple[str, str, int]:
+    row = run(conn, "SELECT phase, unit, amount FROM ledger_holds WHERE id = :h", {"h": hold_id}).first()
     if row is None:
         raise HoldStateError(f"hold {hold_id} does not exist")
-    return str(row.phase), str(row.unit)
+    return str(row.phase), str(row.unit), int(row.amount)

@@ -105,6 +105,9 @@ class BudgetState:
     window_start: datetime | None  # None: the session's whole life
     resets_at: datetime | None  # when a calendar window starts again (None: session or sliding)
     last_used: datetime | None
+    # The payments it counts (spent, held, in doubt) in their own units, one Amount per unit (Lightning in
+    # msat): what `used` converted from, through the rates each reservation used.
+    paid_in: tuple[Amount, ...] = ()
 
     @property
     def used(self) -> int:

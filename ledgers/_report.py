@@ -9,6 +9,9 @@ What is counted:
   are counted per rule as the policy names it; rate-limit hits and stale balances are picked out by the
   kind of rule (`CallRecord.kind`) and the balance it named (`balance_key`), never by what a rule's name
   or its words say;
+- budgets: what the period's holds counted against each budget, in the budget's unit, beside what they
+  paid in their own unit (a usd budget counting usdc and sats shows a row for each): one row per budget,
+  scope and payment unit;
 - holds in doubt are every hold in doubt now, whenever it was made;
 - payments above their reservation: holds created in the period and settled at more than they held
   (the spend above counts all of it);
@@ -60,6 +63,23 @@ class Spend:
     def total(self) -> int:
         """Spent, external spend included (in-doubt money is not known to be spent)."""
         return self.spent + self.external
+
+
+@dataclass(frozen=True)
+class BudgetCount:
+    """What the period's payments in one unit (`paid_unit`, Lightning in msat) counted against one budget:
+    `spent` and `in_doubt` in the budget's `unit` (converted at each reservation's rate), `paid` and
+    `paid_in_doubt` in the payments' own unit."""
+
+    budget: str
+    scope: str
+    unit: str
+    spent: int
+    in_doubt: int
+    paid_unit: str
+    paid: int
+    paid_in_doubt: int
+    payments: int
 
 
 @dataclass(frozen=True)
@@ -163,6 +183,7 @@ class SpendReport:
     by_hour: tuple[Spend, ...]
     top_urls: tuple[Spend, ...]
     top_origins: tuple[Spend, ...]
+    budgets: tuple[BudgetCount, ...]
     denials: tuple[RuleCount, ...]
     rate_limit_hits: tuple[RuleCount, ...]
     stale_denials: tuple[StaleDenial, ...]
@@ -207,6 +228,7 @@ def build_report(conn: Connection, start: datetime, end: datetime, now_us: int) 
         by_hour=spend["hour"],
         top_urls=_top(spend["resource"]),
         top_origins=_top(_by_origin(spend["resource"])),
+        budgets=_budgets(conn, period),
         denials=denials,
         rate_limit_hits=_rate_limit_hits(conn, period),
         stale_denials=_stale_denials(conn, period),
@@ -217,11 +239,11 @@ def build_report(conn: Connection, start: datetime, end: datetime, now_us: int) 
 
 
 # `_lightning` in SQL: for sums and comparisons made by the database.
-def _unit(column: str) -> str:
+def lightning_unit(column: str) -> str:
     return f"CASE WHEN {column} = 'sat' THEN 'msat' ELSE {column} END"
 
 
-def _scaled(value: str, unit_column: str) -> str:
+def in_msat(value: str, unit_column: str) -> str:
     return f"({value}) * CASE WHEN {unit_column} = 'sat' THEN 1000 ELSE 1 END"
 
 
@@ -318,6 +340,39 @@ def origin(url: str) -> str:
     if not parts.scheme or not parts.netloc:
         return url
     return f"{parts.scheme}://{parts.netloc.rsplit('@', 1)[-1]}"
+
+
+# The period's holds (through `ledger_holds_created`) joined to their charges, by budget and payment unit.
+_BUDGETS_SQL = f"""
+SELECT COALESCE(b.name, c.budget) AS name, COALESCE(b.scope, '') AS scope, c.unit AS unit,
+       {lightning_unit("h.unit")} AS paid_unit,
+       SUM(CASE WHEN h.phase = 'in_doubt' THEN 0 ELSE c.spent END) AS spent,
+       SUM(CASE WHEN h.phase = 'in_doubt' THEN c.held ELSE 0 END) AS in_doubt,
+       SUM(CASE WHEN h.phase = 'in_doubt' THEN 0 ELSE {in_msat("h.settled", "h.unit")} END) AS paid,
+       SUM(CASE WHEN h.phase = 'in_doubt' THEN {in_msat("h.amount", "h.unit")} ELSE 0 END) AS paid_in_doubt,
+       COUNT(*) AS n
+FROM ledger_holds h JOIN ledger_charges c ON c.hold_id = h.id LEFT JOIN ledger_budgets b ON b.key = c.budget
+WHERE h.created_us >= :start AND h.created_us < :end AND (h.settled > 0 OR h.phase = 'in_doubt')
+GROUP BY COALESCE(b.name, c.budget), COALESCE(b.scope, ''), c.unit, {lightning_unit("h.unit")}
+ORDER BY name, scope, paid_unit
+"""
+
+
+def _budgets(conn: Connection, period: dict[str, int]) -> tuple[BudgetCount, ...]:
+    return tuple(
+        BudgetCount(
+            row.name,
+            row.scope,
+            row.unit,
+            int(row.spent),
+            int(row.in_doubt),
+            row.paid_unit,
+            int(row.paid),
+            int(row.paid_in_doubt),
+            int(row.n),
+        )
+        for row in _rows(conn, _BUDGETS_SQL, period)
+    )
 
 
 _CALLS_SQL = """
@@ -423,9 +478,9 @@ def _lightning(value: int, unit: str) -> Amount:
 # between consecutive observations in one unit (LAG over the key's observations, in time order).
 _DRIFT_SQL = f"""
 WITH o AS (
-  SELECT key, {_unit("unit")} AS u, {_scaled("amount", "unit")} AS a, seen_us,
-         LAG({_scaled("amount", "unit")}) OVER (PARTITION BY key ORDER BY seen_us, id) AS prev_a,
-         LAG({_unit("unit")}) OVER (PARTITION BY key ORDER BY seen_us, id) AS prev_u,
+  SELECT key, {lightning_unit("unit")} AS u, {in_msat("amount", "unit")} AS a, seen_us,
+         LAG({in_msat("amount", "unit")}) OVER (PARTITION BY key ORDER BY seen_us, id) AS prev_a,
+         LAG({lightning_unit("unit")}) OVER (PARTITION BY key ORDER BY seen_us, id) AS prev_u,
          ROW_NUMBER() OVER (PARTITION BY key ORDER BY seen_us, id) AS nth,
          ROW_NUMBER() OVER (PARTITION BY key ORDER BY seen_us DESC, id DESC) AS nth_last
   FROM ledger_observations
@@ -444,13 +499,13 @@ FROM o GROUP BY key ORDER BY key
 # What the guard counted against one balance between two observations: its payments (settled, and in
 # doubt in full, as `Ledger.spent_from` counts them) and spend seen only in the balance.
 _DRAWN_SQL = f"""
-SELECT {_unit("unit")} AS u,
-       SUM(CASE WHEN external THEN 0 WHEN phase = 'settled' THEN {_scaled("settled", "unit")}
-                ELSE {_scaled("amount", "unit")} END) AS counted,
-       SUM(CASE WHEN external THEN {_scaled("settled", "unit")} ELSE 0 END) AS external
+SELECT {lightning_unit("unit")} AS u,
+       SUM(CASE WHEN external THEN 0 WHEN phase = 'settled' THEN {in_msat("settled", "unit")}
+                ELSE {in_msat("amount", "unit")} END) AS counted,
+       SUM(CASE WHEN external THEN {in_msat("settled", "unit")} ELSE 0 END) AS external
 FROM ledger_holds
 WHERE balance_key = :key AND updated_us > :first AND updated_us <= :last AND phase IN {sql_list(MAYBE_PAID)}
-GROUP BY {_unit("unit")}
+GROUP BY {lightning_unit("unit")}
 """
 
 
@@ -492,6 +547,7 @@ def _rows(conn: Connection, statement: str, params: dict[str, Any] | None = None
 
 __all__ = [
     "BalanceDrift",
+    "BudgetCount",
     "DoubtfulHold",
     "OverReservation",
     "RuleCount",

@@ -16,7 +16,7 @@ from ledgers._holds import SELECT_HOLDS, hold_info
 from ledgers._money import Amount
 from ledgers._part import Part
 from ledgers._records import Budget, BudgetState, HoldInfo, Usage
-from ledgers._report import SpendReport, build_report
+from ledgers._report import SpendReport, build_report, in_msat, lightning_unit
 from ledgers._schema import OPEN_PHASES, PHASES
 from ledgers._store import columns, run, sql_list
 from ledgers._time import US_PER_S, Window, from_us, to_us
@@ -119,6 +119,17 @@ class Views(Part):
 # Inside a transaction
 
 
+# What a budget's charges in its window were paid in: the payments' own units (Lightning summed in msat),
+# settled ones at what was paid, open ones at what they hold.
+_PAID_IN_SQL = f"""
+SELECT {lightning_unit("h.unit")} AS u,
+       SUM({in_msat("CASE WHEN h.phase = 'settled' THEN h.settled ELSE h.amount END", "h.unit")}) AS total
+FROM ledger_charges c JOIN ledger_holds h ON h.id = c.hold_id
+WHERE c.budget = :b AND c.created_us >= :s AND h.phase != 'voided'
+GROUP BY {lightning_unit("h.unit")} ORDER BY u
+"""
+
+
 def _states(conn: Connection, budgets: Sequence[Budget], now: int) -> list[BudgetState]:
     # Few holds are ever in doubt: read them all once, and split them by budget and window here.
     doubtful: Any = run(
@@ -132,6 +143,7 @@ def _states(conn: Connection, budgets: Sequence[Budget], now: int) -> list[Budge
         held, spent = budget_use(conn, budget.key, start)
         in_doubt = sum(int(d.held) for d in doubtful if d.budget == budget.key and d.created_us >= start)
         last = run(conn, "SELECT MAX(created_us) FROM ledger_charges WHERE budget = :b", {"b": budget.key}).scalar()
+        paid_in: Any = run(conn, _PAID_IN_SQL, {"b": budget.key, "s": start}).all()
         end = budget.window.end_us(now)
         states.append(
             BudgetState(
@@ -142,6 +154,7 @@ def _states(conn: Connection, budgets: Sequence[Budget], now: int) -> list[Budge
                 window_start=from_us(start) if budget.window.kind != "session" else None,
                 resets_at=from_us(end) if end is not None else None,
                 last_used=from_us(last) if last is not None else None,
+                paid_in=tuple(Amount(int(total), unit) for unit, total in paid_in if total),
             )
         )
     return states

@@ -80,9 +80,13 @@ def _print_tables(view: JSON) -> None:
     for column in ("budget", "scope", "window", "resets", "unit", "limit", "spent", "held", "in doubt", "left"):
         budgets.add_column(column, justify="right" if column in _MONEY_COLUMNS else "left", no_wrap=True)
     budgets.add_column("used", no_wrap=True)
+    mixed = _any_paid_in_another_unit(view)
+    if mixed:
+        budgets.add_column("paid in", no_wrap=True)
     for row in view["budgets"]:
         style = "red" if row["percent_used"] >= 100 else "yellow" if row["percent_used"] >= 80 else "green"
-        budgets.add_row(*_budget_cells(row), Text(f"{_bar(row, '█', '░')} {row['percent_used']}%", style=style))
+        used = Text(f"{_bar(row, '█', '░')} {row['percent_used']}%", style=style)
+        budgets.add_row(*_budget_cells(row), used, *([_paid_in(row)] if mixed else []))
     console.print(budgets if view["budgets"] else _nothing("budgets", view))
     balances = _table("Balances")
     for column in ("key", "amount", "age", "stale", "status"):
@@ -105,7 +109,12 @@ def _table(title: str) -> Table:
 def _print_plain(view: JSON) -> None:
     """Aligned columns without colour or box drawing, for pipes and files."""
     header = ["budget", "scope", "window", "resets", "unit", "limit", "spent", "held", "in_doubt", "remaining", "used"]
-    rows = [[*_budget_cells(row), f"[{_bar(row)}] {row['percent_used']}%"] for row in view["budgets"]]
+    mixed = _any_paid_in_another_unit(view)
+    header += ["paid_in"] if mixed else []
+    rows = [
+        [*_budget_cells(row), f"[{_bar(row)}] {row['percent_used']}%", *([_paid_in(row)] if mixed else [])]
+        for row in view["budgets"]
+    ]
     typer.echo(_columns(header, rows) if rows else _nothing("budgets", view))
     typer.echo("")
     header = ["balance", "amount", "age", "stale", "status"]
@@ -130,6 +139,27 @@ def _budget_cells(row: JSON) -> list[str]:
     resets = _when(row["resets_at"]) if row["resets_at"] else "rolling" if row["window"] != "session" else "never"
     money = [_money(row[k], row["unit"]).split(" ") for k in ("limit", "spent", "held", "in_doubt", "remaining")]
     return [row["name"], row["scope"], window, resets, money[0][-1], *(number for number, *_ in money)]
+
+
+def _any_paid_in_another_unit(view: JSON) -> bool:
+    """Whether a budget counts payments made in another unit than its own (then a column says which)."""
+    return any(_other_units(row) for row in view["budgets"])
+
+
+def _other_units(row: JSON) -> bool:
+    own = "msat" if row["unit"] == "sat" else row["unit"]  # paid_in counts Lightning in msat
+    return any(paid["unit"] != own for paid in row["paid_in"])
+
+
+def _paid_in(row: JSON) -> str:
+    """What a budget's use was paid in, in the payments' own units: `0.5 usdc + 300 sat`."""
+    if not _other_units(row):
+        return ""
+    return " + ".join(_money(*_whole_sats(paid["amount"], paid["unit"])) for paid in row["paid_in"])
+
+
+def _whole_sats(value: int, unit: str) -> tuple[int, str]:
+    return (value // 1000, "sat") if unit == "msat" and value % 1000 == 0 else (value, unit)
 
 
 def _nothing(what: str, view: JSON) -> str:

@@ -116,18 +116,20 @@ def largest_auto_payment(policy: Policy) -> int:
             bounds = [policy.max_price(tool), policy.fixed_price(tool, {})]
         except PriceUnknown:
             continue  # caps that do not compare: every call to it is refused
-        budgets = [_sats(budget.limit) for budget in policy.budgets(tool, anyone)]
+        budgets = [_sats(budget.limit, policy) for budget in policy.budgets(tool, anyone)]
         if not any(b is not None for b in budgets):
             continue  # no budget counts sats: every payment is refused
-        most = min(sats for sats in [*(_sats(b) for b in bounds if b is not None), *budgets] if sats is not None)
+        caps = [_sats(b, policy) for b in bounds if b is not None]
+        most = min(sats for sats in [*caps, *budgets] if sats is not None)
         largest = max(largest, most)
     return largest
 
 
-def _sats(amount: Amount) -> int | None:
-    """`amount` in whole sats (rounded down: 402-mcp compares whole sats), None when not Lightning money."""
+def _sats(amount: Amount, policy: Policy) -> int | None:
+    """`amount` in whole sats (rounded down: 402-mcp compares whole sats), through the policy's rates (a
+    usd budget with a written sat rate caps it too); None when no rate converts it."""
     try:
-        return amount.to("sat", rounding="down").value
+        return amount.to("sat", rates=policy.rates, rounding="down").value
     except UnitMismatch:
         return None
 

@@ -27,7 +27,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 
 import anyio
@@ -120,6 +120,7 @@ class PolicyGate:
                     reason=admitted.reason,
                     kind=admitted.kind,
                     balance_key=admitted.balance_key,
+                    price=admitted.price,
                 )
             )
             return denial_result(admitted)
@@ -210,8 +211,8 @@ class PolicyGate:
             limits = _rate_limits(policy, call, who)
             await self._within_rate_limits(limits)  # 4
             money = _unless_denied(await self._payments.bound(policy, call, who, link))  # 5
-            hold = await self._reserve(money, limits, who, name)  # 6
-            await self._use_approval(approval, hold)  # 7
+            hold = await self._reserve(policy, money, limits, who, name)  # 6
+            await self._use_approval(approval, hold, money)  # 7
         except _Denied as denied:
             return denied.denial
         if hold is not None:
@@ -254,9 +255,10 @@ class PolicyGate:
             except Refused as exc:
                 raise _Denied(_refused(exc, limits)) from None
 
-    async def _reserve(self, money: Bound, limits: list[Limit], who: Who, tool: str) -> int | None:
-        """One ledger transaction: a paying call's budgets and rate limits reserve together (the hold id);
-        a free call only counts against its rate limits (None)."""
+    async def _reserve(self, policy: Policy, money: Bound, limits: list[Limit], who: Who, tool: str) -> int | None:
+        """One ledger transaction: a paying call's budgets and rate limits reserve together (the hold id),
+        converted into the budgets' units with the rates of the policy that priced it; a free call only
+        counts against its rate limits (None)."""
         rates = [limit.rate for limit in limits]
         try:
             if money.price is None:
@@ -276,12 +278,13 @@ class PolicyGate:
                 server=who.server,
                 resource=money.resource,
                 priced_by=money.priced_by,
+                rates=policy.rates,
             )
             return await off_loop(reserve)
         except Refused as exc:
-            raise _Denied(_refused(exc, limits)) from None
+            raise _Denied(replace(_refused(exc, limits), price=money.price)) from None
 
-    async def _use_approval(self, approval: str | None, hold: int | None) -> None:
+    async def _use_approval(self, approval: str | None, hold: int | None, money: Bound) -> None:
         """Use the approval up (it is single-use); should another call have used it first, release the hold."""
         if approval is None:
             return
@@ -290,7 +293,8 @@ class PolicyGate:
         except ApprovalError as exc:
             if hold is not None:
                 await off_loop(self._ledger.void, hold)
-            raise _Denied(Denial("approvals", str(exc), approval_id=approval, kind="approval")) from None
+            denial = Denial("approvals", str(exc), approval_id=approval, kind="approval", price=money.price)
+            raise _Denied(denial) from None
 
     # reloads
 

@@ -26,6 +26,8 @@ def budget_fields(state: BudgetState) -> JSON:
         "remaining": state.remaining,
         "percent_used": percent(state.used, budget.limit.value),
         "last_used": _iso(state.last_used),
+        # What it counts was paid in these units (Lightning in msat): a usd budget counting usdc and sats.
+        "paid_in": [{"unit": amount.unit, "amount": amount.value} for amount in state.paid_in],
     }
 
 

@@ -13,6 +13,8 @@
        "calls": {decision: count},                                 # allow, deny, error, external, topup, resolve
        "totals" | "by_session" | "by_identity" | "by_server" | "by_tool" | "by_hour" |
        "top_urls" | "top_origins": [SPEND, ...],
+       "budgets": [{"budget", "scope", "unit", "spent", "in_doubt", "paid_unit", "paid", "paid_in_doubt",
+                    "payments"}],
        "denials" | "rate_limit_hits": [{"rule", "count", "example"}],
        "stale_balance_denials": [{"tool", "balance", "count"}],
        "in_doubt": [{"hold", "amount", "unit", "tool", "session", "identity", "server", "resource",
@@ -29,13 +31,17 @@
   have left (in full); `external` spend seen only in a balance; `spent_with_external` = spent +
   external. `over_reservations` are payments of the period settled above what was reserved for them
   (counted whole in the spend), amounts in the hold's unit; `priced_by` says what bounded the
-  reservation. Drift amounts may be negative (`fell_by` < 0: the balance rose). Lists are ordered: keys
-  alphabetically (null last), hours in time, top URLs/origins by spend (10 per unit), denials by count.
+  reservation. `budgets` says what the period's payments counted against each budget, one row per budget,
+  scope and payment unit: `spent` and `in_doubt` in the budget's `unit` (converted at each reservation's
+  rate), `paid` and `paid_in_doubt` in the payments' own `paid_unit`. Drift amounts may be negative
+  (`fell_by` < 0: the balance rose). Lists are ordered: keys alphabetically (null last), hours in time,
+  top URLs/origins by spend (10 per unit), denials by count, budgets by name, scope and payment unit.
 - `csv` is the same document in long format, one value a row, with the header
   `section,key,detail,unit,measure,value`: `section` is a JSON member above (`period` and `report` for
   the scalars), `key` the item's key (session, rule, hold id, balance...; empty for totals or not
-  recorded), `detail` the balance of a stale-balance denial, `unit` the item's unit (its amounts', and
-  the unit its payment count is of; empty when it has none), `measure` a field of the item and `value`
+  recorded; a budget's `name@scope`), `detail` the balance of a stale-balance denial or a budget's
+  payments' unit, `unit` the item's unit (its amounts', and the unit its payment count is of; a budget's
+  row: its measure's unit; empty when it has none), `measure` a field of the item and `value`
   its value (empty for null; true/false; amounts and counts are integers).
 """
 
@@ -150,6 +156,7 @@ def to_json(report: SpendReport) -> JSON:
     }
     for section in SPEND_SECTIONS:
         document[section] = [_spend_fields(s) for s in getattr(report, section)]
+    document["budgets"] = [asdict(b) for b in report.budgets]
     document["denials"] = [asdict(d) for d in report.denials]
     document["rate_limit_hits"] = [asdict(d) for d in report.rate_limit_hits]
     document["stale_balance_denials"] = [asdict(d) for d in report.stale_denials]
@@ -250,6 +257,14 @@ def to_csv(report: SpendReport) -> str:
             for measure, value in item.items():
                 if measure not in (key_field, detail_field, "unit"):
                     writer.writerow((section, key, detail, unit, measure, _csv_value(value)))
+    for item in document["budgets"]:
+        # One budget counts payments in several units: the payments' unit is the detail, and each measure
+        # is in its own unit (counted ones in the budget's, paid ones in the payments').
+        key = f"{item['budget']}@{item['scope']}"
+        for measure in ("spent", "in_doubt", "payments"):
+            writer.writerow(("budgets", key, item["paid_unit"], item["unit"], measure, item[measure]))
+        for measure in ("paid", "paid_in_doubt"):
+            writer.writerow(("budgets", key, item["paid_unit"], item["paid_unit"], measure, item[measure]))
     return out.getvalue()
 
 
@@ -297,6 +312,24 @@ def _tables(report: SpendReport) -> list[_Table]:
         by(f"Spend by hour ({report.timezone})", "hour", report.by_hour, _hour),
         by("Top paid URLs", "URL", report.top_urls),
         by("Top paid origins", "origin", report.top_origins),
+        _Table(
+            "Budgets",
+            ("budget", "scope", "counted", "in doubt", "paid", "paid in doubt", "payments"),
+            [
+                (
+                    b.budget,
+                    b.scope,
+                    _money(b.spent, b.unit),
+                    _money(b.in_doubt, b.unit),
+                    _money(b.paid, b.paid_unit),
+                    _money(b.paid_in_doubt, b.paid_unit),
+                    str(b.payments),
+                )
+                for b in report.budgets
+            ],
+            "No budget counted a payment.",
+            "What the payments counted against each budget, in its unit, and what they paid in their own.",
+        ),
         _Table(
             "Denials by rule",
             ("rule", "count", "example reason"),

@@ -11,16 +11,18 @@
    names a call that quotes without paying: `l402-fetch-preview`) → the policy's `max_price` → none:
    refused (no price, no pay). The hold records which (`priced_by`);
 4. the `max_price` cap: a price above it, or in a unit it does not compare with, is refused;
-5. the budgets that count it: those covering the tool in a unit the price converts to; none is a refusal;
+5. the budgets that count it: those covering the tool in a unit the price converts to, by itself (sat,
+   msat) or through the policy's `rates:`; none is a refusal naming the rate that is missing;
 6. the balances it draws on can pay it (`balances.check`: dead, below the price, stale; refreshed first
    under `on_stale: refresh`).
 
-The rate limits, approvals and the reserve itself are the gate's steps around this one.
+The rate limits, approvals and the reserve itself are the gate's steps around this one. A denial after
+step 3 carries the price asked (`Denial.price`): the call event keeps it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from guard.core import SessionLink, ToolCall, off_loop
@@ -29,8 +31,8 @@ from guard.payments import balances
 from guard.payments.adapters._facts import public_url
 from guard.payments.learning import ask, payment_key
 from guard.payments.reading import Readers, Reading
-from guard.policy.rules import Denial, Policy, Who, counting
-from ledgers import Amount, Budget, Ledger, UnitMismatch
+from guard.policy.rules import Denial, Policy, Who, counting, missing_rate
+from ledgers import Amount, AmountError, Budget, Ledger, Rates, UnitMismatch
 
 PricedBy = Literal["call", "policy", "quote", "max_price"]
 """What set a paying call's price bound: the call itself, the policy's `price` / `price_from`, a price the
@@ -77,17 +79,35 @@ async def bound(
         return Bound(reading)
     try:
         price, priced_by = await _price(ledger, policy, call, reading, who, link)
+    except PriceUnknown as exc:
+        return Denial(f"tools.{call.name}", f"no price, no pay: {exc}", kind="price")
+    budgets = await _budgets(ledger, policy, call, reading, price, who, link)
+    if isinstance(budgets, Denial):
+        return replace(budgets, price=price)  # the call event keeps the price asked
+    return Bound(reading, price, priced_by, budgets)
+
+
+async def _budgets(
+    ledger: Ledger, policy: Policy, call: ToolCall, reading: Reading, price: Amount, who: Who, link: SessionLink | None
+) -> tuple[Budget, ...] | Denial:
+    """Steps 4 to 6 for a priced call: the cap; the budgets that count it (returned), converting through
+    the policy's rates; the balances it draws on."""
+    try:
         cap = policy.max_price(call.name)
     except PriceUnknown as exc:
         return Denial(f"tools.{call.name}", f"no price, no pay: {exc}", kind="price")
-    if cap is not None and (over := _over(price, cap)) is not None:
+    if cap is not None and (over := _over(price, cap, policy.rates)) is not None:
         return Denial(f"tools.{call.name}.max_price", over, kind="price")
-    budgets = counting(policy.budgets(call.name, who), price)
+    covering = policy.budgets(call.name, who)
+    try:
+        budgets = counting(covering, price, policy.rates)
+    except AmountError as exc:  # a rate that makes it larger than a ledger holds
+        return Denial("rates", f"the price {price} cannot be counted: {exc}", kind="budget")
     if not budgets:
-        return Denial("budgets", f"no budget covers payments in {price.unit}: paying tools need one", kind="budget")
+        return Denial("budgets", missing_rate(covering, price), kind="budget")
     if (denial := await balances.check(ledger, policy, reading, price, who, link)) is not None:
         return denial
-    return Bound(reading, price, priced_by, tuple(budgets))
+    return tuple(budgets)
 
 
 async def _price(
@@ -137,10 +157,12 @@ async def _quote(ledger: Ledger, policy: Policy, reading: Reading, who: Who, lin
     return quote.amount if quote is not None else None
 
 
-def _over(price: Amount, cap: Amount) -> str | None:
-    """Why `price` breaks the per-call cap, if it does."""
+def _over(price: Amount, cap: Amount, rates: Rates) -> str | None:
+    """Why `price` breaks the per-call cap, if it does (compared through `rates` across currencies)."""
     try:
-        above = price.to(cap.unit, rounding="up").value > cap.value
+        above = price.to(cap.unit, rates=rates, rounding="up").value > cap.value
     except UnitMismatch:
-        return f"the price is in {price.unit}, max_price in {cap.unit}"
+        return f"the price is in {price.unit}, max_price in {cap.unit}, and no rate converts one to the other"
+    except AmountError:
+        return f"the price {price} is too large to compare with max_price {cap}"
     return f"the price {price} is over the per-call cap of {cap}" if above else None

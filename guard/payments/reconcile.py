@@ -67,8 +67,9 @@ async def explain(ledger: Ledger, observation: BalanceObservation, policy: Polic
     spent = Amount(external, before.unit)
     charge = partial(
         ledger.charge,
-        counting(policy.external_budgets(who), spent),
+        counting(policy.external_budgets(who), spent, policy.rates),
         spent,
+        rates=policy.rates,
         balance_key=observation.key,
         session=who.session or None,
         tool=observation.source,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import re
 from decimal import Decimal
+from fractions import Fraction
 from functools import cache
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -30,7 +31,7 @@ from pydantic import (
 
 from guard.core import JSON
 from guard.names import folded, spelling
-from ledgers import Amount, AmountError, LedgerError, Window
+from ledgers import Amount, AmountError, LedgerError, Rates, Window
 
 POLICY_VERSION = 1
 
@@ -201,6 +202,80 @@ Number = Annotated[StrictInt | FiniteFloat | Decimal, BeforeValidator(_finite)]
 Scalar = Annotated[str | StrictInt | FiniteFloat | StrictBool | None, BeforeValidator(_finite)]
 
 
+# --- exchange rates (`rates:`) ---------------------------------------------------------------------------
+
+# Rates guard assumes unless the policy names the unit: stablecoins at their peg. Never a rate between
+# Lightning and dollars: that one moves, and only the operator may write it.
+DEFAULT_RATES = {"usdc": "1 usd", "usdt": "1 usd"}
+_RATE_FIGURE = re.compile(r"^\s*(\d{1,15}(?:\.\d{1,15})?)\s+(\S+)\s*$")
+# Units of money a rate may name, as written in a policy: Lightning, dollars, stablecoins.
+MONEY_WORDS = ("sat", "msat", "usd", "usd_micro", "usdc", "usdt", "eurc")
+
+
+def _money_unit(word: Any) -> str:
+    """A unit of money a rate may name: `sat`, `usd`, `usdc`...; a server's credits and tokens are not."""
+    if _str(word, f"a unit of money ({', '.join(MONEY_WORDS)})") not in MONEY_WORDS:
+        raise ValueError(f"{word!r} is not a unit of money a rate converts: expected one of {', '.join(MONEY_WORDS)}")
+    return str(word)
+
+
+def _exchange_rate(text: Any) -> str:
+    match = _RATE_FIGURE.match(_str(text, "what one unit is worth, such as '1 usd' or '0.00095 usd'"))
+    if match is None:
+        raise ValueError("expected what one unit is worth: a number and a unit, such as '1 usd' or '0.00095 usd'")
+    _money_unit(match.group(2))
+    if Decimal(match.group(1)) == 0:
+        raise ValueError("a rate must be more than zero: leave the unit out to count nothing in it")
+    return str(text)
+
+
+def _base(word: str) -> tuple[str, Fraction]:
+    """The unit families convert in (Lightning counts in sat) and how many of it one `word` is."""
+    one = Amount.parse(f"1 {word}")
+    return ("sat", Fraction(one.value, 1000)) if one.unit == "msat" else (one.unit, Fraction(one.value))
+
+
+def exchange_rates(written: dict[str, str]) -> Rates:
+    """The ledger's `Rates` from a policy's `rates:` (each entry: what one of a unit is worth in another)
+    with `DEFAULT_RATES` for the units it does not name, every pair that follows included (`sat: 0.00095
+    usd` and the default `usdc: 1 usd` also rate sat in usdc). Exact fractions: no floats.
+
+    Raises:
+        ValueError: an entry rates a unit against itself or its own family (sat, msat), or two entries
+            contradict each other (directly or through others), naming them."""
+    named = {word for source, text in written.items() for word in (source, text.split()[-1])}
+    entries = [(s, t, f"{s}: {t} (a default)") for s, t in DEFAULT_RATES.items() if s not in named]
+    entries += [(s, t, f"{s}: {t}") for s, t in written.items()]
+    worth: dict[str, tuple[str, Fraction]] = {}  # unit -> (anchor, how many anchor units one of it is)
+    joined: dict[str, list[str]] = {}  # anchor -> the entries that rated its family, for errors
+    for source, text, entry in entries:
+        figure, word = text.split()
+        (a, a_scale), (b, b_scale) = _base(source), _base(word)
+        if a == b:
+            raise ValueError(f"{entry} rates a unit against itself: {source} and {word} convert by themselves")
+        ratio = Fraction(Decimal(figure)) * b_scale / a_scale  # how many b one a is
+        a_anchor, a_worth = worth.setdefault(a, (a, Fraction(1)))
+        b_anchor, b_worth = worth.setdefault(b, (b, Fraction(1)))
+        if a_anchor == b_anchor:
+            if a_worth != ratio * b_worth:
+                others = ", ".join(joined[a_anchor])
+                raise ValueError(f"{entry} contradicts {others}: they set different rates between {source} and {word}")
+            continue
+        # b's family of rated units joins a's: each of them is now worth some a_anchor.
+        scale = a_worth / (ratio * b_worth)
+        for unit, (anchor, value) in list(worth.items()):
+            if anchor == b_anchor:
+                worth[unit] = (a_anchor, value * scale)
+        joined[a_anchor] = [*joined.get(a_anchor, []), *joined.pop(b_anchor, []), entry]
+    table = {
+        (x, y): x_worth / y_worth
+        for x, (x_anchor, x_worth) in worth.items()
+        for y, (y_anchor, y_worth) in worth.items()
+        if x < y and x_anchor == y_anchor
+    }
+    return Rates(table)
+
+
 class _Spec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -365,6 +440,16 @@ class PolicySpec(_Spec):
     server: str | None = Field(default=None, description="The upstream's name for budgets with scope: server.")
     timezone: Annotated[str, BeforeValidator(_timezone)] = "UTC"
     budgets: list[BudgetSpec] = Field(default_factory=list)
+    rates: dict[Annotated[str, BeforeValidator(_money_unit)], Annotated[str, BeforeValidator(_exchange_rate)]] = Field(
+        default_factory=dict,
+        description=(
+            "What one unit of money is worth in another, so that a budget in one unit counts payments in"
+            " another: `sat: 0.00095 usd`. Exact decimals; usdc and usdt count as 1 usd unless named here;"
+            " a rate between sat and usd is never assumed. A payment's charge is converted when it is"
+            " reserved and kept: editing a rate changes later payments only."
+        ),
+        examples=[{"usdc": "1 usd", "sat": "0.00095 usd"}],
+    )
     assets: dict[str, str] = Field(
         default_factory=dict,
         description="x402 assets the guard should price, by contract address: the unit (usdc, eurc, usdt, ...).",
@@ -387,6 +472,12 @@ class PolicySpec(_Spec):
             except AmountError as exc:
                 raise ValueError(f"asset {address}: {exc}") from None
         return assets
+
+    @field_validator("rates")
+    @classmethod
+    def _consistent_rates(cls, rates: dict[str, str]) -> dict[str, str]:
+        exchange_rates(rates)  # raises, naming the entries, when they contradict each other
+        return rates
 
     @field_validator("tools")
     @classmethod

@@ -16,15 +16,16 @@ from guard.core import JSON
 from guard.errors import PriceUnknown
 from guard.names import folded, spelling
 from guard.policy.arguments import MISSING, describe, holds, lookup, price_at, too_long, whole_number_at
-from guard.policy.model import RATE, RATE_WINDOW, BudgetSpec, PolicySpec, ToolRule
-from ledgers import Amount, Budget, RateLimit, RuleKind, UnitMismatch, Window
+from guard.policy.model import MONEY_WORDS, RATE, RATE_WINDOW, BudgetSpec, PolicySpec, ToolRule, exchange_rates
+from ledgers import Amount, Budget, RateLimit, Rates, RuleKind, UnitMismatch, Window
 
 
 @dataclass(frozen=True)
 class Denial:
     """Why a call is refused (`guard.gate.answers` turns it into the tool result the agent sees). `rule` names
     the rule as the policy file does (`tools.buy.max_price`); `kind` says what kind of rule it is, for the
-    audit trail, reports and alerts; `balance_key` names the balance a balance rule looked at."""
+    audit trail, reports and alerts; `balance_key` names the balance a balance rule looked at; `price`, the
+    price the call asked, when it was refused after it was priced (its call event keeps it)."""
 
     rule: str
     reason: str
@@ -34,6 +35,7 @@ class Denial:
     approval_id: str | None = None
     kind: RuleKind = field(kw_only=True)
     balance_key: str | None = field(default=None, kw_only=True)
+    price: Amount | None = field(default=None, kw_only=True)
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,8 @@ class Policy:
     def __init__(self, spec: PolicySpec, source: str = "<policy>") -> None:
         self.spec = spec
         self.source = source
+        # What one unit of money is worth in another (`rates:` and the stablecoin defaults), every pair.
+        self.rates: Rates = exchange_rates(spec.rates)
         self._wildcard = spec.tools.get("*")
         named = [name for name in spec.tools if name != "*"]
         self._by_spelling = {spelling(name): name for name in named}
@@ -183,7 +187,7 @@ class Policy:
         try:
             strictest = caps[0]
             for cap in caps[1:]:
-                if cap.to(strictest.unit, rounding="up").value <= strictest.value:
+                if cap.to(strictest.unit, rates=self.rates, rounding="up").value <= strictest.value:
                     strictest = cap
             return strictest
         except UnitMismatch:
@@ -216,17 +220,38 @@ class Policy:
         )
 
 
-def counting(budgets: Iterable[Budget], payment: Amount) -> list[Budget]:
-    """The budgets that count `payment`: those in a unit it converts to (a budget in another currency
-    does not count it)."""
+def counting(budgets: Iterable[Budget], payment: Amount, rates: Rates) -> list[Budget]:
+    """The budgets that count `payment`: those in a unit it converts to, by itself (sat, msat) or through
+    `rates` (a budget in a currency no rate reaches does not count it)."""
     counted = []
     for budget in budgets:
         try:
-            payment.to(budget.limit.unit, rounding="up")
+            payment.to(budget.limit.unit, rates=rates, rounding="up")
         except UnitMismatch:
             continue
         counted.append(budget)
     return counted
+
+
+def missing_rate(budgets: Iterable[Budget], payment: Amount) -> str:
+    """Why no budget counts `payment`, and how to write the rate that would let one."""
+    units = sorted({_word(b.limit.unit) for b in budgets})
+    unit = _word(payment.unit)
+    if not units:
+        return f"no budget covers payments in {payment.unit}: paying tools need one"
+    if unit not in MONEY_WORDS or any(u not in MONEY_WORDS for u in units):
+        return f"no budget counts payments in {unit} (the budgets covering it count {', '.join(units)}): add one"
+    to = "usd" if "usd" in units else units[0]
+    return (
+        f"no budget counts payments in {unit}: the budgets covering it count {', '.join(units)}, and no rate"
+        f" converts {unit} to {to}; write one in the policy, such as `rates: {{{unit}: <what one {unit} is"
+        f" worth> {to}}}`, or add a budget in {unit}"
+    )
+
+
+def _word(unit: str) -> str:
+    """A unit as policies write it (`usd`, not `usd_micro`)."""
+    return "usd" if unit == "usd_micro" else unit
 
 
 def _as_list(value: Any) -> list[Any]:

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import json
 import os
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from ledgers import Amount, BalanceObservation, Budget, Ledger, Window
+from ledgers import Amount, BalanceObservation, Budget, Ledger, Rates, Window
 from tests.cli.conftest import Ran, guard
 from tests.scripted_run import EXTERNAL_SPEND, INVOICE_SATS, POLICY_ALBY, ScriptedRun, scripted_run
 
@@ -89,6 +90,25 @@ def test_piped_output_is_plain_columns_with_a_bar(tmp_path: Path) -> None:
     assert s1.endswith("[####....] 50%")
     assert "\x1b[" not in result.stdout and "┃" not in result.stdout  # no colour, no box drawing
     assert "p402:sess_1" in result.stdout and "4.5 usd" in result.stdout
+
+
+def test_a_budget_counting_other_units_shows_what_they_were_paid_in(tmp_path: Path) -> None:
+    path = str(tmp_path / "ledger.db")
+    dollars = Budget("dollars", Amount(5_000_000, "usd_micro"), "global")
+    rates = Rates({("sat", "usd_micro"): Fraction(950), ("usdc", "usd_micro"): Fraction(1)})
+    with Ledger.open(path) as ledger:
+        ledger.settle(ledger.reserve([dollars], Amount(300, "sat"), rates=rates), Amount(300, "sat"))
+        ledger.settle(ledger.reserve([dollars], Amount(500_000, "usdc"), rates=rates), Amount(500_000, "usdc"))
+        ledger.reserve([SESSION], Amount(5, "sat"), session="s1")  # a sat budget paid in sats: nothing to say
+    (row,) = [b for b in shown("--ledger", path)["budgets"] if b["name"] == "dollars"]
+    assert (row["unit"], row["spent"]) == ("usd_micro", 785_000)
+    assert row["paid_in"] == [{"unit": "msat", "amount": 300_000}, {"unit": "usdc", "amount": 500_000}]
+    lines = budget_show("--ledger", path).stdout.splitlines()
+    assert lines[0].split()[-1] == "paid_in"
+    (line,) = [line for line in lines if line.startswith("dollars")]
+    assert line.endswith("300 sat + 0.5 usdc")
+    (sats,) = [line for line in lines if line.startswith("per-session")]
+    assert sats.endswith("%")  # its paid_in cell is empty
 
 
 def test_an_empty_or_missing_ledger_shows_nothing_in_use(tmp_path: Path) -> None:

@@ -25,6 +25,9 @@ def policy(tools: str, budgets: str = BUDGET, head: str = "version: 1\n") -> str
         (policy("  l402_fetch: {pays: true, max_price: 10500 msat}\n"), 10),  # whole sats, rounded down
         (policy("  l402-fetch: {}\n", "budgets:\n  - name: b\n    limit: 70 sat\n"), 70),  # only a budget bounds it
         (policy("  l402-fetch: {}\n", "budgets:\n  - name: b\n    limit: 5 usd\n"), 0),  # no budget counts sats
+        # With a sat rate written, a usd budget bounds it ($0.05 at 0.00095 usd a sat: 52 whole sats).
+        (policy("  l402-fetch: {}\n", "rates: {sat: 0.00095 usd}\nbudgets:\n  - name: b\n    limit: 0.05 usd\n"), 52),
+        (policy("  l402-fetch: {pays: true, max_price: 0.01 usd}\n", "rates: {sat: 0.001 usd}\n" + BUDGET), 10),
         (policy("  l402-pay: {action: approve, pays: true, max_price: 40 sat}\n"), 40),  # paid once approved
         (policy("  l402-pay: {action: deny, pays: true, max_price: 40 sat}\n"), 0),
         # One cap for every payment 402-mcp makes: the tool the policy lets spend most sets it.
@@ -43,6 +46,8 @@ def policy(tools: str, budgets: str = BUDGET, head: str = "version: 1\n") -> str
         "msat max_price, snake case",
         "a budget only",
         "a budget in usd only",
+        "a usd budget with a sat rate",
+        "a usd max_price with a sat rate",
         "an approved tool",
         "a denied tool",
         "the largest tool sets it",

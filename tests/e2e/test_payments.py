@@ -29,6 +29,7 @@ from tests.conftest import ROOT
 from tests.e2e.helpers import body, site
 from tests.rawguard import JSON, RawGuard
 from tests.upstreams.p402_state import p402_session
+from tests.upstreams.x402_payments import T0, payment_for
 
 UPSTREAMS = ROOT / "tests" / "upstreams"
 
@@ -265,3 +266,52 @@ def test_the_scheduler_refreshes_an_old_p402_session_observation_from_the_upstre
 
 
 # --- x402 over MCP -------------------------------------------------------------------------------------------
+
+
+# --- one budget across rails ----------------------------------------------------------------------------------
+
+ACROSS_RAILS_POLICY = """\
+version: 1
+default: deny
+rates: {sat: 0.001 usd}
+budgets:
+  - name: dollars
+    limit: 0.05 usd
+    scope: global
+tools:
+  l402-fetch-preview: {}
+  l402-fetch: {pays: true, max_price: 0.03 usd}
+  get_weather: {}
+"""
+DOLLARS = Budget("dollars", Amount(50_000, "usd_micro"), "global")
+
+
+def test_one_usd_budget_counts_sats_through_the_written_rate_and_usdc_through_the_default(
+    start: Callable[..., Guard],
+) -> None:
+    """Two guards on one ledger, one in front of a Lightning server (402-mcp), one in front of an x402
+    server paid in USDC: the global $0.05 counts both, and refuses the payment that would pass it."""
+    lightning = start("fake_402mcp", ACROSS_RAILS_POLICY, state={"prices": {site(1): 20, site(2): 20}})
+    stablecoin = start("fake_x402", ACROSS_RAILS_POLICY, state={"now": T0})
+    assert body(lightning.call("l402-fetch-preview", {"url": site(1)}))["costSats"] == 20
+    assert body(lightning.call("l402-fetch", {"url": site(1), "autoPay": True}))["satsPaid"] == 20  # $0.02
+    required = stablecoin.call("get_weather", {"city": "Oslo"})["structuredContent"]
+    for nonce in ("a1", "a2"):  # 0.01 USDC each
+        paid = stablecoin.call("get_weather", {"city": "Oslo"}, meta={"x402/payment": payment_for(required, nonce)})
+        assert paid["_meta"]["x402/payment-response"]["success"] is True
+    assert body(lightning.call("l402-fetch-preview", {"url": site(2)}))["costSats"] == 20
+    over = lightning.call("l402-fetch", {"url": site(2), "autoPay": True})  # $0.02 of $0.01 left
+    lightning.stop()
+    stablecoin.stop()
+
+    refused = denial(over)
+    assert (refused["rule"], refused["remaining"], refused["unit"]) == ("budgets.dollars", 10_000, "usd_micro")
+    assert [p["amount"] for p in lightning.state()["payments"]] == [20]
+    assert [p["amount"] for p in stablecoin.state()["payments"]] == [10_000, 10_000]
+    with read_ledger(lightning.ledger) as ledger:
+        usage = ledger.usage(DOLLARS)
+        (state,) = ledger.states([DOLLARS])
+        refusal = [e.call for e in ledger.calls(last=100) if e.call.decision == "deny"]
+    assert (usage.spent, usage.held) == (40_000, 0)
+    assert state.paid_in == (Amount(20_000, "msat"), Amount(20_000, "usdc"))
+    assert [(c.rule, c.price) for c in refusal] == [("budgets.dollars", Amount(20, "sat"))]

@@ -118,6 +118,7 @@ async def test_a_failed_condition_refuses_before_any_price_or_budget_is_looked_a
     denied = shop.denied(await shop.call("buy", item="Tea", amount=999))  # over max_price too: the condition wins
     assert (denied["rule"], denied["reason"]) == ("tools.buy.when[0]", "items are lower-case words")
     assert (shop.upstream.sent, shop.ledger.open_holds(), shop.last.kind) == ([], [], "condition")
+    assert shop.last.price is None  # refused before it was priced
 
 
 async def test_a_rate_limited_paying_call_makes_guard_ask_the_upstream_nothing(ledger: RecordingLedger) -> None:
@@ -165,6 +166,12 @@ async def test_over_the_budget_a_paying_call_is_refused_with_what_is_left(shop: 
     assert (denied["rule"], denied["remaining"], denied["unit"]) == ("budgets.per-session", 10, "sat")
     assert (shop.last.kind, len(shop.upstream.sent)) == ("budget", 2)
     assert shop.ledger.usage(PER_SESSION).spent == 90
+    assert shop.last.price == Amount(20, "sat")  # the denial's event keeps the price asked
+
+
+async def test_a_call_over_its_max_price_is_refused_and_its_event_keeps_the_price_asked(shop: Shop) -> None:
+    denied = shop.denied(await shop.call("buy", item="tea", amount=61))
+    assert (denied["rule"], shop.last.kind, shop.last.price) == ("tools.buy.max_price", "price", Amount(61, "sat"))
 
 
 async def test_a_payment_already_in_doubt_is_not_paid_again(ledger: RecordingLedger) -> None:
@@ -200,6 +207,7 @@ async def test_a_stale_balance_denial_is_recorded_with_its_kind_and_balance(
         "wallet:alby",
         "balances.stale_after",
     )
+    assert shop.last.price == Amount(500, "sat")  # priced at its cap before the balance was looked at
 
 
 # --- approvals ---------------------------------------------------------------------------------------------
@@ -251,6 +259,53 @@ async def test_an_approval_used_by_another_call_first_releases_the_hold(
         "approval",
     )
     assert ledger.open_holds() == [] and shop.upstream.sent == []
+    assert shop.last.price == Amount(5, "sat")
+
+
+# --- budgets across currencies ------------------------------------------------------------------------------
+
+
+DOLLAR_SHOP = """\
+version: 1
+budgets: [{name: dollars, limit: 1 usd}]
+rates: {sat: 0.001 usd}
+tools: {buy: {pays: true, price_from: amount, price_unit: sat}, pay: {pays: true, price_from: amount, price_unit: usdc}}
+"""
+DOLLARS = Budget("dollars", Amount(1_000_000, "usd_micro"), "session:s1")
+
+
+async def test_one_usd_budget_counts_sats_and_usdc_through_the_rates(ledger: RecordingLedger) -> None:
+    shop = Shop(ledger, policy(DOLLAR_SHOP))
+    assert (await shop.call("buy", amount=300))["isError"] is False  # $0.30
+    assert (await shop.call("pay", amount="0.5"))["isError"] is False  # $0.50
+    assert ledger.usage(DOLLARS).spent == 800_000
+    denied = shop.denied(await shop.call("buy", amount=201))  # $0.201 > $0.20 left
+    assert (denied["rule"], denied["remaining"], denied["unit"]) == ("budgets.dollars", 200_000, "usd_micro")
+    assert shop.last.price == Amount(201, "sat")
+
+
+async def test_a_rate_edit_applies_to_later_payments_and_never_to_what_was_counted(
+    ledger: RecordingLedger, tmp_path: Path
+) -> None:
+    path = tmp_path / "policy.yaml"
+    path.write_text(DOLLAR_SHOP)
+    shop = Shop(ledger, policy(DOLLAR_SHOP))
+    shop.source = PolicySource.from_file(path)
+    shop.gate = PolicyGate(shop.source, ledger, "shop", watchers=[shop.watcher])
+    assert (await shop.call("buy", amount=100))["isError"] is False  # $0.10 at 0.001
+    path.write_text(DOLLAR_SHOP.replace("0.001 usd", "0.002 usd"))
+    assert await shop.source.reload()
+    assert (await shop.call("buy", amount=100))["isError"] is False  # $0.20 at 0.002
+    assert ledger.usage(DOLLARS).spent == 300_000
+
+
+async def test_a_price_no_rate_converts_into_the_budgets_unit_is_refused_naming_the_rate(
+    ledger: RecordingLedger,
+) -> None:
+    shop = Shop(ledger, policy(DOLLAR_SHOP.replace("rates: {sat: 0.001 usd}\n", "")))
+    denied = shop.denied(await shop.call("buy", amount=10))
+    assert denied["rule"] == "budgets" and "write one in the policy, such as `rates: {sat:" in denied["reason"]
+    assert (shop.upstream.sent, ledger.open_holds(), shop.last.price) == ([], [], Amount(10, "sat"))
 
 
 # --- forwarding and settling -------------------------------------------------------------------------------

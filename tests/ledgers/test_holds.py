@@ -319,6 +319,40 @@ def test_a_settlement_in_a_unit_the_hold_converts_only_with_rates_records_the_wh
         assert ledger.usage(usd).spent == 250_000
 
 
+def test_a_reservation_converts_with_the_rates_it_is_given_rounded_up(ledger: Ledger) -> None:
+    sats_in_usd = Rates({("sat", "usd_micro"): Fraction(950)})  # 1 sat = $0.00095
+    hold = ledger.reserve([USD_DAILY], Amount(21, SAT), rates=sats_in_usd)
+    assert ledger.usage(USD_DAILY).held == 19_950
+    ledger.settle(hold, Amount(21_000, "msat"))
+    assert (ledger.usage(USD_DAILY).spent, ledger.hold(hold).settled) == (19_950, Amount(21, SAT))
+
+
+def test_a_settlement_keeps_the_rate_its_reservation_used_whatever_rates_say_since(ledger: Ledger) -> None:
+    """The charge stored at reserve is the history: settling at another amount scales it (rounded up),
+    and neither a new rate nor none at all (the ledger here has no rates) changes what it counts."""
+    at_reserve = Rates({("sat", "usd_micro"): Fraction(950)})
+    exact = ledger.reserve([USD_DAILY], Amount(100, SAT), rates=at_reserve)
+    lower = ledger.reserve([USD_DAILY], Amount(100, SAT), rates=at_reserve)
+    higher = ledger.reserve([USD_DAILY], Amount(3, SAT), rates=Rates({("sat", "usd_micro"): Fraction(1, 3)}))
+    ledger.settle(exact, Amount(100, SAT))
+    ledger.settle(lower, Amount(21, SAT))
+    ledger.settle(higher, Amount(4, SAT))  # 3 sat held 1 usd_micro: 4 sat count ceil(4/3) = 2
+    assert ledger.usage(USD_DAILY).spent == 95_000 + 19_950 + 2
+
+
+def test_an_in_doubt_hold_resolved_later_counts_at_its_reservation_s_rate(ledger: Ledger) -> None:
+    hold = ledger.reserve([USD_DAILY], Amount(10_000, "usdc"), rates=Rates({("usdc", "usd_micro"): Fraction(1)}))
+    ledger.mark_forwarded(hold)
+    ledger.mark_in_doubt(hold)
+    ledger.resolve(hold, Amount(10_000, "usdc"))
+    assert ledger.usage(USD_DAILY).spent == 10_000
+
+
+def test_spend_seen_only_in_a_balance_converts_with_the_rates_given(ledger: Ledger) -> None:
+    ledger.charge([USD_DAILY], Amount(10, SAT), rates=Rates({("sat", "usd_micro"): Fraction(950)}))
+    assert ledger.usage(USD_DAILY).spent == 9_500
+
+
 def test_a_resolution_and_its_call_event_are_written_in_one_transaction(ledger: Ledger, clock: FakeClock) -> None:
     paid = ledger.reserve([TIGHT], Amount(20, SAT), session="s1", tool="fetch")
     unpaid = ledger.reserve([TIGHT], Amount(30, SAT), session="s1", tool="fetch")

@@ -18,14 +18,15 @@ import os
 import re
 import subprocess
 from collections.abc import Iterator
-from dataclasses import replace
+from dataclasses import asdict, replace
 from datetime import UTC, date, datetime, timedelta
+from fractions import Fraction
 from pathlib import Path
 
 import pytest
 
 from guard.operators.report import FORMATS, day_period, render, to_json, write_reports
-from ledgers import Amount, Ledger, Spend, SpendReport
+from ledgers import Amount, Budget, Ledger, Rates, Spend, SpendReport
 from tests.conftest import GUARD, ROOT, WAIT_S, FakeClock
 from tests.ledgers.helpers import day_report, paid
 from tests.scripted_run import (
@@ -270,6 +271,33 @@ def test_json_and_csv_carry_amounts_as_integers_with_their_unit(ledger: Ledger) 
             "value": "2500000"} in rows  # fmt: skip
     assert {"section": "report", "key": "", "detail": "", "unit": "", "measure": "nothing_spent",
             "value": "false"} in rows  # fmt: skip
+
+
+def test_a_budget_counting_payments_in_other_units_shows_each_in_its_own_and_in_the_budgets(
+    ledger: Ledger,
+) -> None:
+    """One usd budget over sats (at a written rate) and usdc: a row per payment unit, counted in usd."""
+    dollars = Budget("dollars", Amount(10_000_000, "usd_micro"), "identity:alice")
+    rates = Rates({("sat", "usd_micro"): Fraction(950), ("usdc", "usd_micro"): Fraction(1)})
+    ledger.settle(ledger.reserve([dollars], Amount(21, "sat"), rates=rates), Amount(21, "sat"))
+    ledger.settle(ledger.reserve([dollars], Amount(1_250_000, "usdc"), rates=rates), Amount(1_250_000, "usdc"))
+    doubtful = ledger.reserve([dollars], Amount(100, "sat"), rates=rates)
+    ledger.mark_forwarded(doubtful)
+    ledger.mark_in_doubt(doubtful)
+    report = day_report(ledger)
+    assert [asdict(b) for b in report.budgets] == [
+        {"budget": "dollars", "scope": "identity:alice", "unit": "usd_micro", "spent": 19_950, "in_doubt": 95_000,
+         "paid_unit": "msat", "paid": 21_000, "paid_in_doubt": 100_000, "payments": 2},
+        {"budget": "dollars", "scope": "identity:alice", "unit": "usd_micro", "spent": 1_250_000, "in_doubt": 0,
+         "paid_unit": "usdc", "paid": 1_250_000, "paid_in_doubt": 0, "payments": 1},
+    ]  # fmt: skip
+    assert "| dollars | identity:alice | 0.01995 usd | 0.095 usd | 21 sat | 100 sat | 2 |" in render(report, "md")
+    assert "| dollars | identity:alice | 1.25 usd | 0 usd | 1.25 usdc | 0 usdc | 1 |" in render(report, "md")
+    rows = list(csv.DictReader(io.StringIO(render(report, "csv"))))
+    budget_rows = {(r["detail"], r["unit"], r["measure"]): r["value"] for r in rows if r["section"] == "budgets"}
+    assert budget_rows[("usdc", "usd_micro", "spent")] == "1250000"
+    assert budget_rows[("usdc", "usdc", "paid")] == "1250000"
+    assert budget_rows[("msat", "msat", "paid_in_doubt")] == "100000"
 
 
 # --- the command ------------------------------------------------------------------------------------------------

@@ -281,9 +281,10 @@ async def test_a_price_in_a_unit_max_price_does_not_compare_with_is_refused(ledg
     denial = denial_of(await decide(ledger, tools("  buy: {pays: true, max_price: 60 sat}\n"), "buy", {}, adapter))
     assert (denial.rule, denial.reason, denial.kind) == (
         "tools.buy.max_price",
-        "the price is in usd_micro, max_price in sat",
+        "the price is in usd_micro, max_price in sat, and no rate converts one to the other",
         "price",
     )
+    assert denial.price == Amount(5, "usd_micro")  # the call event keeps the price asked
 
 
 async def test_only_the_budgets_in_a_unit_the_price_converts_to_count_it(ledger: Ledger) -> None:
@@ -292,11 +293,56 @@ async def test_only_the_budgets_in_a_unit_the_price_converts_to_count_it(ledger:
     assert money.budgets == (Budget("sats", Amount(100_000, "sat"), "session:s1", Window.parse("session")),)
 
 
-async def test_a_payment_no_budget_counts_is_refused(ledger: Ledger) -> None:
+async def test_a_payment_no_budget_counts_is_refused_naming_the_rate_that_would_count_it(ledger: Ledger) -> None:
     rules = tools("  buy: {pays: true, price: 5 eurc}\n")
     denial = denial_of(await decide(ledger, rules, "buy"))
-    assert (denial.rule, denial.kind) == ("budgets", "budget")
-    assert denial.reason == "no budget covers payments in eurc: paying tools need one"
+    assert (denial.rule, denial.kind, denial.price) == ("budgets", "budget", Amount(5_000_000, "eurc"))
+    assert denial.reason == (
+        "no budget counts payments in eurc: the budgets covering it count sat, usd, and no rate converts eurc to"
+        " usd; write one in the policy, such as `rates: {eurc: <what one eurc is worth> usd}`, or add a budget in eurc"
+    )
+
+
+async def test_a_paying_tool_no_budget_covers_is_refused(ledger: Ledger) -> None:
+    rules = tools("  buy: {pays: true, price: 5 sat}\n", "version: 1\ndefault: allow\n")
+    denial = denial_of(await decide(ledger, rules, "buy"))
+    assert denial.reason == "no budget covers payments in sat: paying tools need one"
+
+
+USD_ONLY = "version: 1\ndefault: allow\nbudgets:\n  - {name: dollars, limit: 5 usd}\n"
+DOLLARS = Budget("dollars", Amount(5_000_000, "usd_micro"), "session:s1", Window.parse("session"))
+
+
+async def test_a_usd_budget_counts_usdc_with_no_rate_written(ledger: Ledger) -> None:
+    adapter = StubAdapter(Prepared(pays=True, price=Amount(10_000, "usdc")))
+    money = bound_of(await decide(ledger, tools("  buy: {pays: true}\n", USD_ONLY), "buy", {}, adapter))
+    assert (money.price, money.budgets) == (Amount(10_000, "usdc"), (DOLLARS,))
+
+
+async def test_sats_count_in_a_usd_budget_only_once_a_rate_is_written(ledger: Ledger) -> None:
+    """Never guessed: without `rates: {sat: ...}` a usd budget does not count sats, and the call is refused."""
+    rule = "  buy: {pays: true, max_price: 0.05 usd}\n"
+    invoice_of_21_sat = StubAdapter(Prepared(pays=True, price=Amount(21, "sat")))
+    refused = denial_of(await decide(ledger, tools(rule, USD_ONLY), "buy", {}, invoice_of_21_sat))
+    assert (refused.rule, refused.price) == ("tools.buy.max_price", Amount(21, "sat"))
+    rated = USD_ONLY + "rates: {sat: 0.00095 usd}\n"
+    money = bound_of(await decide(ledger, tools(rule, rated), "buy", {}, invoice_of_21_sat))
+    assert (money.price, money.budgets) == (Amount(21, "sat"), (DOLLARS,))
+
+
+async def test_a_price_over_a_cap_in_another_currency_is_refused_through_the_rate(ledger: Ledger) -> None:
+    rated = USD_ONLY + "rates: {sat: 0.001 usd}\n"
+    over = StubAdapter(Prepared(pays=True, price=Amount(51, "sat")))  # $0.051
+    rule = "  buy: {pays: true, max_price: 0.05 usd}\n"
+    denial = denial_of(await decide(ledger, tools(rule, rated), "buy", {}, over))
+    assert denial.reason == "the price 51 sat is over the per-call cap of 0.05 usd"
+
+
+async def test_caps_in_two_currencies_compare_through_the_rates(ledger: Ledger) -> None:
+    rated = USD_ONLY + "rates: {sat: 0.001 usd}\n"
+    rules = tools("  '*': {pays: true, max_price: 0.03 usd}\n  buy: {pays: true, max_price: 40 sat}\n", rated)
+    money = bound_of(await decide(ledger, rules, "buy"))  # 0.03 usd is 30 sat: the stricter cap bounds it
+    assert (money.price, money.priced_by) == (Amount(30_000, "usd_micro"), "max_price")
 
 
 async def test_a_bound_carries_what_the_reserve_needs(ledger: Ledger) -> None:
