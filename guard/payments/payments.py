@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from guard.core import SessionLink, ToolCall
+from guard.core import SessionLink, ToolCall, off_loop
 from guard.payments import balances, decision, settlement
 from guard.payments.adapters._facts import Adapter
 from guard.payments.decision import Bound
@@ -37,8 +37,12 @@ class Payments:
 
     async def bound(self, policy: Policy, call: ToolCall, who: Who, link: SessionLink | None) -> Bound | Denial:
         """The money decision for `call`: a `Bound` to reserve (or nothing, when it does not pay), or a
-        denial. `link` reaches the session's upstream, for a price preview or a balance refresh."""
-        return await decision.bound(self._ledger, self._readers, policy, call, who, link)
+        denial. `link` reaches the session's upstream, for a price preview or a balance refresh. An x402
+        payment's signed authorization is kept before it is reserved, so the chain can settle its hold."""
+        money = await decision.bound(self._ledger, self._readers, policy, call, who, link)
+        if isinstance(money, Bound) and money.price is not None and money.authorization is not None:
+            await off_loop(self._ledger.remember_authorization, money.authorization)
+        return money
 
     async def settle(
         self, policy: Policy, call: ToolCall, who: Who, money: Bound, result: Any, hold: int | None
