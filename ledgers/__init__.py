@@ -22,6 +22,7 @@ from ledgers._money import MAX_AMOUNT, Amount, Rates
 from ledgers._observations import QUOTE_LIFETIME_S
 from ledgers._records import (
     Approval,
+    Authorization,
     BalanceObservation,
     Budget,
     BudgetState,
@@ -60,6 +61,7 @@ __all__ = [
     "AmountError",
     "Approval",
     "ApprovalError",
+    "Authorization",
     "BalanceDrift",
     "BalanceObservation",
     "Budget",

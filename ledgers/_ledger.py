@@ -5,6 +5,7 @@
                                       spend after the fact (charge); the state diagram (`STEPS`)
     windows         _windows.py       budgets' and rate limits' use within their windows; hit, check_rates
     observations    _observations.py  balances upstreams reported; quotes (with expiry)
+    authorizations  _authorizations.py  what x402 payments signed (payer, nonce, validBefore), for the chain
     audit           _audit.py         call events
     approvals       _approvals.py     single-use approvals of one exact action
     recovery        _recovery.py      owners, heartbeat, recovery of gone processes' holds
@@ -22,6 +23,7 @@ import uuid
 
 from ledgers._approvals import Approvals
 from ledgers._audit import Audit
+from ledgers._authorizations import Authorizations
 from ledgers._holds import Holds
 from ledgers._money import Rates
 from ledgers._observations import Observations
@@ -32,7 +34,7 @@ from ledgers._views import Views
 from ledgers._windows import Windows
 
 
-class Ledger(Holds, Windows, Observations, Audit, Approvals, Recovery, Views):
+class Ledger(Holds, Windows, Observations, Authorizations, Audit, Approvals, Recovery, Views):
     """Open with `Ledger.open(url)`; SQLite (default) or PostgreSQL, the same code.
 
     Thread-safe: one engine, one connection per operation. Every method is synchronous; call it

@@ -79,6 +79,20 @@ class HoldInfo:
 
 
 @dataclass(frozen=True)
+class Authorization:
+    """A signed transfer authorization an x402 payment carried (EIP-3009 `transferWithAuthorization`):
+    anyone holding it may move `value` of the token `asset` on `network` from `payer`, once (by `nonce`,
+    the payment's idempotency key), until `valid_before`. After that it can never be used."""
+
+    network: str  # CAIP-2, e.g. eip155:8453
+    asset: str  # the token contract's address
+    payer: str
+    nonce: str  # 32 bytes, 0x-hex
+    value: Amount
+    valid_before: datetime
+
+
+@dataclass(frozen=True)
 class Usage:
     """A budget at one moment: spent (settled) and held (open holds), what remains, since when."""
 

@@ -224,6 +224,23 @@ class QuoteRow(SQLModel, table=True):
     expires_us: int = Field(sa_column=_big(nullable=False))
 
 
+class AuthorizationRow(SQLModel, table=True):
+    """A signed transfer authorization an x402 payment carried (EIP-3009: the payer's signature lets anyone
+    move `value` of the token `asset` once, by `nonce`, until `valid_before`), keyed by its nonce: the
+    idempotency key of the payment's hold. Enough to ask the chain whether it was used. Added by `_v7`."""
+
+    __tablename__ = "ledger_authorizations"
+    __table_args__ = (CheckConstraint("value >= 0", name="authorization_value_not_negative"),)
+    nonce: str = Field(primary_key=True)
+    network: str
+    asset: str
+    payer: str
+    value: int = Field(sa_column=_big(nullable=False))
+    unit: str
+    valid_before_us: int = Field(sa_column=_big(nullable=False))
+    seen_us: int = Field(sa_column=_big(nullable=False))
+
+
 class AlertRow(SQLModel, table=True):
     """An alert claimed for sending (once per key: a budget's threshold in one window period, a hold in
     doubt). Added by `_v4`. The primary key makes guards sharing a ledger send each alert once."""
@@ -405,7 +422,13 @@ def _old_facts(rule: str, reason: str | None) -> tuple[str | None, str | None]:
     return "tool", None
 
 
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3, _v4, _v5, _v6]
+def _v7(conn: Connection) -> None:
+    """x402 payments keep the transfer authorization they carried (payer, nonce, validBefore), so a hold
+    in doubt can be settled or voided by what the chain says of it."""
+    SQLModel.metadata.create_all(conn, tables=[getattr(AuthorizationRow, "__table__")])  # noqa: B009
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7]
 MIGRATION_LOCK = 0x6775617264  # "guard": the advisory lock key that serializes migrations
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -9,7 +9,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from guard.cli.options import LedgerOption
+from guard.cli.exits import Status, fail
+from guard.cli.options import LedgerOption, PolicyOption, default_policy_path
+from guard.errors import ConfigError
+from guard.policy.files import load
 from ledgers import Amount, AmountError, CallRecord, Ledger, location
 
 ledger_app = typer.Typer(help="Inspect the ledger and resolve holds in doubt.", no_args_is_help=True)
@@ -148,3 +151,27 @@ def holds_resolve(
     if (spent is None) == (not void):
         raise typer.BadParameter("give exactly one of --spent AMOUNT or --void", param_hint="--spent/--void")
     _resolve(hold, _amount(spent, "--spent"), ledger_url)
+
+
+@holds_app.command("reconcile")
+def holds_reconcile(ledger_url: LedgerOption = None, policy_file: PolicyOption = None) -> None:
+    """Ask the policy's chains (`chains:`) about x402 payments in doubt: a used authorization settles its hold,
+    one unused past its validBefore voids it, one unused before it stays in doubt. Exits 1 when a node
+    could not answer (those holds stay in doubt), 2 when the policy names no chain."""
+    import anyio  # the command's only async part
+
+    from guard.payments import chains
+
+    path = policy_file or default_policy_path()
+    policy, _ = load(path)
+    nodes = chains.nodes(policy)
+    if not nodes:
+        raise ConfigError(f"{path}: the policy names no chain to ask (chains: {{eip155:8453: {{rpc: URL}}}})")
+    with Ledger.open(ledger_url) as ledger:
+        checked = anyio.run(chains.reconcile, ledger, nodes)
+    for entry in checked:
+        typer.echo(f"hold {entry.hold}: {entry.outcome.replace('_', ' ')} ({entry.why})")
+    if not checked:
+        typer.echo("no x402 payment in doubt on these chains")
+    if any(entry.outcome == "unknown" for entry in checked):
+        fail(Status.FAILED, "a chain's node could not answer: those holds stay in doubt")

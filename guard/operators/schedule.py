@@ -119,9 +119,14 @@ async def refresh_balances(payments: Payments, source: PolicySource, links: Call
         done = await payments.refresh_due(source.policy, links)
     except Exception:
         logger.exception("scheduled balance refresh failed")
-        return 0
+        done = 0
     if done:
         logger.info("refreshed %d balance%s", done, "" if done == 1 else "s")
+    if source.policy.spec.chains:  # x402 payments in doubt, as the policy's chains say
+        try:
+            await payments.reconcile_on_chain(source.policy)
+        except Exception:
+            logger.exception("scheduled chain reconciliation failed")
     return done
 
 

@@ -32,7 +32,7 @@ from guard.payments.adapters._facts import public_url
 from guard.payments.learning import ask, payment_key
 from guard.payments.reading import Readers, Reading
 from guard.policy.rules import Denial, Policy, Who, counting, missing_rate
-from ledgers import Amount, AmountError, Budget, Ledger, Rates, UnitMismatch
+from ledgers import Amount, AmountError, Authorization, Budget, Ledger, Rates, UnitMismatch
 
 PricedBy = Literal["call", "policy", "quote", "max_price"]
 """What set a paying call's price bound: the call itself, the policy's `price` / `price_from`, a price the
@@ -60,6 +60,11 @@ class Bound:
         """The balance this payment draws on (the first it depends on): reconciliation reads it."""
         depends_on = self.reading.prepared.depends_on if self.reading.prepared is not None else ()
         return depends_on[0] if depends_on else None
+
+    @property
+    def authorization(self) -> Authorization | None:
+        """An x402 payment's signed transfer authorization (payer, nonce, validBefore), if it carries one."""
+        return self.reading.prepared.authorization if self.reading.prepared is not None else None
 
     @property
     def resource(self) -> str | None:

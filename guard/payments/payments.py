@@ -4,6 +4,7 @@
     after the answer    settle     settlement.py   the hold settled, voided or in doubt; what the answer reveals
     no answer           unanswered settlement.py   voided when the tool did not run, else in doubt
     on a schedule       refresh_due balances.py    every balance due asked again
+                        reconcile_on_chain chains.py  x402 payments in doubt, as the chain says
 
 Beneath them: `reading` (which adapter reads a call and its answer), `learning` (what an answer reveals,
 and the guard's own calls upstream), `reconcile` (proofs and balance moves against what was counted).
@@ -14,8 +15,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from guard.core import SessionLink, ToolCall
-from guard.payments import balances, decision, settlement
+from guard.core import SessionLink, ToolCall, off_loop
+from guard.payments import balances, chains, decision, settlement
 from guard.payments.adapters._facts import Adapter
 from guard.payments.decision import Bound
 from guard.payments.reading import Readers
@@ -37,8 +38,12 @@ class Payments:
 
     async def bound(self, policy: Policy, call: ToolCall, who: Who, link: SessionLink | None) -> Bound | Denial:
         """The money decision for `call`: a `Bound` to reserve (or nothing, when it does not pay), or a
-        denial. `link` reaches the session's upstream, for a price preview or a balance refresh."""
-        return await decision.bound(self._ledger, self._readers, policy, call, who, link)
+        denial. `link` reaches the session's upstream, for a price preview or a balance refresh. An x402
+        payment's signed authorization is kept before it is reserved, so the chain can settle its hold."""
+        money = await decision.bound(self._ledger, self._readers, policy, call, who, link)
+        if isinstance(money, Bound) and money.price is not None and money.authorization is not None:
+            await off_loop(self._ledger.remember_authorization, money.authorization)
+        return money
 
     async def settle(
         self, policy: Policy, call: ToolCall, who: Who, money: Bound, result: Any, hold: int | None
@@ -49,6 +54,10 @@ class Payments:
     async def unanswered(self, hold: int, tool: str, *, not_run: bool = False) -> None:
         """The forwarded call got no answer: void its hold when the tool did not run, else keep it in doubt."""
         await settlement.unanswered(self._ledger, hold, tool, not_run=not_run)
+
+    async def reconcile_on_chain(self, policy: Policy) -> list[chains.Checked]:
+        """Ask the policy's chains about the x402 payments in doubt; settle or void what they prove."""
+        return await chains.reconcile(self._ledger, chains.nodes(policy))
 
     async def refresh_due(self, policy: Policy, links: Callable[[], list[SessionLink]]) -> int:
         """Ask the upstream again for every known balance older than `refresh_every`; return how many answered."""

@@ -424,6 +424,29 @@ class AlertsSpec(_Spec):
     in_doubt: StrictBool = Field(default=True, description="Also alert on each payment newly in doubt.")
 
 
+_CAIP2_EVM = re.compile(r"^eip155:[1-9][0-9]{0,18}$")
+
+
+class ChainSpec(_Spec):
+    """Where guard asks an EVM chain what became of an x402 payment in doubt (the token contract's
+    `authorizationState(payer, nonce)`, an `eth_call`)."""
+
+    rpc: Annotated[str, BeforeValidator(_webhook)] = Field(
+        description="The chain's JSON-RPC URL (http:// or https://; never logged: it may carry an API key)."
+    )
+    timeout: Annotated[Decimal, Field(gt=0, le=120)] = Field(
+        default=Decimal(10), description="Seconds to wait for an answer; a node that does not answer resolves nothing."
+    )
+
+
+def _chains(chains: Any) -> Any:
+    if isinstance(chains, dict):
+        for network in chains:
+            if not isinstance(network, str) or _CAIP2_EVM.match(network) is None:
+                raise ValueError(f"{network!r} is not an EVM network in CAIP-2 form, such as eip155:8453 (Base)")
+    return chains
+
+
 class Approvals(_Spec):
     expire_after: Duration = Field(default="1h", description="An undecided or unused approval lapses after this.")
 
@@ -455,6 +478,10 @@ class PolicySpec(_Spec):
         description="x402 assets the guard should price, by contract address: the unit (usdc, eurc, usdt, ...).",
     )
     balances: Balances = Field(default_factory=Balances)
+    chains: Annotated[dict[str, ChainSpec], BeforeValidator(_chains)] = Field(
+        default_factory=dict,
+        description="EVM chains by CAIP-2 id (eip155:8453) whose node settles x402 payments in doubt: {rpc: URL}.",
+    )
     approvals: Approvals = Field(default_factory=Approvals)
     report: ReportSpec = Field(default_factory=ReportSpec)
     alerts: AlertsSpec | None = None

@@ -145,7 +145,8 @@ def test_a_bad_policy_is_named_and_nothing_is_shown(tmp_path: Path) -> None:
 # --- golden: the ledger real guards left after tests/scripted_run.py --------------------------------------
 
 GOLDEN = Path(__file__).parent.parent / "golden" / "budget-show.json"
-VOLATILE = ("window_start", "resets_at", "last_used", "seen", "age_s")
+# `stale` follows `age_s` (checked apart): a slow machine may reach the test after stale_after has passed.
+VOLATILE = ("window_start", "resets_at", "last_used", "seen", "age_s", "stale")
 
 
 @pytest.fixture(scope="module")
@@ -168,6 +169,9 @@ def test_budget_show_json_matches_its_golden_file_and_the_fakes_record(scripted:
     if os.environ.get("GUARD_UPDATE_GOLDEN") == "1":
         GOLDEN.write_text(json.dumps(normalised(view), indent=2) + "\n")
     assert normalised(view) == json.loads(GOLDEN.read_text()), "GUARD_UPDATE_GOLDEN=1 rewrites the golden file"
+    for balance in view["balances"]:  # no upstream in the scripted run marks its balance stale
+        if balance["age_s"] != view["stale_after_s"]:  # (whole seconds shown: at the limit either is right)
+            assert balance["stale"] == (balance["age_s"] > view["stale_after_s"]), balance
     # The sums agree with what the fake upstreams themselves say they were paid.
     rows = {(b["name"], b["scope"]): b for b in view["budgets"]}
     daily = rows[("daily", "global")]

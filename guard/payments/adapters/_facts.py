@@ -27,7 +27,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from guard.core import JSON
 from guard.redact import redact_path
-from ledgers import Amount, BalanceObservation
+from ledgers import Amount, Authorization, BalanceObservation
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,8 @@ class Prepared:
     refuse: str | None = None  # the adapter cannot let this call pay (unknown asset, unreadable invoice)
     # What is paid for, a URL: descriptive only (reports show it without its query, `paid_for`).
     resource: str | None = field(default=None, compare=False)
+    # An x402 payment's signed transfer authorization (EIP-3009): kept so the chain can settle its hold.
+    authorization: Authorization | None = field(default=None, compare=False)
 
     @property
     def paid_for(self) -> str | None:

@@ -11,7 +11,13 @@ The answer: an unpaid call (or a refused payment) is `isError` with a PaymentReq
 accepts: [{scheme, network, amount | maxAmountRequired, asset, payTo, …}], resource?, error?}`) in
 `structuredContent`, in `structuredContent["x402/error"].data`, or as JSON in the first text item;
 a settled one carries `_meta["x402/payment-response"]` = `{success, transaction, network, payer,
-amount?}` (a failed settlement may put it in `structuredContent` instead).
+amount?}` (the official SDK names no amount: the payment's price is what moved). A failed settlement
+(the SDK puts it in `structuredContent` beside the PaymentRequired) is read by its `errorReason`:
+only a reason that proves the transfer did not happen (`DEFINITE_FAILURES`: the transaction reverted, the
+facilitator's verification refused the payment) voids the hold; `settlement_pending` (broadcast, receipt
+lost), a used nonce, any other text (the SDK puts an exception's words there) leaves it in doubt. A
+tool that fails after the payment was verified answers without any x402 field: in doubt too, since the
+signed authorization stays usable until its `validBefore` (the chain settles it: `guard.payments.chains`).
 
 Signatures and payloads never leave this module: the payment id is the authorization's nonce, the
 payment-identifier extension's id, or a SHA-256 of the whole payment.
@@ -23,11 +29,12 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from guard.core import JSON
 from guard.payments.adapters._facts import Outcome, Prepared, Quote, Refresh
-from guard.payments.adapters._json import Unreadable, amount, as_dict, dig, parse_json, short, text_of
-from ledgers import Amount
+from guard.payments.adapters._json import Unreadable, amount, as_dict, decimal, dig, parse_json, short, text_of
+from ledgers import Amount, Authorization
 from ledgers._money import check_unit
 
 PAYMENT = "x402/payment"
@@ -39,6 +46,50 @@ KNOWN_ASSETS: Mapping[str, str] = {
     "0x036cbd53842c5426634e7929541ec2318f3dcf7e": "usdc",  # Base Sepolia (eip155:84532)
 }
 
+# Settlement failures (`errorReason`) that prove the transfer did not happen: the transaction reverted
+# (`transaction_failed`), or the facilitator refused the payment before broadcasting it (its re-verify:
+# a bad signature, value, recipient, time window, balance, domain, network, scheme; a smart wallet it
+# could not deploy). Read from the official SDK (x402 2.25.0, `mechanisms/evm/constants.py`) and the
+# spec's error codes. Every other reason leaves the payment in doubt, notably:
+# - `settlement_pending`: the transaction was broadcast and its receipt lost: it may have landed;
+# - `invalid_exact_evm_nonce_already_used`: the authorization was used: perhaps by this very payment;
+# - `invalid_exact_evm_transfer_event_mismatch`: a transaction succeeded, with another transfer in it;
+# - free text: the SDK's MCP wrapper puts an exception's words (`str(e)`) in `errorReason`.
+# (The SDK also maps an unrecognised error while broadcasting to `transaction_failed`; taken at its word.)
+DEFINITE_FAILURES = frozenset(
+    {
+        "transaction_failed",
+        "insufficient_funds",
+        "invalid_exact_evm_payload_signature",
+        "invalid_exact_evm_payload_undeployed_smart_wallet",
+        "invalid_exact_evm_payload_recipient_mismatch",
+        "invalid_exact_evm_payload_authorization_value_mismatch",
+        "invalid_exact_evm_payload_authorization_value",
+        "invalid_exact_evm_payload_authorization_valid_before",
+        "invalid_exact_evm_payload_authorization_valid_after",
+        "invalid_exact_evm_insufficient_balance",
+        "invalid_exact_evm_failed_to_get_network_config",
+        "invalid_exact_evm_failed_to_get_asset_info",
+        "invalid_exact_evm_failed_to_verify_signature",
+        "invalid_exact_evm_token_name_mismatch",
+        "invalid_exact_evm_token_version_mismatch",
+        "invalid_exact_evm_eip3009_not_supported",
+        "invalid_exact_evm_transaction_simulation_failed",
+        "invalid_upto_evm_transaction_failed",
+        "invalid_payload",
+        "invalid_payment_requirements",
+        "invalid_network",
+        "invalid_scheme",
+        "invalid_x402_version",
+        "unsupported_scheme",
+        "network_mismatch",
+        "missing_eip712_domain",
+        "asset_not_deployed_contract",
+        "eip6492_factory_not_allowed",
+        "smart_wallet_deployment_failed",
+    }
+)
+
 
 @dataclass(frozen=True)
 class _Payment:
@@ -46,6 +97,7 @@ class _Payment:
     upto: bool
     payment_id: str | None
     refuse: str | None
+    authorization: Authorization | None = None
 
 
 class X402:
@@ -77,6 +129,7 @@ class X402:
             payment_id=payment.payment_id,
             refuse=payment.refuse,
             resource=resource if isinstance(resource, str) and resource else None,
+            authorization=payment.authorization,
         )
 
     def outcome(self, tool: str, arguments: JSON, meta: JSON | None, result: JSON) -> Outcome:
@@ -98,11 +151,16 @@ class X402:
             if success is True:
                 return self._settled(payment, receipt, quotes)
             if success is False:
-                return Outcome("not_paid", quotes=quotes)  # the facilitator says nothing settled
+                return _failed_settlement(receipt, quotes)
             if required is None:
                 return Outcome("unknown", quotes=quotes, problem="x402: the settlement receipt's success is unreadable")
         if required is not None:
-            return Outcome("not_paid", quotes=quotes)  # the payment was refused: asked to pay again
+            return Outcome("not_paid", quotes=quotes)  # the payment was refused before settling: asked to pay again
+        if result.get("isError") is True:
+            # The official SDK: the tool failed after the payment was verified; it does not settle, but
+            # the signed authorization stays usable until its validBefore: only the chain can say.
+            problem = "x402: the tool failed after the payment was verified, with no settlement receipt"
+            return Outcome("unknown", quotes=quotes, problem=problem)
         return Outcome("unknown", quotes=quotes, problem="x402: a paid call answered without a settlement receipt")
 
     def refresh(self, key: str) -> Refresh | None:
@@ -133,7 +191,7 @@ class X402:
             signed = None
         if signed is not None and signed.value > price.value:
             price = signed
-        return _Payment(price, upto, payment_id, None)
+        return _Payment(price, upto, payment_id, None, _authorization(body, accepted, unit))
 
     def _unit(self, requirement: JSON) -> tuple[str | None, str]:
         asset = requirement.get("asset")
@@ -188,6 +246,35 @@ class X402:
         if not isinstance(resource, str) or not resource:
             resource = f"tool:{tool}"
         return (Quote(resource, price),)
+
+
+def _failed_settlement(receipt: JSON, quotes: tuple[Quote, ...]) -> Outcome:
+    """`success: false`: void only when the reason proves the transfer did not happen, else in doubt."""
+    reason = receipt.get("errorReason")
+    if isinstance(reason, str) and reason in DEFINITE_FAILURES:
+        return Outcome("not_paid", quotes=quotes)
+    said = short(reason, 80) if reason is not None else "no errorReason"
+    problem = f"x402: the settlement did not confirm ({said}): the transfer may have happened"
+    return Outcome("unknown", quotes=quotes, problem=problem)
+
+
+def _authorization(payment: JSON, accepted: JSON, unit: str) -> Authorization | None:
+    """The payment's EIP-3009 authorization (`payload.authorization`: from, value, validBefore, nonce) on
+    `accepted`'s network and asset, when every part of it is readable; else None (not reconcilable)."""
+    signed = as_dict(dig(payment, "payload", "authorization"))
+    network, asset = accepted.get("network"), accepted.get("asset")
+    if signed is None or not isinstance(network, str) or not isinstance(asset, str):
+        return None
+    payer, nonce = signed.get("from"), signed.get("nonce")
+    if not isinstance(payer, str) or not isinstance(nonce, str) or not payer or not nonce:
+        return None
+    try:
+        value = amount(signed.get("value"), "authorization.value", unit)
+        seconds = decimal(signed.get("validBefore"), "authorization.validBefore")
+        valid_before = datetime.fromtimestamp(int(seconds), UTC)
+    except (Unreadable, OverflowError, ValueError, OSError):
+        return None
+    return Authorization(network, asset, payer, nonce, value, valid_before)
 
 
 def _carries_payment(meta: JSON | None) -> bool:

@@ -298,9 +298,12 @@ def test_an_unknown_asset_refusal_says_how_to_fix_it() -> None:
         ),
         pytest.param(
             payment(),
-            {"content": [], "_meta": {"x402/payment-response": {"success": False, "errorReason": "invalid_nonce"}}},
+            {
+                "content": [],
+                "_meta": {"x402/payment-response": {"success": False, "errorReason": "transaction_failed"}},
+            },
             Outcome("not_paid"),
-            id="a failed settlement paid nothing",
+            id="a reverted settlement paid nothing",
         ),
     ],
 )
@@ -454,6 +457,81 @@ def test_a_failed_settlement_reported_in_structured_content_paid_nothing() -> No
     )
     outcome = ADAPTER.outcome("financial_analysis", {}, meta(payment()), unpaid(required))
     assert outcome == Outcome("not_paid", quotes=(QUOTE,))
+
+
+def settlement_failed(reason: object) -> JSON:
+    """A failed settlement as the official SDK's MCP wrapper answers it (x402 2.25.0,
+    `_create_settlement_failed_result`): the PaymentRequired again, with the failure beside it in
+    `structuredContent` (not in `_meta`), `transaction` always empty."""
+    body = payment_required(requirement(), error=f"Payment settlement failed: {reason}")
+    body["x402/payment-response"] = {
+        "success": False,
+        "errorReason": reason,
+        "transaction": "",
+        "network": "eip155:84532",
+    }
+    return unpaid(body)
+
+
+@pytest.mark.parametrize(
+    "reason",
+    [
+        "transaction_failed",
+        "invalid_exact_evm_payload_signature",
+        "invalid_exact_evm_insufficient_balance",
+        "invalid_exact_evm_payload_authorization_valid_before",
+        "invalid_exact_evm_transaction_simulation_failed",
+        "insufficient_funds",
+    ],
+)
+def test_a_settlement_that_provably_moved_nothing_voids(reason: str) -> None:
+    """A revert, or the facilitator's re-verification refusing the payment before broadcasting it."""
+    outcome = ADAPTER.outcome("financial_analysis", {}, meta(payment()), settlement_failed(reason))
+    assert outcome == Outcome("not_paid", quotes=(QUOTE,))
+
+
+@pytest.mark.parametrize(
+    "reason",
+    [
+        pytest.param("settlement_pending", id="broadcast, receipt lost (the SDK: the transfer may have landed)"),
+        pytest.param("invalid_exact_evm_nonce_already_used", id="the authorization was used: perhaps by this payment"),
+        pytest.param("invalid_exact_evm_transfer_event_mismatch", id="a transaction succeeded with another transfer"),
+        pytest.param("HTTPConnectionPool: Read timed out", id="the SDK puts an exception's words in errorReason"),
+        pytest.param(None, id="no reason"),
+        pytest.param(["transaction_failed"], id="a reason that is not text"),
+    ],
+)
+def test_a_settlement_that_may_have_moved_money_stays_in_doubt(reason: object) -> None:
+    outcome = ADAPTER.outcome("financial_analysis", {}, meta(payment()), settlement_failed(reason))
+    assert outcome.state == "unknown"
+    assert outcome.problem is not None and "may have happened" in outcome.problem
+
+
+def test_a_tool_that_failed_after_the_payment_was_verified_leaves_it_in_doubt() -> None:
+    """The official SDK answers a handler's exception with `Tool execution error: …` and no x402 field: it
+    does not settle, but the signed authorization could still be used until its validBefore."""
+    result = {"content": [{"type": "text", "text": "Tool execution error: boom"}], "isError": True}
+    outcome = ADAPTER.outcome("financial_analysis", {}, meta(payment()), result)
+    assert outcome.state == "unknown"
+    assert outcome.problem == "x402: the tool failed after the payment was verified, with no settlement receipt"
+
+
+def test_a_payment_carries_its_signed_authorization_for_the_chain() -> None:
+    prepared = ADAPTER.prepare("financial_analysis", {}, meta(payment()))
+    auth = prepared.authorization
+    assert auth is not None
+    assert (auth.network, auth.asset, auth.payer, auth.nonce) == ("eip155:84532", BASE_SEPOLIA, PAYER, NONCE)
+    assert auth.value == usdc(10_000)
+    valid_before = payment()["payload"]["authorization"]["validBefore"]
+    assert auth.valid_before.timestamp() == int(valid_before)
+
+
+@pytest.mark.parametrize("field", ["from", "nonce", "validBefore", "value"])
+def test_a_payment_whose_authorization_is_unreadable_carries_none_and_still_pays(field: str) -> None:
+    pay = payment()
+    pay["payload"]["authorization"][field] = {"not": "readable"}
+    prepared = ADAPTER.prepare("financial_analysis", {}, meta(pay))
+    assert prepared.pays and prepared.authorization is None
 
 
 def test_a_successful_result_that_looks_like_a_payment_required_is_no_quote() -> None:
