@@ -6,7 +6,8 @@ GuardError
 ├── UpstreamStartError     the upstream cannot be started or reached at all (exit status 3)
 ├── UpstreamError          a forwarded request got no result (an error answer, no answer in time, gone)
 ├── MessageRefused         a client message guard will not act on (unusable id, too large, unreadable)
-└── PriceUnknown           a paying call whose price cannot be bounded (no price, no pay)
+├── PriceUnknown           a paying call whose price cannot be bounded (no price, no pay)
+└── ChainError             a chain's node did not answer a question readably (HTTP, JSON-RPC, ABI, timeout)
 
 The ledger's own tree (`ledgers.LedgerError`: refusals, amounts, storage) is separate: the ledger knows
 nothing of guard. `guard.cli.exits` maps both trees to exit statuses.
@@ -103,3 +104,8 @@ __all__ = [
     "UpstreamError",
     "UpstreamStartError",
 ]
+
+
+class ChainError(GuardError):
+    """A chain's node did not answer readably (HTTP, JSON-RPC or ABI trouble, a timeout): nothing is resolved.
+    The message never holds the node's URL (it may carry an API key)."""

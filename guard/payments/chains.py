@@ -25,6 +25,7 @@ from eth_abi.abi import decode, encode
 from eth_abi.exceptions import DecodingError, EncodingError
 
 from guard.core import off_loop
+from guard.errors import ChainError
 from guard.policy.rules import Policy
 from ledgers import Amount, Authorization, CallRecord, HoldInfo, Ledger
 
@@ -49,10 +50,6 @@ class Node:
 def nodes(policy: Policy) -> dict[str, Node]:
     """The nodes the policy names, by network (`chains:`)."""
     return {network: Node(spec.rpc, float(spec.timeout)) for network, spec in policy.spec.chains.items()}
-
-
-class ChainError(Exception):
-    """The node did not answer the question readably (HTTP, JSON-RPC or ABI trouble, a timeout)."""
 
 
 @dataclass(frozen=True)
