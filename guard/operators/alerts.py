@@ -1,6 +1,7 @@
 """Threshold alerts: with `alerts:` in the policy, `guard run` POSTs a JSON event to a webhook when a
-budget passes a fraction of its limit, when a payment is newly in doubt, and when a payment was settled
-above its reservation.
+budget passes a fraction of its limit, when a payment is newly in doubt, when a payment was settled
+above its reservation, and when a call waits for a human's approval; signed the Standard Webhooks way
+when the policy names a secret.
 
 When: a sweep reads the ledger after each call that held or moved money (`call_done` only wakes the
 sweeper: a tool call never waits for it; a busy guard sweeps at most once per `SWEEP_GAP_S`) and every
@@ -24,6 +25,17 @@ while sending leaves its claim `sending`: that alert is not sent again.
 - `payment.over_reservation`: once per hold settled at more than it reserved (the upstream paid more
   than the guard's price bound: the ledger counts all of it, the budget may be over its limit), for
   holds settled within `OVER_RESERVATION_LOOKBACK_S` (`guard report` lists every one).
+- `approval.requested`: once per pending approval (any approval of the ledger, while it is pending and
+  not expired), unless `approvals: false`. The gate only writes the approval; a call denied for one wakes
+  the sweeper, so the event leaves within `SWEEP_GAP_S` and never delays the call.
+
+Signing (https://www.standardwebhooks.com/): every POST carries `webhook-id` (`msg_` + random, made once
+per event: retries of the event send the same id, so a receiver can drop duplicates) and
+`webhook-timestamp` (integer Unix seconds of the attempt); with `secret_env`, also `webhook-signature`:
+`v1,` + base64 HMAC-SHA256, keyed by the secret's base64-decoded bytes, of `{id}.{timestamp}.{body}`
+over the body's exact bytes. The secret (`whsec_` + base64 of 24 to 64 bytes) is read from that
+environment variable: `guard run` refuses to start without it (`signing_key`, exit 2); a reload naming an
+unusable one sends nothing (logged once), never an unsigned event.
 
 Sending: one task per alert, except that thresholds of one budget passed at once are sent one after
 another, lowest first (a chat channel must not read "passed 80%" before "passed 50%"); so a slow webhook
@@ -52,15 +64,30 @@ chat webhooks (Slack, Mattermost) that show it as is:
      "identity": null, "server": "402-mcp", "resource": "https://api.example/item",
      "since": "2026-11-21T12:00:00+00:00", "at": "2026-11-21T12:00:05+00:00"}
 
+    {"event": "approval.requested", "text": "...", "approval_id": "ap_0123456789", "tool": "buy",
+     "session": "s1", "identity": "alice", "args_digest": "9f86d081884c7d65",
+     "command": "guard approvals approve ap_0123456789", "deny_command": "guard approvals deny ap_0123456789",
+     "since": "2026-11-21T12:00:00+00:00", "expires": "2026-11-21T13:00:00+00:00",
+     "at": "2026-11-21T12:00:01+00:00"}
+
 `period_start` is null for session windows; `resets_at` is null but for calendar windows; `since` is
 when the hold was made; `priced_by` what bounded the reservation (call, policy, quote, max_price). No
-call arguments, payment credentials or webhook URLs are ever in an event.
+call arguments, payment credentials or webhook URLs are ever in an event: an approval names its arguments by
+`args_digest` (the audit trail's 16 hex digits of their digest), as `guard audit tail` does.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
+import hmac
+import json
 import logging
-from collections.abc import AsyncIterator, Sequence
+import os
+import secrets
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -73,9 +100,10 @@ import anyio.abc
 import httpx
 
 from guard.core import JSON, off_loop
+from guard.errors import ConfigError
 from guard.policy.model import AlertsSpec
 from guard.policy.source import PolicySource
-from ledgers import Amount, BudgetState, CallRecord, Clock, HoldInfo, Ledger, SystemClock
+from ledgers import Amount, Approval, BudgetState, CallRecord, Clock, HoldInfo, Ledger, SystemClock
 
 logger = logging.getLogger("guard.alerts")
 
@@ -90,6 +118,12 @@ OVER_RESERVATION_LOOKBACK_S = 86_400.0
 BUDGET_EVENT = "budget.threshold"
 IN_DOUBT_EVENT = "hold.in_doubt"
 OVER_RESERVATION_EVENT = "payment.over_reservation"
+APPROVAL_EVENT = "approval.requested"
+
+SECRET_PREFIX = "whsec_"
+# Standard Webhooks: secrets of 24 to 64 bytes. A shorter one is refused rather than trusted.
+SECRET_BYTES = (24, 64)
+MAKE_SECRET = 'echo "whsec_$(openssl rand -base64 32)"'
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -135,10 +169,14 @@ class Alerter:
         self._claimed: set[str] = set()
         self._sending = anyio.CapacityLimiter(MAX_SENDING)
         self._hide = _HideWebhooks()
+        # The last reason no alert could be signed (logged once, not at every sweep).
+        self._unsigned: str | None = None
+        signing_key(source.policy.spec.alerts)  # at start: a policy naming an unusable secret stops the guard
 
     def call_done(self, call: CallRecord, upstream_s: float | None) -> None:
-        """Wake the sweeper when a call held or moved money. Never blocks (called on the event loop)."""
-        if call.hold_id is not None:
+        """Wake the sweeper when a call held or moved money, or waits for a human's approval (someone should
+        hear of it now). Never blocks (called on the event loop)."""
+        if call.hold_id is not None or call.kind == "approval":
             self._wake.set()
 
     async def run(self) -> None:
@@ -167,6 +205,14 @@ class Alerter:
             self._claimed.clear()
             return []
         try:
+            key = signing_key(spec.alerts)
+        except ConfigError as exc:  # a reload named an unusable secret: nothing is sent unsigned
+            if str(exc) != self._unsigned:
+                logger.error("alerts not sent until the policy or the environment is fixed: %s", exc)
+            self._unsigned = str(exc)
+            return []
+        self._unsigned = None
+        try:
             due = await self._due(spec.alerts, {b.name for b in spec.budgets})
         except Exception:  # an alert's trouble must never stop the guard
             logger.exception("alerts: could not read the ledger")
@@ -188,7 +234,7 @@ class Alerter:
                 claimed.append(alert)
                 threads.setdefault(alert.thread, []).append(alert)
         for thread in threads.values():
-            sending.start_soon(self._deliver_in_order, client, spec.alerts.webhook, thread)
+            sending.start_soon(self._deliver_in_order, client, spec.alerts.webhook, key, thread)
         self._claimed = still_claimed
         return claimed
 
@@ -197,6 +243,7 @@ class Alerter:
         doubted = await off_loop(self._ledger.open_holds, "in_doubt") if alerts.in_doubt else []
         now = self._clock.now().astimezone(UTC)
         over = await off_loop(self._ledger.over_reservations, now - timedelta(seconds=OVER_RESERVATION_LOOKBACK_S))
+        pending = await off_loop(self._ledger.approvals, "pending") if alerts.approvals else []
         at = now.isoformat()
         due = [
             _threshold_alert(state, threshold, at, self._server)
@@ -205,17 +252,24 @@ class Alerter:
             for threshold in sorted(set(alerts.thresholds))
             if _reached(state, threshold)
         ]
-        return due + [_in_doubt_alert(hold, at) for hold in doubted] + [_over_alert(hold, at) for hold in over]
+        return (
+            due
+            + [_in_doubt_alert(hold, at) for hold in doubted]
+            + [_over_alert(hold, at) for hold in over]
+            + [_approval_alert(approval, at) for approval in pending]
+        )
 
-    async def _deliver_in_order(self, client: _LazyClient, webhook: str, alerts: list[Alert]) -> None:
+    async def _deliver_in_order(
+        self, client: _LazyClient, webhook: str, key: bytes | None, alerts: list[Alert]
+    ) -> None:
         for alert in alerts:
-            await self._deliver(client, webhook, alert)
+            await self._deliver(client, webhook, key, alert)
 
-    async def _deliver(self, client: _LazyClient, webhook: str, alert: Alert) -> None:
+    async def _deliver(self, client: _LazyClient, webhook: str, key: bytes | None, alert: Alert) -> None:
         sent, attempts = False, 0
         try:
             async with self._sending:
-                sent, attempts = await self._post(await client.get(), webhook, alert)
+                sent, attempts = await self._post(await client.get(), webhook, key, alert)
         except Exception as exc:  # a bug or a broken TLS setup must not stop the guard; never str(exc)
             logger.error("alert %s to %s not sent: %s", alert.kind, _origin(webhook), type(exc).__name__)
         finally:
@@ -226,14 +280,18 @@ class Alerter:
                 except Exception:
                     logger.exception("alerts: could not record how sending %s ended", alert.kind)
 
-    async def _post(self, client: httpx.AsyncClient, webhook: str, alert: Alert) -> tuple[bool, int]:
-        """POST until delivered or given up; (delivered, attempts made)."""
+    async def _post(self, client: httpx.AsyncClient, webhook: str, key: bytes | None, alert: Alert) -> tuple[bool, int]:
+        """POST until delivered or given up, every attempt under the event's one id and signed anew (its
+        timestamp is the attempt's); (delivered, attempts made)."""
         origin = _origin(webhook)
         self._hide.add(webhook, origin)
+        body = json.dumps(alert.event, separators=(",", ":")).encode()
+        message_id = "msg_" + secrets.token_urlsafe(18)
         delays = (*self._retry_delays_s, None)
         for attempt, delay in enumerate(delays, 1):
             try:
-                response = await client.post(webhook, json=alert.event)
+                headers = webhook_headers(key, message_id, int(time.time()), body)
+                response = await client.post(webhook, content=body, headers=headers)
             except httpx.HTTPError as exc:  # never str(exc): some name the URL
                 problem = f"{type(exc).__name__}"
             else:
@@ -362,6 +420,69 @@ def _over_alert(hold: HoldInfo, at: str) -> Alert:
     }
     key = f"{OVER_RESERVATION_EVENT}:{hold.id}"
     return Alert(key, OVER_RESERVATION_EVENT, event, thread=key)
+
+
+def _approval_alert(approval: Approval, at: str) -> Alert:
+    command = f"guard approvals approve {approval.id}"
+    session = approval.subject.removeprefix("session:")
+    event: JSON = {
+        "event": APPROVAL_EVENT,
+        "text": (
+            f"guard: a call to {approval.action} (session {session}"
+            f"{f', identity {approval.identity}' if approval.identity else ''}) waits for your approval:"
+            f" run `{command}` before {approval.expires.isoformat(timespec='seconds')}"
+        ),
+        "approval_id": approval.id,
+        "tool": approval.action,
+        "session": session,
+        "identity": approval.identity,
+        "args_digest": approval.digest[:16],
+        "command": command,
+        "deny_command": f"guard approvals deny {approval.id}",
+        "since": approval.created.isoformat(),
+        "expires": approval.expires.isoformat(),
+        "at": at,
+    }
+    key = f"{APPROVAL_EVENT}:{approval.id}"
+    return Alert(key, APPROVAL_EVENT, event, thread=key)
+
+
+def signing_key(alerts: AlertsSpec | None, environ: Mapping[str, str] = os.environ) -> bytes | None:
+    """The key that signs alerts: the base64-decoded bytes of the `whsec_` secret in the environment
+    variable `alerts.secret_env` names (None: the policy asks for no signature).
+
+    Raises:
+        ConfigError: the variable is unset, or its value is not a Standard Webhooks secret (never quoted)."""
+    if alerts is None or alerts.secret_env is None:
+        return None
+    name = alerts.secret_env
+    where = f"alerts.secret_env names {name}"
+    secret = environ.get(name, "").strip()
+    if not secret:
+        raise ConfigError(f"{where}, which is not set: set it to the webhook's signing secret ({MAKE_SECRET})")
+    if not secret.startswith(SECRET_PREFIX):
+        raise ConfigError(f"{where}, whose value does not start with {SECRET_PREFIX} (a Standard Webhooks secret)")
+    try:
+        key = base64.b64decode(secret.removeprefix(SECRET_PREFIX), validate=True)
+    except (binascii.Error, ValueError):
+        raise ConfigError(f"{where}, whose value after {SECRET_PREFIX} is not base64") from None
+    low, high = SECRET_BYTES
+    if not low <= len(key) <= high:
+        raise ConfigError(
+            f"{where}, whose secret is {len(key)} bytes: use {low} to {high} random bytes"
+            f" (make one with: {MAKE_SECRET})"
+        )
+    return key
+
+
+def webhook_headers(key: bytes | None, message_id: str, timestamp: int, body: bytes) -> dict[str, str]:
+    """The Standard Webhooks headers of one attempt: id and timestamp, and with a key the signature of
+    `{id}.{timestamp}.{body}`."""
+    headers = {"content-type": "application/json", "webhook-id": message_id, "webhook-timestamp": str(timestamp)}
+    if key is not None:
+        mac = hmac.new(key, f"{message_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
+        headers["webhook-signature"] = "v1," + base64.b64encode(mac).decode()
+    return headers
 
 
 def _decimal_text(number: Decimal) -> str:

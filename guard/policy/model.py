@@ -422,6 +422,17 @@ class AlertsSpec(_Spec):
         description="Fractions of a budget's limit that send an alert, once per budget and window period.",
     )
     in_doubt: StrictBool = Field(default=True, description="Also alert on each payment newly in doubt.")
+    approvals: StrictBool = Field(
+        default=True,
+        description="Also send `approval.requested` for each call waiting for a human's approval, with the command"
+        " that approves it.",
+    )
+    secret_env: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")] | None = Field(
+        default=None,
+        description="The environment variable holding the secret (`whsec_` + base64, Standard Webhooks) that signs"
+        " each event (`webhook-id`, `webhook-timestamp`, `webhook-signature` headers); `guard run` refuses to start"
+        " when it is unset. Without it, events are sent unsigned.",
+    )
 
 
 _CAIP2_EVM = re.compile(r"^eip155:[1-9][0-9]{0,18}$")

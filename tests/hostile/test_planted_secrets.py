@@ -5,16 +5,17 @@ emits every record any higher level would, the MCP SDK's and the HTTP stack's in
 the fake 402-mcp and the fake x402 server. Secrets are planted where a client, its environment or a chatty
 upstream puts them: a macaroon and its preimage (an `l402-store-token`, an `L402` header on the upstream's
 stderr), NWC URIs (guard's environment, the upstream's command line), `x-payment` / `payment-signature` /
-`authorization` values (a fetch's headers, the upstream's stderr), an x402 payment signature (`_meta`),
+`authorization` values (a fetch's headers, the upstream's stderr), an x402 payment signature (`_meta`), the
+webhook signing secret (guard's environment, named by `alerts.secret_env`; an alert is sent and verified),
 bearer tokens (the tokens file, the HTTP Authorization header, a wrong one, one in the query), a URL's
 password and the API keys in its path, query and fragment, and prose (`macaroon XYZ`). The fake also
 makes its own secrets (invoices, macaroons, preimages), read from its state file afterwards.
 
 None of them may appear in: the ledger (every column of every table of the SQLite file), guard's stderr,
 `guard audit tail` (table and JSON), `guard report` (md, html, json, csv), `guard budget show` (table and
-JSON), or the errors guard itself sends the client (denials, the upstream-gone error, a 401). What the
-upstream returns inside a result (the fetched body echoes the URL) is the client's own business: only
-guard's own answers are checked.
+JSON), the alerts' requests (headers and bodies), or the errors guard itself sends the client (denials,
+the upstream-gone error, a 401). What the upstream returns inside a result (the fetched body echoes the
+URL) is the client's own business: only guard's own answers are checked.
 """
 
 from __future__ import annotations
@@ -32,8 +33,10 @@ from typing import Any
 
 import httpx
 import pytest
+from standardwebhooks import Webhook
 
 from tests.conftest import GUARD, INITIALIZE, ROOT, WAIT_S, start_http_guard, stop
+from tests.operators.webhook import Received, Receiver
 from tests.rawguard import JSON, RawGuard
 from tests.upstreams.x402_payments import T0, payment_for
 
@@ -76,6 +79,7 @@ PLANTED = {
     "prose": "Zq7" + _hex("prose macaroon", 12),
     "short key under a header": "kqzw-vy",  # short, and of letters no hex id or hash contains
     "short key under a JSON name": "Qzw7",
+    "webhook signing secret": "whsec_" + base64.b64encode(bytes.fromhex(_hex("webhook signing key"))).decode(),
 }
 SECRET_PATH = f"/k/{PATH_KEY}/data/token/{PATH_JWT}/"
 URL = f"https://alice:{URL_PASSWORD}@api.example{SECRET_PATH}?api_key={QUERY_KEY}&token={QUERY_TOKEN}#access_token={FRAGMENT_TOKEN}"
@@ -105,6 +109,7 @@ ENV = {
     "PLANTED_URL": URL,
     "PLANTED_SHORT_HEADER": PLANTED["short key under a header"],
     "PLANTED_SHORT_JSON": PLANTED["short key under a JSON name"],
+    "GUARD_WEBHOOK_SECRET": PLANTED["webhook signing secret"],
 }
 POLICY = """\
 version: 1
@@ -125,6 +130,10 @@ tools:
     pays: true
     max_price: 50 sat
   get_weather: {}
+alerts:
+  webhook: '{webhook}'
+  thresholds: [0.01]
+  secret_env: GUARD_WEBHOOK_SECRET
 """
 
 
@@ -176,11 +185,11 @@ class HttpClient:
 class Run:
     """The guards of one front and log format, and everything they wrote."""
 
-    def __init__(self, tmp: Path, front: str, fmt: str) -> None:
+    def __init__(self, tmp: Path, front: str, fmt: str, webhook: str) -> None:
         self.tmp, self.front = tmp, front
         self.env = {**ENV, "GUARD_LOG_FORMAT": fmt}
         self.policy = tmp / "policy.yaml"
-        self.policy.write_text(POLICY)
+        self.policy.write_text(POLICY.replace("{webhook}", webhook))
         self.ledger = tmp / "ledger.db"
         self.tokens = tmp / "tokens.json"
         self.tokens.write_text(
@@ -256,7 +265,17 @@ def fragments(secret: str) -> set[str]:
 def test_planted_secrets_never_reach_the_ledger_logs_reports_or_guards_own_errors(
     tmp_path: Path, front: str, fmt: str
 ) -> None:
-    run = Run(tmp_path, front, fmt)
+    receiver = Receiver()
+    try:
+        alerted = _planted_secrets_never_leak(tmp_path, front, fmt, receiver)
+    finally:
+        receiver.close()
+    # Not vacuous: the secret signed the alert (the Standard Webhooks library verifies it).
+    assert Webhook(PLANTED["webhook signing secret"]).verify(alerted.body, alerted.headers)["threshold"] == "0.01"
+
+
+def _planted_secrets_never_leak(tmp_path: Path, front: str, fmt: str, receiver: Receiver) -> Received:
+    run = Run(tmp_path, front, fmt, receiver.url)
     headers = {
         "x-payment": PLANTED["x-payment"],
         "payment-signature": PLANTED["payment-signature"],
@@ -265,6 +284,7 @@ def test_planted_secrets_never_reach_the_ledger_logs_reports_or_guards_own_error
     with run.serve("fake_402mcp", {"prices": {URL: 30, PRICEY_URL: 80}}) as client:
         quoted = run.call(client, "l402-fetch", {"url": URL})
         paid = run.call(client, "l402-fetch", {"url": URL, "autoPay": True, "headers": headers})
+        alerted = receiver.next_request()  # 30 sat: 1% of the sats budget passed (waited for while guard runs)
         run.call(client, "l402-fetch", {"url": PRICEY_URL})
         over_cap = run.call(client, "l402-fetch", {"url": PRICEY_URL, "autoPay": True, "headers": headers})
         stored = run.call(client, "l402-store-token", {"url": URL, "token": f"{MACAROON}:{PREIMAGE}"})
@@ -301,6 +321,9 @@ def test_planted_secrets_never_reach_the_ledger_logs_reports_or_guards_own_error
         "guard budget show": guard_cli("budget", "show", "--ledger", str(run.ledger)),
         "guard budget show --json": guard_cli("budget", "show", "--json", "--ledger", str(run.ledger)),
         "guard's own answers": "\n".join(json.dumps(answer) for answer in run.own_answers),
+        "the alerts' requests": "\n".join(
+            f"{r.headers}\n{r.body.decode()}" for r in [alerted, *receiver.taken_requests()]
+        ),
     }
     # What the fake made itself (each 402's invoice, macaroon and preimage) is as secret as what was planted.
     made = {
@@ -319,3 +342,4 @@ def test_planted_secrets_never_reach_the_ledger_logs_reports_or_guards_own_error
     # Not vacuous: what was redacted is still shown as such, and the paid URL is reported without its secrets.
     assert "[redacted]" in written["guard's stderr"]
     assert SHOWN_URL in written["the ledger"] and SHOWN_URL in written["guard report --format json"]
+    return alerted

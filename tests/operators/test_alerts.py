@@ -1,11 +1,16 @@
-"""Threshold alerts: POSTed once per budget, threshold and window period (and once per hold in doubt) to a
-real HTTP receiver on 127.0.0.1, retried with backoff, never in a tool call's way, once among guards
-sharing a ledger (SQLite file and PostgreSQL)."""
+"""Threshold alerts: POSTed once per budget, threshold and window period (and once per hold in doubt, and
+once per approval waiting for a human) to a real HTTP receiver on 127.0.0.1, retried with backoff, never in
+a tool call's way, once among guards sharing a ledger (SQLite file and PostgreSQL), signed the Standard
+Webhooks way and verified by the reference library (`standardwebhooks`), not by guard's code."""
 
 from __future__ import annotations
 
+import base64
 import logging
+import os
+import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,16 +18,18 @@ from typing import Any
 import anyio
 import anyio.to_thread
 import pytest
+from standardwebhooks import Webhook, WebhookVerificationError
 
 from guard.core import Session, ToolCall
+from guard.errors import ConfigError
 from guard.gate.gate import PolicyGate
 from guard.operators.alerts import OVER_RESERVATION_LOOKBACK_S, Alerter
 from guard.policy.files import parse
 from guard.policy.source import PolicySource
 from ledgers import Amount, Budget, Ledger, Window
-from tests.conftest import ROOT, FakeClock, free_port
+from tests.conftest import GUARD, ROOT, WAIT_S, FakeClock, free_port
 from tests.ledgers.helpers import query
-from tests.operators.webhook import SECRET_PATH, Receiver
+from tests.operators.webhook import SECRET_PATH, Received, Receiver
 from tests.rawguard import RawGuard
 
 JSON = dict[str, Any]
@@ -44,10 +51,22 @@ def ledger(ledger_url: str, clock: FakeClock) -> Iterator[Ledger]:
     opened.close()
 
 
+# A Standard Webhooks secret (`whsec_` + base64 of 32 bytes), given to guard in this environment variable.
+SECRET_ENV = "GUARD_TEST_WEBHOOK_SECRET"
+SECRET = "whsec_" + base64.b64encode(b"planted webhook signing key, 32B").decode()
+OTHER_SECRET = "whsec_" + base64.b64encode(b"another webhook signing key, 32B").decode()
+SIGNED = f"  secret_env: {SECRET_ENV}\n"
+
+
 def policy_text(
-    webhook: str | None, *, window: str = "day", scope: str = "global", thresholds: str = "[0.5, 0.8, 1.0]"
+    webhook: str | None,
+    *,
+    window: str = "day",
+    scope: str = "global",
+    thresholds: str = "[0.5, 0.8, 1.0]",
+    alerts_extra: str = "",
 ) -> str:
-    alerts = f"alerts:\n  webhook: '{webhook}'\n  thresholds: {thresholds}\n" if webhook else ""
+    alerts = f"alerts:\n  webhook: '{webhook}'\n  thresholds: {thresholds}\n{alerts_extra}" if webhook else ""
     return f"""\
 version: 1
 budgets:
@@ -60,6 +79,8 @@ budgets:
     pays: true
     price_from: args.amount
     price_unit: sat
+  browse:
+    action: approve
 """
 
 
@@ -93,6 +114,18 @@ def alert_rows(url: str) -> list[tuple[Any, ...]]:
 
 def thresholds(events: list[JSON]) -> list[str]:
     return [event["threshold"] for event in events]
+
+
+def verified(received: Received, secret: str = SECRET) -> JSON:
+    """The event, once the Standard Webhooks reference library has verified its signature (and that its
+    timestamp is within its five minutes of now) over the exact bytes received."""
+    event: JSON = Webhook(secret).verify(received.body, received.headers)
+    return event
+
+
+def ask_approval(ledger: Ledger, session: str = "s1", digest: str = "d" * 64) -> str:
+    """What the gate does for a call to a tool with `action: approve`: a pending approval; its id."""
+    return ledger.request_approval(f"session:{session}", "browse", digest, identity="alice", expire_after_s=3600).id
 
 
 # once per budget, threshold and period
@@ -454,3 +487,258 @@ def test_guard_run_posts_an_alert_when_paying_passes_half_a_budget(tmp_path: Pat
     }
     assert receiver.taken() == []
     assert "s3cr3t" not in "\n".join(guard.stderr)
+
+
+# signed, the Standard Webhooks way
+
+
+@pytest.mark.anyio
+async def test_a_signed_alert_is_verified_by_the_standard_webhooks_library(
+    ledger: Ledger, receiver: Receiver, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(SECRET_ENV, SECRET)
+    spend(ledger, 50)
+    await alerter(source_for(receiver.url, alerts_extra=SIGNED), ledger, clock).sweep()
+    [received] = receiver.taken_requests()
+    assert verified(received)["threshold"] == "0.5"
+    assert received.headers["webhook-id"].startswith("msg_")
+    assert abs(int(received.headers["webhook-timestamp"]) - time.time()) < WAIT_S
+    assert received.headers["webhook-signature"].startswith("v1,")
+    assert received.headers["content-type"] == "application/json"
+
+
+@pytest.mark.anyio
+async def test_a_wrong_secret_or_a_changed_body_fails_verification(
+    ledger: Ledger, receiver: Receiver, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(SECRET_ENV, SECRET)
+    spend(ledger, 50)
+    await alerter(source_for(receiver.url, alerts_extra=SIGNED), ledger, clock).sweep()
+    [received] = receiver.taken_requests()
+    with pytest.raises(WebhookVerificationError, match="No matching signature"):
+        verified(received, OTHER_SECRET)
+    changed = Received(received.path, received.headers, received.body.replace(b'"used":50', b'"used":5'))
+    assert changed.body != received.body
+    with pytest.raises(WebhookVerificationError, match="No matching signature"):
+        verified(changed)
+    other_id = Received(received.path, {**received.headers, "webhook-id": "msg_other"}, received.body)
+    with pytest.raises(WebhookVerificationError, match="No matching signature"):
+        verified(other_id)
+
+
+@pytest.mark.anyio
+async def test_retries_of_an_event_keep_its_webhook_id_and_each_attempt_verifies(
+    ledger: Ledger, receiver: Receiver, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(SECRET_ENV, SECRET)
+    receiver.statuses = [500, 503]
+    spend(ledger, 50)
+    await alerter(source_for(receiver.url, alerts_extra=SIGNED), ledger, clock).sweep()
+    attempts = receiver.taken_requests()
+    assert len(attempts) == 3
+    assert len({attempt.headers["webhook-id"] for attempt in attempts}) == 1
+    assert all(verified(attempt)["threshold"] == "0.5" for attempt in attempts)
+
+
+@pytest.mark.anyio
+async def test_each_event_has_a_webhook_id_of_its_own(
+    ledger: Ledger, receiver: Receiver, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(SECRET_ENV, SECRET)
+    spend(ledger, 100)
+    await alerter(source_for(receiver.url, alerts_extra=SIGNED), ledger, clock).sweep()
+    sent = receiver.taken_requests()
+    assert [verified(r)["threshold"] for r in sent] == ["0.5", "0.8", "1"]
+    assert len({r.headers["webhook-id"] for r in sent}) == 3
+
+
+@pytest.mark.anyio
+async def test_without_secret_env_alerts_carry_an_id_and_timestamp_but_no_signature(
+    ledger: Ledger, receiver: Receiver, clock: FakeClock
+) -> None:
+    spend(ledger, 50)
+    await alerter(source_for(receiver.url), ledger, clock).sweep()
+    [received] = receiver.taken_requests()
+    assert received.headers["webhook-id"].startswith("msg_") and received.headers["webhook-timestamp"].isdigit()
+    assert "webhook-signature" not in received.headers
+
+
+@pytest.mark.parametrize(
+    ("value", "says"),
+    [
+        (None, "which is not set"),
+        ("", "which is not set"),
+        ("c2VjcmV0LXdpdGhvdXQtcHJlZml4LXRoaXJ0eS10d28h", "does not start with whsec_"),
+        ("whsec_Zq7!*secret-but-bad$", "is not base64"),
+        ("whsec_" + base64.b64encode(b"sixteen-byte-key").decode(), "is 16 bytes: use 24 to 64 random bytes"),
+    ],
+)
+def test_an_unusable_signing_secret_stops_the_alerter_at_start_without_quoting_it(
+    ledger: Ledger, clock: FakeClock, monkeypatch: pytest.MonkeyPatch, value: str | None, says: str
+) -> None:
+    if value is None:
+        monkeypatch.delenv(SECRET_ENV, raising=False)
+    else:
+        monkeypatch.setenv(SECRET_ENV, value)
+    with pytest.raises(ConfigError, match=f"alerts.secret_env names {SECRET_ENV}, .*{says}") as raised:
+        alerter(source_for("http://127.0.0.1:9/hook", alerts_extra=SIGNED), ledger, clock)
+    assert not value or value.removeprefix("whsec_")[:8] not in str(raised.value)
+
+
+@pytest.mark.anyio
+async def test_a_reload_naming_an_unset_secret_sends_nothing_unsigned_until_it_is_set(
+    ledger: Ledger,
+    receiver: Receiver,
+    clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.delenv(SECRET_ENV, raising=False)
+    source = source_for(receiver.url)
+    alerts = alerter(source, ledger, clock)
+    source.policy = source_for(receiver.url, alerts_extra=SIGNED).policy  # as a reload would
+    spend(ledger, 50)
+    assert await alerts.sweep() == []
+    assert await alerts.sweep() == []
+    assert receiver.taken() == []
+    assert caplog.text.count("alerts not sent until the policy or the environment is fixed: alerts.secret_env") == 1
+
+    monkeypatch.setenv(SECRET_ENV, SECRET)
+    assert len(await alerts.sweep()) == 1
+    assert verified(receiver.next_request())["threshold"] == "0.5"
+
+
+# approval.requested
+
+
+@pytest.mark.anyio
+async def test_a_pending_approval_is_announced_once_with_the_command_that_approves_it(
+    ledger: Ledger, receiver: Receiver, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(SECRET_ENV, SECRET)
+    alerts = alerter(source_for(receiver.url, alerts_extra=SIGNED), ledger, clock)
+    approval = ask_approval(ledger, digest="9f86d081884c7d65" + "0" * 48)
+    clock.advance(1)
+    await alerts.sweep()
+    await alerts.sweep()
+    [received] = receiver.taken_requests()
+    event = verified(received)
+    assert event == {
+        "event": "approval.requested",
+        "text": (
+            f"guard: a call to browse (session s1, identity alice) waits for your approval:"
+            f" run `guard approvals approve {approval}` before 2026-11-21T13:00:00+00:00"
+        ),
+        "approval_id": approval,
+        "tool": "browse",
+        "session": "s1",
+        "identity": "alice",
+        "args_digest": "9f86d081884c7d65",
+        "command": f"guard approvals approve {approval}",
+        "deny_command": f"guard approvals deny {approval}",
+        "since": "2026-11-21T12:00:00+00:00",
+        "expires": "2026-11-21T13:00:00+00:00",
+        "at": "2026-11-21T12:00:01+00:00",
+    }
+
+
+@pytest.mark.anyio
+async def test_decided_and_expired_approvals_are_not_announced(
+    ledger: Ledger, receiver: Receiver, clock: FakeClock
+) -> None:
+    ledger.decide_approval(ask_approval(ledger, "s1"), approve=True)
+    ledger.decide_approval(ask_approval(ledger, "s2"), approve=False)
+    ask_approval(ledger, "s3")
+    clock.advance(3600)
+    assert await alerter(source_for(receiver.url), ledger, clock).sweep() == []
+    assert receiver.taken() == []
+
+
+@pytest.mark.anyio
+async def test_approvals_are_not_announced_when_the_policy_says_so(
+    ledger: Ledger, receiver: Receiver, clock: FakeClock
+) -> None:
+    ask_approval(ledger)
+    assert await alerter(source_for(receiver.url, alerts_extra="  approvals: false\n"), ledger, clock).sweep() == []
+    assert receiver.taken() == []
+
+
+@pytest.mark.anyio
+async def test_two_guards_on_one_ledger_announce_an_approval_once(
+    ledger_url: str, ledger: Ledger, receiver: Receiver, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(SECRET_ENV, SECRET)
+    other = Ledger.open(ledger_url, clock=clock)  # another guard's connection to the same ledger
+    try:
+        approval = ask_approval(ledger)
+        source = source_for(receiver.url, alerts_extra=SIGNED)
+        first, second = alerter(source, ledger, clock), alerter(source, other, clock)
+        async with anyio.create_task_group() as tg:
+            for alerts in (first, second, first, second):
+                tg.start_soon(alerts.sweep)
+    finally:
+        other.close()
+    assert [verified(r)["approval_id"] for r in receiver.taken_requests()] == [approval]
+    assert alert_rows(ledger_url) == [(f"approval.requested:{approval}", "approval.requested", "sent", 1)]
+
+
+@pytest.mark.anyio
+async def test_a_call_waiting_for_approval_wakes_the_sweeper(
+    ledger: Ledger, receiver: Receiver, clock: FakeClock
+) -> None:
+    source = source_for(receiver.url)
+    alerts = alerter(source, ledger, clock, sweep_every_s=3600, sweep_gap_s=0)  # only calls wake it here
+    gate = PolicyGate(source, ledger, "shop", watchers=[alerts])
+
+    async def forward() -> JSON:
+        raise AssertionError("a call waiting for approval is never forwarded")
+
+    spend(ledger, 50)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(alerts.run)
+        assert (await receiver.next_async())["threshold"] == "0.5"  # the sweep at start is done: it waits
+        denied = await gate.call_tool(ToolCall(Session("s1"), 1, "browse", {"q": "tea"}, None), forward)
+        assert (await receiver.next_async())["approval_id"] == denied["structuredContent"]["approval_id"]
+        tg.cancel_scope.cancel()
+
+
+def test_guard_run_announces_a_call_waiting_for_approval_signed_and_the_command_in_it_lets_the_call_through(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(policy_text(receiver.url, alerts_extra=SIGNED))
+    guard = RawGuard(tmp_path, policy, upstream=SHOP, env={SECRET_ENV: SECRET})
+    try:
+        denied = guard.call("browse", q="tea")
+        event = verified(receiver.next_request())
+        assert event["approval_id"] == denied["structuredContent"]["approval_id"]
+        approve = subprocess.run(
+            [*GUARD, *event["command"].split()[1:], "--ledger", str(guard.ledger)],
+            capture_output=True,
+            text=True,
+            timeout=WAIT_S,
+            stdin=subprocess.DEVNULL,
+        )
+        assert approve.returncode == 0, approve.stderr
+        assert not guard.call("browse", q="tea").get("isError")
+    finally:
+        guard.stop()
+    assert receiver.taken() == []
+    assert SECRET.removeprefix("whsec_")[:12] not in "\n".join(guard.stderr)
+
+
+def test_guard_run_refuses_to_start_when_the_signing_secret_is_unset(tmp_path: Path) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(policy_text("http://127.0.0.1:9/hook", alerts_extra=SIGNED))
+    env = {k: v for k, v in os.environ.items() if k != SECRET_ENV}
+    done = subprocess.run(
+        [*GUARD, "run", "--policy", str(policy), "--ledger", str(tmp_path / "l.db"), "--", *SHOP],
+        capture_output=True,
+        text=True,
+        timeout=WAIT_S,
+        stdin=subprocess.DEVNULL,
+        env=env,
+    )
+    assert done.returncode == 2, done.stderr
+    assert f"alerts.secret_env names {SECRET_ENV}, which is not set" in done.stderr
+    assert not (tmp_path / "shop.jsonl").exists()

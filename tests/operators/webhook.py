@@ -1,4 +1,5 @@
-"""A webhook receiver on 127.0.0.1 for alert tests: it records every POST and answers as told."""
+"""A webhook receiver on 127.0.0.1 for alert tests: it records every POST (its path, headers and raw body,
+so a signature can be checked over the exact bytes sent) and answers as told."""
 
 from __future__ import annotations
 
@@ -21,7 +22,13 @@ SECRET_PATH = "/hooks/T0001/B0002/s3cr3t-path"
 @dataclass
 class Received:
     path: str
-    event: JSON
+    headers: dict[str, str]  # names in lower case
+    body: bytes
+
+    @property
+    def event(self) -> JSON:
+        event: JSON = json.loads(self.body)
+        return event
 
 
 class Receiver:
@@ -39,7 +46,8 @@ class Receiver:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
-                receiver._requests.put(Received(self.path, json.loads(body)))
+                headers = {name.lower(): value for name, value in self.headers.items()}
+                receiver._requests.put(Received(self.path, headers, body))
                 with receiver._lock:
                     status = receiver.statuses.pop(0) if receiver.statuses else 200
                 if receiver.hang:
@@ -66,17 +74,25 @@ class Receiver:
 
     def taken(self) -> list[JSON]:
         """Every event received since the last look (without waiting)."""
-        events = []
+        return [received.event for received in self.taken_requests()]
+
+    def taken_requests(self) -> list[Received]:
+        """Every request received since the last look (without waiting)."""
+        requests = []
         while not self._requests.empty():
             received = self._requests.get_nowait()
             assert received.path == SECRET_PATH + "?token=q-secret"
-            events.append(received.event)
-        return events
+            requests.append(received)
+        return requests
 
     def next(self) -> JSON:
         """The next event received (waiting for it, bounded)."""
+        return self.next_request().event
+
+    def next_request(self) -> Received:
+        """The next request received (waiting for it, bounded)."""
         try:
-            return self._requests.get(timeout=WAIT_S).event
+            return self._requests.get(timeout=WAIT_S)
         except queue.Empty:
             raise AssertionError(f"the receiver got no request within {WAIT_S}s") from None
 
