@@ -7,6 +7,7 @@ LedgerError
 │   ├── BudgetExceeded     a budget would go over its limit
 │   ├── RateLimited        a rate limit is used up
 │   ├── PaymentInFlight    the idempotency key is held or in doubt already
+│   ├── Frozen             an operator froze the scope (the kill switch)
 │   └── AlreadyPaid        the idempotency key was settled: it was paid
 ├── ApprovalError      no such approval, or one already decided, used or expired
 ├── HoldStateError     a step the hold's current phase does not allow (it resolves at most once)
@@ -59,6 +60,11 @@ class RateLimited(Refused):
 class PaymentInFlight(Refused):
     """The idempotency key (payment hash, x402 nonce) is reserved or in doubt already: paying again
     could pay twice."""
+
+
+class Frozen(Refused):
+    """An operator froze the caller's scope (`guard freeze`): `rule` is the frozen scope; the message
+    names the reason and who froze."""
 
 
 class AlreadyPaid(Refused):

@@ -27,6 +27,7 @@ from sqlalchemy.exc import IntegrityError
 
 from ledgers._audit import INSERT_CALL, call_row
 from ledgers._errors import AlreadyPaid, AmountError, HoldStateError, PaymentInFlight, UnitMismatch
+from ledgers._freezes import check_frozen
 from ledgers._money import Amount, Rates
 from ledgers._part import Part
 from ledgers._records import Budget, CallRecord, HoldInfo, RateLimit
@@ -109,15 +110,18 @@ class Holds(Part):
         resource: str | None = None,
         priced_by: str | None = None,
         rates: Rates | None = None,
+        frozen_scopes: Sequence[str] = (),
     ) -> int:
-        """Check every budget and rate limit and, in the same transaction, write the hold (and the
-        calls the rate limits count). `balance_key` names the balance the payment draws on (see
-        `spent_from`); `server` and `resource` (a URL without its query) are for reports, `priced_by`
-        what bounded `amount` (a quote, a cap). `rates` (default: the ledger's own) converts `amount`
-        into each budget's unit, rounded up; the charge stored is that figure, and settling scales it,
-        so a later change of rates never rewrites it. Returns the hold id.
+        """Check that none of `frozen_scopes` is frozen (the kill switch), then every budget and rate
+        limit and, in the same transaction, write the hold (and the calls the rate limits count).
+        `balance_key` names the balance the payment draws on (see `spent_from`); `server` and `resource`
+        (a URL without its query) are for reports, `priced_by` what bounded `amount` (a quote, a cap).
+        `rates` (default: the ledger's own) converts `amount` into each budget's unit, rounded up; the
+        charge stored is that figure, and settling scales it, so a later change of rates never rewrites
+        it. Returns the hold id.
 
         Raises:
+            Frozen: an operator froze one of `frozen_scopes` (the kill switch). Nothing written.
             BudgetExceeded / RateLimited: which rule, what remains, when to retry. Nothing written.
             PaymentInFlight / AlreadyPaid: the idempotency key is open, or was paid. Nothing written.
             AmountError / UnitMismatch: an amount or unit is wrong. Nothing written.
@@ -130,6 +134,7 @@ class Holds(Part):
         where = Where(session, identity, tool, balance_key, server, resource, priced_by)
         with self._store.write(lock_keys=keys) as conn:
             now = self._store.now_us()
+            check_frozen(conn, frozen_scopes)
             if idempotency_key is not None:
                 check_key(conn, idempotency_key)
             for rate in rate_limits:

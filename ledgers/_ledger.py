@@ -8,6 +8,7 @@
     authorizations  _authorizations.py  what x402 payments signed (payer, nonce, validBefore), for the chain
     audit           _audit.py         call events
     approvals       _approvals.py     single-use approvals of one exact action
+    freezes         _freezes.py       the kill switch: scopes an operator froze, audited; read at reserve
     recovery        _recovery.py      owners, heartbeat, recovery of gone processes' holds
     views           _views.py         operators' reads (usage, budget states, hold counts, report), alerts
     store           _store.py         the database, its transactions and its clock (`Store`)
@@ -24,6 +25,7 @@ import uuid
 from ledgers._approvals import Approvals
 from ledgers._audit import Audit
 from ledgers._authorizations import Authorizations
+from ledgers._freezes import Freezes
 from ledgers._holds import Holds
 from ledgers._money import Rates
 from ledgers._observations import Observations
@@ -34,7 +36,7 @@ from ledgers._views import Views
 from ledgers._windows import Windows
 
 
-class Ledger(Holds, Windows, Observations, Authorizations, Audit, Approvals, Recovery, Views):
+class Ledger(Holds, Windows, Observations, Authorizations, Audit, Approvals, Freezes, Recovery, Views):
     """Open with `Ledger.open(url)`; SQLite (default) or PostgreSQL, the same code.
 
     Thread-safe: one engine, one connection per operation. Every method is synchronous; call it

@@ -177,9 +177,10 @@ class Approval:
     expired: bool
 
 
-Decision = Literal["allow", "deny", "error", "external", "topup", "resolve"]
+Decision = Literal["allow", "deny", "error", "external", "topup", "resolve", "freeze", "unfreeze"]
 """What a call event records: a call allowed, denied or failed upstream; spend seen only in a balance
-(`external`), a balance that rose (`topup`), a hold in doubt resolved (`resolve`)."""
+(`external`), a balance that rose (`topup`), a hold in doubt resolved (`resolve`); an operator's freeze
+or unfreeze (`freeze`, `unfreeze`: the kill switch)."""
 
 RuleKind = Literal[
     "default",  # not allowed by the policy (default: deny)
@@ -190,13 +191,45 @@ RuleKind = Literal[
     "price",  # no price, no pay; over max_price; a price in a unit no cap or budget compares with
     "budget",  # a budget would go over its limit, or none covers the payment's unit
     "rate_limit",  # a call rate limit is used up
+    "repeat_limit",  # the same paid resource bought too often in a session (the loop breaker)
     "quota",  # a quota counter is used up
     "balance",  # a balance that cannot pay (exhausted, expired, below the price)
     "stale_balance",  # a balance seen too long ago to pay on
     "idempotency",  # the payment is already in flight, in doubt, or made
+    "freeze",  # an operator froze the guard (the kill switch: `guard freeze`)
     "wire",  # refused before any decision: no usable id, an id in flight, unreadable params
 ]
 """Which kind of rule decided a call: reports and alerts read this, never the rule's name or its words."""
+
+
+@dataclass(frozen=True)
+class Freeze:
+    """The kill switch, thrown: while it stands, every guard on the ledger refuses the paying calls of
+    `scope` ("global", "identity:<name>", "session:<id>"), or every call when `all_tools`."""
+
+    scope: str
+    reason: str
+    by: str  # who froze: the OS user, or what `--by` said
+    since: datetime
+    all_tools: bool = False
+
+    @property
+    def what(self) -> str:
+        """The calls it refuses, in words."""
+        return "every call" if self.all_tools else "paying calls"
+
+    @property
+    def flag(self) -> str:
+        """The `guard unfreeze` flag that lifts it."""
+        kind, _, name = self.scope.partition(":")
+        return f"--{kind} {name}" if name else ""
+
+    @property
+    def refusal(self) -> str:
+        """Its denial in words: what is frozen, by whom, why, and how to lift it."""
+        lift = f"guard unfreeze {self.flag}".rstrip()
+        where = "" if self.scope == "global" else f" for {self.scope.replace(':', ' ', 1)}"
+        return f"{self.what} frozen{where} by {self.by}: {self.reason} (until `{lift}`)"
 
 
 @dataclass(frozen=True)

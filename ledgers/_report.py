@@ -43,7 +43,7 @@ from ledgers._time import US_PER_S, from_us, to_us
 US_PER_HOUR = 3600 * US_PER_S
 TOP = 10  # how many URLs and origins the report names, per unit
 # The kinds of rule that count calls: their denials are rate-limit hits.
-RATE_KINDS = ("rate_limit", "quota")
+RATE_KINDS = ("rate_limit", "quota", "repeat_limit")
 
 
 @dataclass(frozen=True)

@@ -241,6 +241,18 @@ class AuthorizationRow(SQLModel, table=True):
     seen_us: int = Field(sa_column=_big(nullable=False))
 
 
+class FreezeRow(SQLModel, table=True):
+    """The kill switch: a scope an operator froze (`guard freeze`), one row per scope ("global",
+    "identity:<name>", "session:<id>"), deleted by `guard unfreeze`. Added by `_v8`."""
+
+    __tablename__ = "ledger_freezes"
+    scope: str = Field(primary_key=True)
+    all_tools: bool = Field(sa_column=Column(Boolean, nullable=False, server_default=false()))
+    reason: str
+    frozen_by: str
+    created_us: int = Field(sa_column=_big(nullable=False))
+
+
 class AlertRow(SQLModel, table=True):
     """An alert claimed for sending (once per key: a budget's threshold in one window period, a hold in
     doubt). Added by `_v4`. The primary key makes guards sharing a ledger send each alert once."""
@@ -428,7 +440,12 @@ def _v7(conn: Connection) -> None:
     SQLModel.metadata.create_all(conn, tables=[getattr(AuthorizationRow, "__table__")])  # noqa: B009
 
 
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7]
+def _v8(conn: Connection) -> None:
+    """The kill switch: scopes an operator froze, read by every guard on the ledger."""
+    SQLModel.metadata.create_all(conn, tables=[getattr(FreezeRow, "__table__")])  # noqa: B009
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7, _v8]
 MIGRATION_LOCK = 0x6775617264  # "guard": the advisory lock key that serializes migrations
 SCHEMA_VERSION = len(MIGRATIONS)
 

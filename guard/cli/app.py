@@ -1,7 +1,8 @@
 """The `guard` command: the app assembled from its command groups, and the global options.
 
 Each command lives in its own module (`run`, `init`, `demo`, `refresh`, `budget`, `report`, `ledger` with
-`holds`, `policy` with `approvals` and `audit`); `exits` turns what they raise into exit statuses.
+`holds`, `policy` with `approvals` and `audit`, `freeze` with `unfreeze`); `exits` turns what they raise
+into exit statuses.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from guard.cli import logs
 from guard.cli.budget import budget_app
 from guard.cli.demo import demo
 from guard.cli.exits import ExitStatuses, Status
+from guard.cli.freeze import freeze, unfreeze
 from guard.cli.init import init
 from guard.cli.ledger import holds_app, ledger_app
 from guard.cli.policy import approvals_app, audit_app, policy_app
@@ -44,6 +46,8 @@ app.add_typer(holds_app, name="holds")
 app.add_typer(policy_app, name="policy")
 app.add_typer(approvals_app, name="approvals")
 app.add_typer(audit_app, name="audit")
+app.command("freeze")(freeze)
+app.command("unfreeze")(unfreeze)
 
 
 def _version(value: bool) -> None:

@@ -21,7 +21,7 @@ from guard.operators.budget_view import balance_fields, budget_fields
 from guard.policy.files import load
 from guard.policy.model import Balances, seconds
 from guard.text import duration
-from ledgers import Amount, AmountError, Ledger, location
+from ledgers import Amount, AmountError, Freeze, Ledger, location
 
 budget_app = typer.Typer(help="Budgets: what is spent, held and left.", no_args_is_help=True)
 
@@ -38,19 +38,21 @@ def show(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
     policy_file: PolicyOption = None,
 ) -> None:
-    """One row per budget in use and scope: window, limit, spent, held, in doubt, remaining; then the
-    latest balance the upstream reported for each key, with its age. `--policy` (or GUARD_POLICY) only
-    sets when a balance counts as stale (`balances.stale_after`)."""
+    """The freezes standing (`guard freeze`), then one row per budget in use and scope: window, limit,
+    spent, held, in doubt, remaining; then the latest balance the upstream reported for each key, with its
+    age. `--policy` (or GUARD_POLICY) only sets when a balance counts as stale (`balances.stale_after`)."""
     stale_after = _stale_after(policy_file)
     # Read-only: never blocks a running guard, and a ledger that does not exist yet reads as empty.
     with Ledger.open(ledger_url, read_only=True) as ledger:
         states = ledger.budget_states(session=session)
         observed = ledger.observed()
+        freezes = ledger.freezes()
     view: JSON = {
         "ledger": location(ledger_url),  # never a password
         "at": datetime.now(UTC).isoformat(timespec="seconds"),
         "session": session,
         "stale_after_s": int(stale_after),
+        "frozen": [_freeze_fields(f) for f in freezes],
         "budgets": [budget_fields(state) for state in states],
         "balances": [balance_fields(o, age, stale_after) for o, age in sorted(observed, key=lambda b: b[0].key)],
     }
@@ -60,6 +62,25 @@ def show(
         _print_tables(view)
     else:
         _print_plain(view)
+
+
+def _freeze_fields(freeze: Freeze) -> JSON:
+    return {
+        "scope": freeze.scope,
+        "refuses": "all_tools" if freeze.all_tools else "paying_calls",
+        "reason": freeze.reason,
+        "by": freeze.by,
+        "since": freeze.since.isoformat(timespec="seconds"),
+    }
+
+
+def _frozen_lines(view: JSON) -> list[str]:
+    """A line per freeze standing (the kill switch), above the budgets: nothing is spent while it stands."""
+    return [
+        f"FROZEN {f['scope']}: {'every call' if f['refuses'] == 'all_tools' else 'paying calls'} refused"
+        f" since {f['since']}, by {f['by']}: {f['reason']}"
+        for f in view["frozen"]
+    ]
 
 
 def _stale_after(policy_file: Path | None) -> float:
@@ -76,6 +97,8 @@ def _stale_after(policy_file: Path | None) -> float:
 
 def _print_tables(view: JSON) -> None:
     console = Console()
+    for line in _frozen_lines(view):
+        console.print(Text(line, style="bold red"))
     budgets = _table("Budgets")
     for column in ("budget", "scope", "window", "resets", "unit", "limit", "spent", "held", "in doubt", "left"):
         budgets.add_column(column, justify="right" if column in _MONEY_COLUMNS else "left", no_wrap=True)
@@ -108,6 +131,8 @@ def _table(title: str) -> Table:
 
 def _print_plain(view: JSON) -> None:
     """Aligned columns without colour or box drawing, for pipes and files."""
+    for line in _frozen_lines(view):
+        typer.echo(line)
     header = ["budget", "scope", "window", "resets", "unit", "limit", "spent", "held", "in_doubt", "remaining", "used"]
     mixed = _any_paid_in_another_unit(view)
     header += ["paid_in"] if mixed else []

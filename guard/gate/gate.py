@@ -4,18 +4,22 @@ the ledger.
 For each `tools/call`, a checklist in this order: the first refusal wins, and nothing after it runs.
 Each step is one line of `PolicyGate._admit` (then `call_tool`), calling the room that owns its rule:
 
-  1. default deny, hidden, `action: deny`      `Policy.refusal`
-  2. argument conditions                        `Policy.failed_condition`
-  3. a human's approval (`action: approve`)     the ledger's approvals: single-use, the exact arguments
-  4. rate limits and quotas, read only          the ledger, before guard asks the upstream anything
-  5. the money: price, cap, budgets, balances   `Payments.bound`
-  6. the reserve                                the ledger: budgets and rate limits in one transaction (a
-                                                call that does not pay only counts against its rate limits)
-  7. the approval used up                       the ledger (used by another call first: the hold is voided)
-  8. the hold marked forwarded                  the ledger, before the call is sent (a crash after it
+  1. an operator's freeze (`guard freeze`)    the ledger's freezes, read at most 1 s stale: every call, or
+                                                a tool the policy says pays (the reserve re-reads them)
+  2. default deny, hidden, `action: deny`      `Policy.refusal`
+  3. argument conditions                        `Policy.failed_condition`
+  4. a human's approval (`action: approve`)     the ledger's approvals: single-use, the exact arguments
+  5. rate limits and quotas, read only          the ledger, before guard asks the upstream anything
+  6. the money: price, cap, budgets, balances   `Payments.bound`
+  7. the reserve                                the ledger, in one transaction: the freezes, the repeat
+                                                limit (the same purchase per session), budgets and rate
+                                                limits (a call that does not pay only counts against its
+                                                rate limits)
+  8. the approval used up                       the ledger (used by another call first: the hold is voided)
+  9. the hold marked forwarded                  the ledger, before the call is sent (a crash after it
                                                 leaves the payment in doubt)
-  9. forward                                    the relay
- 10. settle                                     `Payments.settle` (an answer), `Payments.unanswered` (none)
+ 10. forward                                    the relay
+ 11. settle                                     `Payments.settle` (an answer), `Payments.unanswered` (none)
 
 Every decision becomes a call event (`AuditTrail`: told to the watchers, written in batches). A denial is
 the tool result `answers.denial_result`; guard's own `guard-budget` tool is answered here, never forwarded.
@@ -46,6 +50,8 @@ from ledgers import (
     AlreadyPaid,
     ApprovalError,
     CallRecord,
+    Freeze,
+    Frozen,
     Ledger,
     PaymentInFlight,
     RateLimited,
@@ -53,6 +59,9 @@ from ledgers import (
 )
 
 logger = logging.getLogger("guard.gate")
+
+# How stale step 1's view of the freezes may be: a `guard freeze` stops every guard's calls within this.
+FREEZE_STALENESS_S = 1.0
 
 
 class _Denied(Exception):
@@ -88,6 +97,8 @@ class PolicyGate:
         # Per client session: the upstream's tool names last listed, and how to reach the session.
         self._listed: dict[str, list[str]] = {}
         self._links: dict[str, SessionLink] = {}
+        # The ledger's freezes as last read, and when (monotonic): step 1 reads them at most once a second.
+        self._freezes: tuple[float, tuple[Freeze, ...]] = (-math.inf, ())
         source.on_change(self._policy_changed)
 
     # the Gate protocol
@@ -201,23 +212,38 @@ class PolicyGate:
     # the checklist
 
     async def _admit(self, policy: Policy, call: ToolCall, who: Who, digest: str) -> _Admitted | Denial:
-        """Steps 1 to 8 of the module's checklist: the call admitted (with its hold, if it pays), or the
+        """Steps 1 to 9 of the module's checklist: the call admitted (with its hold, if it pays), or the
         first denial."""
         name, link = call.name, self._links.get(call.session.id)
         try:
-            _unless(policy.refusal(name))  # 1
-            _unless(policy.failed_condition(name, call.arguments))  # 2
-            approval = await self._approval(policy, call, who, digest)  # 3
+            await self._not_frozen(policy, name, who)  # 1
+            _unless(policy.refusal(name))  # 2
+            _unless(policy.failed_condition(name, call.arguments))  # 3
+            approval = await self._approval(policy, call, who, digest)  # 4
             limits = _rate_limits(policy, call, who)
-            await self._within_rate_limits(limits)  # 4
-            money = _unless_denied(await self._payments.bound(policy, call, who, link))  # 5
-            hold = await self._reserve(policy, money, limits, who, name)  # 6
-            await self._use_approval(approval, hold, money)  # 7
+            await self._within_rate_limits(limits)  # 5
+            money = _unless_denied(await self._payments.bound(policy, call, who, link))  # 6
+            hold = await self._reserve(policy, money, limits, who, name, digest)  # 7
+            await self._use_approval(approval, hold, money)  # 8
         except _Denied as denied:
             return denied.denial
         if hold is not None:
-            await off_loop(self._ledger.mark_forwarded, hold)  # 8
+            await off_loop(self._ledger.mark_forwarded, hold)  # 9
         return _Admitted(hold, money)
+
+    async def _not_frozen(self, policy: Policy, tool: str, who: Who) -> None:
+        """Denied when an operator froze every call of the caller's scope, or its paying calls and the policy
+        says this tool pays. Read at most 1 s stale (one ledger read per second, not per call); a paying
+        call the policy does not name is caught by the reserve, which reads the freezes in its transaction."""
+        read_at, freezes = self._freezes
+        if time.monotonic() - read_at > FREEZE_STALENESS_S:
+            read_at = time.monotonic()
+            freezes = tuple(await off_loop(self._ledger.freezes))
+            self._freezes = (read_at, freezes)
+        scopes = _frozen_scopes(who)
+        freeze = next((f for scope in scopes for f in freezes if f.scope == scope), None)
+        if freeze is not None and (freeze.all_tools or policy.pays(tool)):
+            raise _Denied(Denial(f"freeze.{freeze.scope}", freeze.refusal, kind="freeze"))
 
     async def _approval(self, policy: Policy, call: ToolCall, who: Who, digest: str) -> str | None:
         """The approval this call goes ahead under (None: it needs none); denied while it is pending or
@@ -255,16 +281,21 @@ class PolicyGate:
             except Refused as exc:
                 raise _Denied(_refused(exc, limits)) from None
 
-    async def _reserve(self, policy: Policy, money: Bound, limits: list[Limit], who: Who, tool: str) -> int | None:
-        """One ledger transaction: a paying call's budgets and rate limits reserve together (the hold id),
-        converted into the budgets' units with the rates of the policy that priced it; a free call only
-        counts against its rate limits (None)."""
-        rates = [limit.rate for limit in limits]
+    async def _reserve(
+        self, policy: Policy, money: Bound, limits: list[Limit], who: Who, tool: str, digest: str
+    ) -> int | None:
+        """One ledger transaction: a paying call is refused if its scope is frozen, then its repeat limit,
+        budgets and rate limits reserve together (the hold id), converted into the budgets' units with the
+        rates of the policy that priced it; a free call only counts against its rate limits (None)."""
         try:
             if money.price is None:
-                if rates:
-                    await off_loop(self._ledger.hit, rates)
+                if limits:
+                    await off_loop(self._ledger.hit, [limit.rate for limit in limits])
                 return None
+            # The loop breaker counts purchases: what is bought is its URL, else its payment, else the call.
+            repeat = policy.repeat_limit(tool, money.resource or money.payment_id or digest, who)
+            limits = limits if repeat is None else [*limits, repeat]
+            rates = [limit.rate for limit in limits]
             reserve = partial(
                 self._ledger.reserve,
                 money.budgets,
@@ -279,6 +310,7 @@ class PolicyGate:
                 resource=money.resource,
                 priced_by=money.priced_by,
                 rates=policy.rates,
+                frozen_scopes=_frozen_scopes(who),
             )
             return await off_loop(reserve)
         except Refused as exc:
@@ -332,13 +364,21 @@ def _rate_limits(policy: Policy, call: ToolCall, who: Who) -> list[Limit]:
         raise _Denied(Denial(f"tools.{call.name}", f"no price, no pay: {exc}", kind="quota")) from None
 
 
+def _frozen_scopes(who: Who) -> tuple[str, ...]:
+    """The scopes whose freeze stops this caller, broadest first."""
+    return ("global", who.key("identity"), who.key("session"))
+
+
 def _refused(exc: Refused, limits: list[Limit]) -> Denial:
     """The ledger's refusal in the policy's words: which rule, what is left, when to retry."""
     retry = None if exc.retry_after_s is None else float(max(1, math.ceil(exc.retry_after_s)))
+    if isinstance(exc, Frozen):
+        return Denial(f"freeze.{exc.rule}", str(exc), kind="freeze")
     if isinstance(exc, RateLimited):
         limit = next((limit for limit in limits if limit.rate.key == exc.rule), None)
         if limit is not None:
-            reason = f"rate limit reached: {limit.text}"
+            what = "repeat limit" if limit.kind == "repeat_limit" else "rate limit"
+            reason = f"{what} reached: {limit.text}"
             return Denial(limit.rule, reason, exc.remaining, "calls", retry, kind=limit.kind)
     if isinstance(exc, PaymentInFlight | AlreadyPaid):
         return Denial("idempotency", str(exc), kind="idempotency")

@@ -92,6 +92,28 @@ def _rate(text: Any) -> str:
     return str(text)
 
 
+REPEAT = re.compile(r"^\s*(\d+)\s*/\s*(\S+)\s*$")
+_A_REPEAT = "a repeat limit such as 3/10m (N purchases of one resource per duration, N ≥ 1)"
+
+
+def repeat_parts(text: str) -> tuple[int, str]:
+    """A validated `repeat_limit` as (N, the window's duration): `3/10m` → (3, "10m")."""
+    match = REPEAT.match(text)
+    assert match is not None  # validated
+    return int(match.group(1)), RATE_WINDOW.get(match.group(2), match.group(2))
+
+
+def _repeat(text: Any) -> str:
+    match = REPEAT.match(_str(text, _A_REPEAT))
+    count = match.group(1).lstrip("0") if match is not None else ""
+    if match is None or not count:
+        raise ValueError(f"expected {_A_REPEAT}")
+    if len(count) > len(str(MAX_COUNT)) or int(count) > MAX_COUNT:
+        raise ValueError(f"{count} purchases is too many: at most {MAX_COUNT}")
+    _sliding(RATE_WINDOW.get(match.group(2), match.group(2)), _A_REPEAT)
+    return str(text)
+
+
 def _timezone(text: Any) -> str:
     try:
         ZoneInfo(_str(text, "an IANA time zone such as UTC or Europe/Paris"))
@@ -196,6 +218,7 @@ AmountText = Annotated[str, BeforeValidator(_amount), Field(examples=["1000 sat"
 Duration = Annotated[str, BeforeValidator(_duration), Field(examples=["5m", "1h"])]
 BudgetWindow = Annotated[str, BeforeValidator(_budget_window), Field(examples=["session", "day", "24h"])]
 RateText = Annotated[str, BeforeValidator(_rate), Field(examples=["10/minute"])]
+RepeatText = Annotated[str, BeforeValidator(_repeat), Field(examples=["3/10m"])]
 ArgPath = Annotated[str, BeforeValidator(_arg_path), Field(examples=["url", "args.headers.authorization"])]
 Scope = Literal["session", "identity", "global"]
 Number = Annotated[StrictInt | FiniteFloat | Decimal, BeforeValidator(_finite)]
@@ -365,10 +388,17 @@ class ToolRule(_Spec):
     price_from: ArgPath | None = Field(default=None, description="Argument holding the price (with price_unit).")
     price_unit: str | None = Field(default=None, description="Unit of the number at price_from: sat, msat, usd...")
     max_price: AmountText | None = Field(default=None, description="Per-call cap; the price bound when none is known.")
+    repeat_limit: RepeatText | None = Field(
+        default=None,
+        description=(
+            "The loop breaker: N/duration (3/10m). A session may buy one resource (its URL, else its payment"
+            " hash, else the call's arguments) at most N times per sliding window; needs pays: true."
+        ),
+    )
 
     @model_validator(mode="after")
     def _price_parts(self) -> ToolRule:
-        priced = [k for k in ("price", "price_from", "max_price") if getattr(self, k) is not None]
+        priced = [k for k in ("price", "price_from", "max_price", "repeat_limit") if getattr(self, k) is not None]
         if priced and not self.pays:
             # A price on a tool not marked as paying would silently leave it outside every budget.
             raise ValueError(f"{', '.join(priced)} needs pays: true (a rule replaces a preset's rule whole)")

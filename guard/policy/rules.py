@@ -8,6 +8,7 @@ The file's model is `guard.policy.model`; pricing a call in order and checking b
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -16,7 +17,16 @@ from guard.core import JSON
 from guard.errors import PriceUnknown
 from guard.names import folded, spelling
 from guard.policy.arguments import MISSING, describe, holds, lookup, price_at, too_long, whole_number_at
-from guard.policy.model import MONEY_WORDS, RATE, RATE_WINDOW, BudgetSpec, PolicySpec, ToolRule, exchange_rates
+from guard.policy.model import (
+    MONEY_WORDS,
+    RATE,
+    RATE_WINDOW,
+    BudgetSpec,
+    PolicySpec,
+    ToolRule,
+    exchange_rates,
+    repeat_parts,
+)
 from ledgers import Amount, Budget, RateLimit, Rates, RuleKind, UnitMismatch, Window
 
 
@@ -40,12 +50,12 @@ class Denial:
 
 @dataclass(frozen=True)
 class Limit:
-    """A rate limit or quota as the ledger counts it, with the rule that set it, in words."""
+    """A rate limit, quota or repeat limit as the ledger counts it, with the rule that set it, in words."""
 
     rate: RateLimit
     rule: str
     text: str
-    kind: Literal["rate_limit", "quota"]
+    kind: Literal["rate_limit", "quota", "repeat_limit"]
 
 
 @dataclass(frozen=True)
@@ -158,6 +168,26 @@ class Policy:
                 rate = RateLimit(key, quota.max, Window.sliding(window), cost=increment)
                 limits[key] = Limit(rate, f"{where}.quotas[{index}]", described, "quota")
         return list(limits.values())
+
+    def repeat_limit(self, tool: str, resource: str, who: Who) -> Limit | None:
+        """The loop breaker for a paying call: at most N purchases of `resource` (what identifies the thing
+        bought: a URL, a payment hash, an argument digest) per window, per session; the strictest rule's.
+        Counted like a rate limit, under a key naming the tool, a digest of the resource and the window,
+        never N (editing N keeps the count)."""
+        found: Limit | None = None
+        for where, rule in self.rules(tool):
+            if rule.repeat_limit is None:
+                continue
+            count, window = repeat_parts(rule.repeat_limit)
+            if found is not None and found.rate.limit <= count:
+                continue
+            subject = "*" if where == "tools.*" else where.removeprefix("tools.")
+            digest = hashlib.sha256(resource.encode()).hexdigest()[:16]
+            key = f"repeat:{subject}:{digest}/{window}@{who.key('session')}"
+            described = f"the same purchase at most {count} times per {window} (per session)"
+            rate = RateLimit(key, count, Window.sliding(window))
+            found = Limit(rate, f"{where}.repeat_limit", described, "repeat_limit")
+        return found
 
     def pays(self, tool: str) -> bool:
         return any(rule.pays for _, rule in self.rules(tool))

@@ -1,6 +1,7 @@
 """Migrations: a ledger file of every released schema opens with its rows, upgraded in place once (on a
 real SQLite file, and on PostgreSQL built by the released steps); a ledger from a newer release is
-refused. Version 6 moves old call events and observations to structured facts.
+refused. Version 6 moves old call events and observations to structured facts; version 8 adds the kill
+switch's freezes, which an upgraded ledger of every release then honours.
 
 Frozen schemas of released SQLite files are in tests/ledgers/fixtures/ (`ledger_vN.sqlite.sql`)."""
 
@@ -19,6 +20,7 @@ from ledgers import (
     Amount,
     Approval,
     Budget,
+    Frozen,
     Ledger,
     RateLimit,
     RateLimited,
@@ -92,6 +94,17 @@ def test_a_ledger_file_of_the_first_release_opens_with_its_rows(tmp_path: Path) 
         assert ledger.usage(SESSION).spent == 600
         with pytest.raises(AlreadyPaid):
             ledger.reserve([SESSION], Amount(1, SAT), idempotency_key="h")
+        check_freezes_honoured(ledger)
+
+
+def check_freezes_honoured(ledger: Ledger) -> None:
+    """An upgraded ledger has no freeze, takes one, refuses a frozen scope's reservation, and lifts it."""
+    assert ledger.freezes() == []
+    ledger.freeze("session:s1", reason="upgrade check", by="ops")
+    with pytest.raises(Frozen, match="frozen for session s1 by ops: upgrade check"):
+        ledger.reserve([SESSION], Amount(1, SAT), frozen_scopes=["global", "session:s1"])
+    assert ledger.unfreeze("session:s1", by="ops") is not None
+    ledger.void(ledger.reserve([SESSION], Amount(1, SAT), frozen_scopes=["global", "session:s1"]))
 
 
 def old_ledger_file(path: Path, clock: FakeClock, events: int) -> None:
@@ -124,7 +137,7 @@ def test_a_first_release_ledger_file_is_upgraded_and_its_rate_events_count_once_
         ledger.use_approval(pending.id)
     url = f"sqlite:///{path}"
     assert query(url, "SELECT value FROM ledger_meta WHERE key = 'schema_version'")[0][0] == str(SCHEMA_VERSION)
-    assert SCHEMA_VERSION == 7
+    assert SCHEMA_VERSION == 8
     assert sorted(row[0] for row in query(url, "SELECT weight FROM ledger_rate_events")) == [1, 1, 1, 7]
     assert [row[0] for row in query(url, "SELECT state FROM ledger_approvals")] == ["used"]
 
@@ -168,8 +181,9 @@ def test_a_version_4_ledger_file_opens_with_its_rows_and_then_records_payments_a
     conn.close()
     with Ledger.open(path, clock=clock) as ledger:
         check_v4_rows_then_settle_above(ledger)
+        check_freezes_honoured(ledger)
     url = f"sqlite:///{path}"
-    assert query(url, "SELECT value FROM ledger_meta WHERE key = 'schema_version'")[0][0] == str(SCHEMA_VERSION) == "7"
+    assert query(url, "SELECT value FROM ledger_meta WHERE key = 'schema_version'")[0][0] == str(SCHEMA_VERSION) == "8"
     indexes = {row[0] for row in query(url, "SELECT name FROM sqlite_master WHERE tbl_name = 'ledger_holds'")}
     assert indexes >= {
         "ledger_holds",
@@ -341,8 +355,9 @@ def test_a_version_5_ledger_file_opens_with_the_facts_of_its_call_events_and_obs
     conn.close()
     with Ledger.open(path, clock=clock) as ledger:
         check_v5_rows(ledger)
+        check_freezes_honoured(ledger)
     url = f"sqlite:///{path}"
-    assert query(url, "SELECT value FROM ledger_meta WHERE key = 'schema_version'")[0][0] == str(SCHEMA_VERSION) == "7"
+    assert query(url, "SELECT value FROM ledger_meta WHERE key = 'schema_version'")[0][0] == str(SCHEMA_VERSION) == "8"
 
 
 def test_a_version_5_ledger_on_either_database_is_upgraded_in_place(database_url: str, clock: FakeClock) -> None:
@@ -357,6 +372,19 @@ def test_a_version_5_ledger_on_either_database_is_upgraded_in_place(database_url
     # Opening again migrates nothing twice.
     with Ledger.open(database_url, clock=clock) as ledger:
         check_v5_rows(ledger)
+
+
+def test_a_version_7_ledger_on_either_database_is_upgraded_and_honours_freezes(
+    database_url: str, clock: FakeClock
+) -> None:
+    engine = create_engine(database_url)
+    with engine.begin() as conn:
+        released(conn, 7)
+        conn.execute(text("INSERT INTO ledger_meta (key, value) VALUES ('schema_version', '7')"))
+    engine.dispose()
+    with Ledger.open(database_url, clock=clock) as ledger:
+        check_freezes_honoured(ledger)
+    assert query(database_url, "SELECT value FROM ledger_meta WHERE key = 'schema_version'")[0][0] == "8"
 
 
 def test_the_report_of_an_upgraded_ledger_reads_the_moved_facts(tmp_path: Path, clock: FakeClock) -> None:

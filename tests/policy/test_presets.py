@@ -13,7 +13,7 @@ import pytest
 from guard.policy.files import load, parse, presets
 from guard.policy.model import json_schema
 from guard.policy.rules import Policy, Who
-from ledgers import Amount, UnitMismatch
+from ledgers import Amount, UnitMismatch, Window
 
 ROOT = Path(__file__).resolve().parents[2]
 POLICIES = ROOT / "policies"
@@ -122,6 +122,18 @@ def test_paying_tools_are_capped_and_counted_against_a_budget_in_their_unit(case
             comparable.append(budget)
         assert comparable, f"no budget of {tool} is in a unit comparable with {bound}"
         assert policy.rate_limits(tool, {}, WHO), f"{tool} has no rate limit"
+
+
+def test_paying_tools_an_agent_calls_by_itself_break_a_loop_on_the_fourth_identical_purchase(
+    case: tuple[Server, Policy],
+) -> None:
+    """Raw invoices wait for a human, and one invoice is paid once (its payment hash): no loop to break."""
+    server, policy = case
+    for tool in set(server.paying) - set(server.raw_invoice):
+        if policy.needs_approval(tool) is None:
+            limit = policy.repeat_limit(tool, "https://shop.example/item", WHO)
+            assert limit is not None, f"{tool} has no repeat_limit"
+            assert (limit.rate.limit, str(limit.rate.window)) == (3, str(Window.sliding("10m"))), tool
 
 
 def test_raw_invoice_payments_wait_for_a_human(case: tuple[Server, Policy]) -> None:

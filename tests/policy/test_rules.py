@@ -353,3 +353,53 @@ def test_a_budget_with_tools_covers_only_those_tools_in_either_spelling() -> Non
     )
     assert [b.name for b in policy.budgets("l402-fetch", WHO)] == ["everything", "fetching"]
     assert [b.name for b in policy.budgets("l402-pay", WHO)] == ["everything"]
+
+
+# --- the loop breaker (repeat_limit) -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "count", "window"), [("3/10m", 3, "10m"), (" 5 / 1h ", 5, "1h"), ("2/minute", 2, "1m"), ("1/1d", 1, "1d")]
+)
+def test_a_repeat_limit_is_n_purchases_per_sliding_window_per_session(text: str, count: int, window: str) -> None:
+    policy = tools({"buy": {"pays": True, "repeat_limit": text}})
+    limit = policy.repeat_limit("buy", "https://shop.example/item", WHO)
+    assert limit is not None
+    assert (limit.rate.limit, str(limit.rate.window), limit.rule, limit.kind) == (
+        count,
+        str(Window.sliding(window)),
+        "tools.buy.repeat_limit",
+        "repeat_limit",
+    )
+    assert limit.rate.key.startswith("repeat:buy:") and limit.rate.key.endswith(f"/{window}@session:s1")
+    assert limit.text == f"the same purchase at most {count} times per {window} (per session)"
+
+
+def test_a_repeat_limits_key_names_a_digest_of_the_resource_never_the_resource_or_the_limit() -> None:
+    three = tools({"buy": {"pays": True, "repeat_limit": "3/10m"}})
+    five = tools({"buy": {"pays": True, "repeat_limit": "5/10m"}})
+    url = "https://shop.example/item"
+    key = three.repeat_limit("buy", url, WHO).rate.key  # type: ignore[union-attr]
+    assert key == five.repeat_limit("buy", url, WHO).rate.key  # type: ignore[union-attr]
+    assert "shop.example" not in key
+    assert key != three.repeat_limit("buy", "https://shop.example/other", WHO).rate.key  # type: ignore[union-attr]
+
+
+def test_without_a_repeat_limit_there_is_none_and_the_strictest_of_two_rules_wins() -> None:
+    assert tools({"buy": {"pays": True}}).repeat_limit("buy", "r", WHO) is None
+    policy = tools({"*": {"repeat_limit": "2/1h", "pays": True}, "buy": {"pays": True, "repeat_limit": "5/1h"}})
+    limit = policy.repeat_limit("buy", "r", WHO)
+    assert limit is not None and (limit.rate.limit, limit.rule) == (2, "tools.*.repeat_limit")
+
+
+@pytest.mark.parametrize("text", ["3", "0/10m", "3/forever", "-1/1m", "3/10m/1h", "99999999999/1m", "3/0s"])
+def test_an_unreadable_repeat_limit_is_a_located_error(text: str) -> None:
+    (problem,) = problems(f"version: 1\ntools:\n  buy:\n    pays: true\n    repeat_limit: '{text}'\n")
+    assert (problem.line, problem.where) == (5, "tools.buy.repeat_limit")
+    assert "repeat limit such as 3/10m" in problem.message or "too many" in problem.message
+
+
+def test_a_repeat_limit_on_a_rule_that_does_not_pay_is_a_located_error() -> None:
+    (problem,) = problems("version: 1\ntools:\n  browse:\n    repeat_limit: 3/10m\n")
+    assert problem.where == "tools.browse"
+    assert problem.message.startswith("repeat_limit needs pays: true")
