@@ -460,6 +460,29 @@ async def test_x402_upto_reserves_the_accepted_amount_settles_at_the_receipt_and
     assert (usage.spent, usage.held) == (record["amount"], 0) == (3000, 0)
 
 
+async def test_x402_settlement_failures_shaped_as_the_sdk_writes_them_are_counted_as_what_they_prove(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fake answers as the official SDK (tests/x402 runs the real one): a revert voids, `settlement_pending`
+    and a tool that failed after verification stay in doubt, a payer short of funds is refused at verification."""
+    policy = X402_POLICY.replace("  summarize: {}\n", "  summarize: {}\n  get_weather: {}\n")
+    outcomes = {"0x" + "a1" * 32: "failed", "0x" + "a2" * 32: "pending", "0x" + "a3" * 32: "tool_fails"}
+    state = {"now": T0, "outcomes": outcomes}
+    async with guarded(tmp_path, "fake_x402", policy, monkeypatch, state=state) as guard:
+        required = (await guard.call("get_weather", {"city": "Oslo"}))["structuredContent"]
+        answers = [
+            await guard.call("get_weather", {"city": "Oslo"}, meta={"x402/payment": payment_for(required, nonce)})
+            for nonce in ("a1", "a2", "a3")
+        ]
+    assert [a["isError"] for a in answers] == [True] * 3 and not any(denied(a) for a in answers)
+    assert [(tool, phase) for tool, phase, _ in x402_holds(tmp_path)] == [
+        ("get_weather", "voided"),
+        ("get_weather", "in_doubt"),
+        ("get_weather", "in_doubt"),
+    ]
+    assert [p["reported"] for p in guard.state()["payments"]] == ["pending"]  # what moved: counted, in doubt
+
+
 X402_PAYS_POLICY = """\
 version: 1
 default: deny
