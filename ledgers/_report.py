@@ -113,6 +113,11 @@ class DoubtfulHold:
     resource: str | None
     created: datetime
     age_s: float
+    # An x402 payment's signed authorization: when it stops being usable (`validBefore`), and whether that
+    # has passed with the hold still unsettled (the transfer can no longer happen, only the chain can say
+    # whether it did before: `guard holds reconcile` with `chains:`, or `guard holds resolve`).
+    valid_before: datetime | None = None
+    lapsed: bool = False
 
 
 @dataclass(frozen=True)
@@ -421,8 +426,10 @@ def _stale_denials(conn: Connection, period: dict[str, int]) -> tuple[StaleDenia
 
 
 _IN_DOUBT_SQL = """
-SELECT id, unit, amount, tool, session, identity, server, resource, created_us
-FROM ledger_holds WHERE phase = 'in_doubt' ORDER BY created_us, id
+SELECT h.id, h.unit, h.amount, h.tool, h.session, h.identity, h.server, h.resource, h.created_us,
+       a.valid_before_us
+FROM ledger_holds h LEFT JOIN ledger_authorizations a ON a.nonce = h.idempotency_key
+WHERE h.phase = 'in_doubt' ORDER BY h.created_us, h.id
 """
 
 
@@ -438,6 +445,8 @@ def _in_doubt(conn: Connection, now_us: int, zone: tzinfo) -> tuple[DoubtfulHold
             resource=row.resource,
             created=from_us(row.created_us).astimezone(zone),
             age_s=max(0, now_us - row.created_us) / US_PER_S,
+            valid_before=from_us(row.valid_before_us).astimezone(zone) if row.valid_before_us is not None else None,
+            lapsed=row.valid_before_us is not None and row.valid_before_us <= now_us,
         )
         for row in _rows(conn, _IN_DOUBT_SQL)
     )

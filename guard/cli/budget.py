@@ -17,7 +17,7 @@ from rich.text import Text
 
 from guard.cli.options import LedgerOption, PolicyOption, default_policy_path
 from guard.core import JSON
-from guard.operators.budget_view import balance_fields, budget_fields
+from guard.operators.budget_view import balance_fields, budget_fields, lapsed_fields
 from guard.policy.files import load
 from guard.policy.model import Balances, seconds
 from guard.text import duration
@@ -47,14 +47,18 @@ def show(
         states = ledger.budget_states(session=session)
         observed = ledger.observed()
         freezes = ledger.freezes()
+        authorized = ledger.authorized_in_doubt()
+    now = datetime.now(UTC)
+    lapsed = [fields for hold, auth in authorized if (fields := lapsed_fields(hold, auth, now)) is not None]
     view: JSON = {
         "ledger": location(ledger_url),  # never a password
-        "at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "at": now.isoformat(timespec="seconds"),
         "session": session,
         "stale_after_s": int(stale_after),
         "frozen": [_freeze_fields(f) for f in freezes],
         "budgets": [budget_fields(state) for state in states],
         "balances": [balance_fields(o, age, stale_after) for o, age in sorted(observed, key=lambda b: b[0].key)],
+        "x402_lapsed": [row for row in lapsed if session is None or row["session"] == session],
     }
     if as_json:
         typer.echo(json.dumps(view, indent=2))
@@ -120,6 +124,14 @@ def _print_tables(view: JSON) -> None:
             row["key"], _money(row["amount"], row["unit"]), duration(row["age_s"]), stale, row["status"] or ""
         )
     console.print(balances if view["balances"] else "No balance observed yet.")
+    if view["x402_lapsed"]:
+        console.print(Text(_LAPSED_TITLE, style="yellow"))
+        lapsed = _table("")
+        for column in _LAPSED_HEADER:
+            lapsed.add_column(column, no_wrap=True)
+        for cells in _lapsed_rows(view):
+            lapsed.add_row(*cells)
+        console.print(lapsed)
 
 
 def _table(title: str) -> Table:
@@ -154,6 +166,32 @@ def _print_plain(view: JSON) -> None:
         for b in view["balances"]
     ]
     typer.echo(_columns(header, rows) if rows else "No balance observed yet.")
+    if view["x402_lapsed"]:
+        typer.echo("")
+        typer.echo(_LAPSED_TITLE)
+        typer.echo(_columns(list(_LAPSED_HEADER), _lapsed_rows(view)))
+
+
+# x402 payments in doubt whose signed authorization can no longer move money (without `chains:` guard cannot
+# ask the chain whether it did before): `guard holds resolve` once the payer's wallet says.
+_LAPSED_TITLE = "x402 payments in doubt past validBefore, no settlement (guard holds resolve, or chains:)"
+_LAPSED_HEADER = ("hold", "tool", "session", "amount", "network", "payer", "valid before", "lapsed")
+
+
+def _lapsed_rows(view: JSON) -> list[list[str]]:
+    return [
+        [
+            str(row["hold"]),
+            row["tool"] or "",
+            row["session"] or "",
+            _money(row["amount"], row["unit"]),
+            row["network"],
+            row["payer"],
+            row["valid_before"],
+            f"{duration(row['lapsed_s'])} ago",
+        ]
+        for row in view["x402_lapsed"]
+    ]
 
 
 _MONEY_COLUMNS = ("limit", "spent", "held", "in doubt", "left")

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from guard.core import JSON
-from ledgers import BalanceObservation, BudgetState
+from ledgers import Authorization, BalanceObservation, BudgetState, HoldInfo
 
 
 def budget_fields(state: BudgetState) -> JSON:
@@ -43,6 +43,25 @@ def balance_fields(observation: BalanceObservation, age_s: float, stale_after_s:
         "age_s": int(age_s),
         # The same test a paying call meets (`guard.payments.balances.check`): too old, or stale by the upstream's word.
         "stale": age_s > stale_after_s or bool(observation.upstream_stale),
+    }
+
+
+def lapsed_fields(hold: HoldInfo, authorization: Authorization, now: datetime) -> JSON | None:
+    """An x402 payment in doubt whose signed authorization is past its `validBefore` with no settlement (it
+    can no longer move money; only the chain can say whether it did before), else None."""
+    if authorization.valid_before > now:
+        return None
+    return {
+        "hold": hold.id,
+        "tool": hold.tool,
+        "session": hold.session,
+        "amount": hold.amount.value,
+        "unit": hold.amount.unit,
+        "network": authorization.network,
+        "payer": authorization.payer,
+        "nonce": authorization.nonce,
+        "valid_before": _iso(authorization.valid_before),
+        "lapsed_s": int((now - authorization.valid_before).total_seconds()),
     }
 
 

@@ -18,7 +18,7 @@
        "denials" | "rate_limit_hits": [{"rule", "count", "example"}],
        "stale_balance_denials": [{"tool", "balance", "count"}],
        "in_doubt": [{"hold", "amount", "unit", "tool", "session", "identity", "server", "resource",
-                     "created", "age_s"}],
+                     "created", "age_s", "valid_before", "lapsed"}],
        "over_reservations": [{"hold", "reserved", "paid", "excess", "unit", "priced_by", "tool",
                               "session", "identity", "server", "resource", "created"}],
        "balance_drift": [{"key", "unit", "first", "first_seen", "last", "last_seen", "observations",
@@ -26,16 +26,18 @@
 
   SPEND is {"key", "unit", "spent", "in_doubt", "external", "spent_with_external", "payments"}: `key`
   is the session, identity, server, tool, local hour (ISO 8601, `2026-11-21T13:00+01:00`), URL or
-  origin (null: not recorded; totals: null). Amounts are integers in `unit`; Lightning amounts are
-  in msat. `spent` is what the guard's payments settled at; `in_doubt` payments that may or may not
-  have left (in full); `external` spend seen only in a balance; `spent_with_external` = spent +
-  external. `over_reservations` are payments of the period settled above what was reserved for them
-  (counted whole in the spend), amounts in the hold's unit; `priced_by` says what bounded the
-  reservation. `budgets` says what the period's payments counted against each budget, one row per budget,
-  scope and payment unit: `spent` and `in_doubt` in the budget's `unit` (converted at each reservation's
-  rate), `paid` and `paid_in_doubt` in the payments' own `paid_unit`. Drift amounts may be negative
-  (`fell_by` < 0: the balance rose). Lists are ordered: keys alphabetically (null last), hours in time,
-  top URLs/origins by spend (10 per unit), denials by count, budgets by name, scope and payment unit.
+  origin (null: not recorded; totals: null). Amounts are integers in `unit`; Lightning amounts are in
+  msat. `spent` is what the guard's payments settled at; `in_doubt` payments that may or may not have
+  left (in full); `external` spend seen only in a balance; `spent_with_external` = spent + external. An
+  `in_doubt` x402 payment names its signed authorization's `valid_before` (else null); `lapsed` is true
+  once that has passed with no settlement. `over_reservations` are payments of the period settled above
+  what was reserved for them (counted whole in the spend), amounts in the hold's unit; `priced_by` says
+  what bounded the reservation. `budgets` says what the period's payments counted against each budget,
+  one row per budget, scope and payment unit: `spent` and `in_doubt` in the budget's `unit` (converted
+  at each reservation's rate), `paid` and `paid_in_doubt` in the payments' own `paid_unit`. Drift
+  amounts may be negative (`fell_by` < 0: the balance rose). Lists are ordered: keys alphabetically
+  (null last), hours in time, top URLs/origins by spend (10 per unit), denials by count, budgets by
+  name, scope and payment unit.
 - `csv` is the same document in long format, one value a row, with the header
   `section,key,detail,unit,measure,value`: `section` is a JSON member above (`period` and `report` for
   the scalars), `key` the item's key (session, rule, hold id, balance...; empty for totals or not
@@ -63,7 +65,7 @@ from zoneinfo import ZoneInfo
 
 from guard.core import JSON
 from guard.text import duration
-from ledgers import Amount, Ledger, Spend, SpendReport
+from ledgers import Amount, DoubtfulHold, Ledger, Spend, SpendReport
 
 FORMATS = ("md", "html", "json", "csv")
 SCHEMA = {"report": "guard-spend", "version": 1}
@@ -172,6 +174,8 @@ def to_json(report: SpendReport) -> JSON:
             "resource": h.resource,
             "created": _iso(h.created),
             "age_s": int(h.age_s),
+            "valid_before": _iso(h.valid_before) if h.valid_before is not None else None,
+            "lapsed": h.lapsed,
         }
         for h in report.in_doubt
     ]
@@ -350,7 +354,7 @@ def _tables(report: SpendReport) -> list[_Table]:
         ),
         _Table(
             "Holds in doubt (now)",
-            ("hold", "amount", "tool", "session", "identity", "resource", "since", "age"),
+            ("hold", "amount", "tool", "session", "identity", "resource", "since", "age", "x402 authorization"),
             [
                 (
                     str(h.id),
@@ -361,6 +365,7 @@ def _tables(report: SpendReport) -> list[_Table]:
                     _name(h.resource),
                     _moment(h.created),
                     duration(h.age_s),
+                    _authorization(h),
                 )
                 for h in report.in_doubt
             ],
@@ -410,6 +415,15 @@ def _tables(report: SpendReport) -> list[_Table]:
             "top-ups (rises between observations).",
         ),
     ]
+
+
+def _authorization(hold: DoubtfulHold) -> str:
+    """An x402 payment in doubt: until when its signed authorization can move money, or that it lapsed."""
+    if hold.valid_before is None:
+        return ""
+    if hold.lapsed:
+        return f"past validBefore ({_moment(hold.valid_before)}), no settlement"
+    return f"usable until {_moment(hold.valid_before)}"
 
 
 def _summary(report: SpendReport) -> list[str]:

@@ -4,7 +4,9 @@
 
 1. the adapter's reading: which adapter reads the call (`reading`); its refusal (an unreadable invoice,
    an unknown x402 asset, a variant of a paying tool's name) denies it;
-2. whether it pays: the adapter's word, else the policy's `pays`; a call that does not pay stops here;
+2. whether it pays: the adapter's word, else the policy's `pays`; a call that does not pay stops here, and
+   so does a call without an x402 payment to a tool x402 pays (`pays: x402`, or one that answered with an
+   x402 PaymentRequired: remembered by the tool like a quote);
 3. the price bound, the first of: the call's own (an invoice, `amountSats`, an x402 payment) → the
    policy's `price` / `price_from` → a live quote: for the payment the call names (402-mcp's `l402-pay
    {paymentHash}`), else for the resource (with none, the guard asks the upstream itself when the adapter
@@ -29,7 +31,7 @@ from guard.core import SessionLink, ToolCall, off_loop
 from guard.errors import PriceUnknown
 from guard.payments import balances
 from guard.payments.adapters._facts import public_url
-from guard.payments.learning import ask, payment_key
+from guard.payments.learning import ask, payment_key, x402_tool_key
 from guard.payments.reading import Readers, Reading
 from guard.policy.rules import Denial, Policy, Who, counting, missing_rate
 from ledgers import Amount, AmountError, Authorization, Budget, Ledger, Rates, UnitMismatch
@@ -82,14 +84,28 @@ async def bound(
         return Denial(f"adapters.{reading.adapter.name}", reading.refusal, kind="adapter")
     if not (reading.pays if reading.pays is not None else policy.pays(call.name)):
         return Bound(reading)
+    if reading.pays is None and await _x402_without_payment(ledger, readers, policy, call, reading):
+        return Bound(reading)  # x402 pays this tool, and this call carries no payment: it moves nothing
     try:
         price, priced_by = await _price(ledger, policy, call, reading, who, link)
     except PriceUnknown as exc:
-        return Denial(f"tools.{call.name}", f"no price, no pay: {exc}", kind="price")
+        hint = " (if x402 pays it, say `pays: x402`)" if readers.unsigned_x402(reading) else ""
+        return Denial(f"tools.{call.name}", f"no price, no pay: {exc}{hint}", kind="price")
     budgets = await _budgets(ledger, policy, call, reading, price, who, link)
     if isinstance(budgets, Denial):
         return replace(budgets, price=price)  # the call event keeps the price asked
     return Bound(reading, price, priced_by, budgets)
+
+
+async def _x402_without_payment(
+    ledger: Ledger, readers: Readers, policy: Policy, call: ToolCall, reading: Reading
+) -> bool:
+    """A policy-paying tool's call without an x402 payment, where x402 is what pays the tool: the policy says
+    so (`pays: x402`), or the tool answered with an x402 PaymentRequired (a quote by the tool, while it lasts:
+    shared on one ledger). Only a signed payment in `_meta` can move its money."""
+    if not readers.unsigned_x402(reading):
+        return False
+    return policy.paid_by_x402(call.name) or await off_loop(ledger.quote, x402_tool_key(call.name)) is not None
 
 
 async def _budgets(

@@ -6,6 +6,8 @@
   credentials, query or fragment: where API keys and tokens travel) and, when the answer names the
   invoice's payment hash, by `payment_key` too: 402-mcp caches that challenge, and a later `l402-pay
   {paymentHash}` pays exactly it. One hash is one invoice: of two prices named for it, the higher is kept.
+  An x402 PaymentRequired is also remembered by the tool that answered it (`x402_tool_key`): while it
+  lasts, that tool's calls without a payment are known to move nothing (`decision.bound`).
 
 `ask` is the guard's own call upstream (a balance refresh, a price preview), through the session's
 `SessionLink`, learnt from like any answer.
@@ -31,6 +33,12 @@ def payment_key(payment_id: str) -> str:
     return f"payment:{payment_id}"
 
 
+def x402_tool_key(tool: str) -> str:
+    """The quote key of a tool that answered with an x402 PaymentRequired: while it lasts, a call to the tool
+    without an x402 payment is known to move nothing. No URL or payment key starts this way."""
+    return f"x402-tool:{tool}"
+
+
 async def learn(ledger: Ledger, outcome: Outcome, policy: Policy, who: Who) -> None:
     """Store what `outcome` reveals (after reconciling it with what the guard counted)."""
     for payment in outcome.proven_paid:
@@ -46,6 +54,8 @@ def _remember(ledger: Ledger, quote: Quote) -> None:
     remember = partial(ledger.remember_quote, expires=quote.expires, payment_id=quote.payment_id)
     if quote.resource is not None:
         remember(public_url(quote.resource), quote.amount)
+    if quote.x402_tool is not None:
+        remember(x402_tool_key(quote.x402_tool), quote.amount)
     if quote.payment_id is not None:
         key = payment_key(quote.payment_id)
         earlier = ledger.quote(key)

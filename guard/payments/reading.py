@@ -60,6 +60,11 @@ class Readers:
                 return Reading(adapter, Prepared(pays=True, refuse=why))
         return NOT_READ
 
+    def unsigned_x402(self, reading: Reading) -> bool:
+        """Whether guard reads x402 and no adapter claims this call: an x402 payment is a signature in
+        `_meta`, so without one the call cannot move money through x402 (what else it does, the policy says)."""
+        return self._x402 is not None and reading.adapter is None
+
     def outcome(self, call: ToolCall, reading: Reading, result: Any) -> Outcome:
         """What the answer says happened. Never raises: an answer the adapter cannot read (its bug) is
         `unknown`, so the hold stays counted, in doubt."""

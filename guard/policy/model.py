@@ -383,7 +383,13 @@ class ToolRule(_Spec):
     when: list[Condition] = Field(default_factory=list, description="Argument conditions; all must hold.")
     rate_limit: RateText | RateLimitRule | list[RateText | RateLimitRule] | None = None
     quotas: list[Quota] = Field(default_factory=list)
-    pays: StrictBool = Field(default=False, description="The tool spends money: it needs a price and a budget.")
+    pays: StrictBool | Literal["x402"] = Field(
+        default=False,
+        description=(
+            "The tool spends money: it needs a price and a budget. `x402`: only its calls that carry an x402"
+            " payment in _meta pay (priced by it); one without moves nothing and is neither held nor denied."
+        ),
+    )
     price: AmountText | None = Field(default=None, description="Fixed price of one call.")
     price_from: ArgPath | None = Field(default=None, description="Argument holding the price (with price_unit).")
     price_unit: str | None = Field(default=None, description="Unit of the number at price_from: sat, msat, usd...")

@@ -192,6 +192,12 @@ class Policy:
     def pays(self, tool: str) -> bool:
         return any(rule.pays for _, rule in self.rules(tool))
 
+    def paid_by_x402(self, tool: str) -> bool:
+        """The policy says only x402 pays this tool (`pays: x402`, and no rule for it says `pays: true`): a call
+        without an x402 payment moves nothing."""
+        paying = [rule.pays for _, rule in self.rules(tool) if rule.pays]
+        return bool(paying) and all(pays == "x402" for pays in paying)
+
     def fixed_price(self, tool: str, arguments: JSON) -> Amount | None:
         """The price the policy sets (`price`, or the argument at `price_from`), if any.
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import json
 import os
+from datetime import UTC, datetime, timedelta
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from ledgers import Amount, BalanceObservation, Budget, Ledger, Rates, Window
+from ledgers import Amount, Authorization, BalanceObservation, Budget, Ledger, Rates, Window
 from tests.cli.conftest import Ran, guard
 from tests.scripted_run import EXTERNAL_SPEND, INVOICE_SATS, POLICY_ALBY, ScriptedRun, scripted_run
 
@@ -109,6 +110,42 @@ def test_a_budget_counting_other_units_shows_what_they_were_paid_in(tmp_path: Pa
     assert line.endswith("300 sat + 0.5 usdc")
     (sats,) = [line for line in lines if line.startswith("per-session")]
     assert sats.endswith("%")  # its paid_in cell is empty
+
+
+def test_an_x402_payment_in_doubt_past_valid_before_with_no_settlement_is_shown_apart(tmp_path: Path) -> None:
+    """Without `chains:` guard cannot ask the chain: the lapsed authorization is shown, so someone can."""
+    path = str(tmp_path / "ledger.db")
+    now = datetime.now(UTC)
+    with Ledger.open(path) as ledger:
+        for nonce, valid_before in (
+            ("0x" + "aa" * 32, now - timedelta(hours=1)),
+            ("0x" + "bb" * 32, now + timedelta(days=1)),
+        ):
+            value = Amount(10_000, "usdc")
+            ledger.remember_authorization(Authorization("eip155:8453", "0xusdc", "0xpayer", nonce, value, valid_before))
+            hold = ledger.reserve([Budget("wallet", Amount(10**6, "usdc"), "session:s1")], value, session="s1",
+                                  tool="get_weather", idempotency_key=nonce)  # fmt: skip
+            ledger.mark_forwarded(hold)
+            ledger.mark_in_doubt(hold)
+
+    [lapsed] = shown("--ledger", path)["x402_lapsed"]
+    assert (lapsed["nonce"], lapsed["amount"], lapsed["unit"], lapsed["network"]) == (
+        "0x" + "aa" * 32, 10_000, "usdc", "eip155:8453",
+    )  # fmt: skip
+    assert 3600 <= lapsed["lapsed_s"] < 3600 + 60
+    assert shown("--ledger", path, "--session", "other")["x402_lapsed"] == []
+    lines = budget_show("--ledger", path).stdout.splitlines()
+    title = lines.index("x402 payments in doubt past validBefore, no settlement (guard holds resolve, or chains:)")
+    assert lines[title + 1].split()[:4] == ["hold", "tool", "session", "amount"]
+    assert lines[title + 2].split()[1:5] == ["get_weather", "s1", "0.01", "usdc"]
+    assert lines[title + 3 :] == []
+
+
+def test_nothing_past_valid_before_shows_no_such_section(tmp_path: Path) -> None:
+    path = str(tmp_path / "ledger.db")
+    some_spend(path)
+    assert shown("--ledger", path)["x402_lapsed"] == []
+    assert "validBefore" not in budget_show("--ledger", path).stdout
 
 
 def test_an_empty_or_missing_ledger_shows_nothing_in_use(tmp_path: Path) -> None:

@@ -460,6 +460,102 @@ async def test_x402_upto_reserves_the_accepted_amount_settles_at_the_receipt_and
     assert (usage.spent, usage.held) == (record["amount"], 0) == (3000, 0)
 
 
+async def test_x402_settlement_failures_shaped_as_the_sdk_writes_them_are_counted_as_what_they_prove(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fake answers as the official SDK (tests/x402 runs the real one): a revert voids, `settlement_pending`
+    and a tool that failed after verification stay in doubt, a payer short of funds is refused at verification."""
+    policy = X402_POLICY.replace("  summarize: {}\n", "  summarize: {}\n  get_weather: {}\n")
+    outcomes = {"0x" + "a1" * 32: "failed", "0x" + "a2" * 32: "pending", "0x" + "a3" * 32: "tool_fails"}
+    state = {"now": T0, "outcomes": outcomes}
+    async with guarded(tmp_path, "fake_x402", policy, monkeypatch, state=state) as guard:
+        required = (await guard.call("get_weather", {"city": "Oslo"}))["structuredContent"]
+        answers = [
+            await guard.call("get_weather", {"city": "Oslo"}, meta={"x402/payment": payment_for(required, nonce)})
+            for nonce in ("a1", "a2", "a3")
+        ]
+    assert [a["isError"] for a in answers] == [True] * 3 and not any(denied(a) for a in answers)
+    assert [(tool, phase) for tool, phase, _ in x402_holds(tmp_path)] == [
+        ("get_weather", "voided"),
+        ("get_weather", "in_doubt"),
+        ("get_weather", "in_doubt"),
+    ]
+    assert [p["reported"] for p in guard.state()["payments"]] == ["pending"]  # what moved: counted, in doubt
+
+
+X402_PAYS_POLICY = """\
+version: 1
+default: deny
+budgets:
+  - name: usdc
+    limit: 1 usdc
+    scope: session
+tools:
+  get_weather:
+    pays: true
+    max_price: 0.05 usdc
+  summarize:
+    pays: {summarize}
+  ping:
+    pays: true
+"""
+
+
+def x402_holds(tmp_path: Path) -> list[tuple[str, str, int]]:
+    """Every hold: (tool, phase, reserved), in order."""
+    with read_ledger(tmp_path) as ledger:
+        events = [e.call for e in ledger.calls(last=100) if e.call.hold_id is not None]
+        return [(e.tool, ledger.hold(e.hold_id or 0).phase, ledger.hold(e.hold_id or 0).amount.value) for e in events]
+
+
+async def test_pays_true_on_an_x402_tool_holds_only_its_very_first_unpaid_call_and_a_second_guard_knows_it_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first unpaid call ever of a `pays: true` tool is held at its max_price (guard cannot know yet that
+    x402 pays it) and voided by its PaymentRequired; that answer is remembered by the tool on the ledger, so
+    no later unpaid call to it is held, in this guard or another on the same ledger."""
+    policy = X402_PAYS_POLICY.format(summarize="true")
+    async with guarded(tmp_path, "fake_x402", policy, monkeypatch, state={"now": T0}) as guard:
+        first = await guard.call("get_weather", {"city": "Oslo"})
+        second = await guard.call("get_weather", {"city": "Oslo"})
+        payment = payment_for(second["structuredContent"], "cd")
+        paid = await guard.call("get_weather", {"city": "Oslo"}, meta={"x402/payment": payment})
+    async with guarded(tmp_path, "fake_x402", policy, monkeypatch, session="s2") as other:
+        third = await other.call("get_weather", {"city": "Bergen"})
+
+    assert [r["isError"] and not denied(r) for r in (first, second, third)] == [True] * 3  # PaymentRequired
+    assert paid["_meta"]["x402/payment-response"]["success"] is True
+    assert x402_holds(tmp_path) == [("get_weather", "voided", 50_000), ("get_weather", "settled", 10_000)]
+    [record] = guard.state()["payments"]
+    with read_ledger(tmp_path) as ledger:
+        usage = ledger.usage(Budget("usdc", Amount(1_000_000, "usdc"), "session:s1"))
+    assert (usage.spent, usage.held) == (record["amount"], 0) == (10_000, 0)
+
+
+async def test_pays_true_with_no_price_denies_the_first_unpaid_call_and_pays_x402_lets_it_through_unheld(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fail closed: guard cannot tell an x402 tool from any other paying tool before it answered, so `pays:
+    true` with no price or max_price denies it (naming `pays: x402`); `pays: x402` says it up front."""
+    async with guarded(tmp_path, "fake_x402", X402_PAYS_POLICY.format(summarize="true"), monkeypatch) as guard:
+        refused = await guard.call("summarize", {"text": "a b"})
+    assert denial(refused)["rule"] == "tools.summarize"
+    assert "pays: x402" in refused["structuredContent"]["reason"]
+
+    policy = X402_PAYS_POLICY.format(summarize="x402")
+    async with guarded(tmp_path, "fake_x402", policy, monkeypatch, state={"now": T0}) as guard:
+        unpaid = await guard.call("summarize", {"text": "a b"})
+        payment = payment_for(unpaid["structuredContent"], "ef")
+        paid = await guard.call("summarize", {"text": "a b"}, meta={"x402/payment": payment})
+        ping = await guard.call("ping")
+
+    assert unpaid["isError"] is True and not denied(unpaid)
+    assert paid["_meta"]["x402/payment-response"]["success"] is True
+    # A non-x402 tool marked `pays: true` with no price is still refused: the x402 knowledge is per tool.
+    assert denial(ping)["rule"] == "tools.ping"
+    assert x402_holds(tmp_path) == [("summarize", "settled", 50_000)]
+
+
 # --- the shop: budgets, identities, counters ------------------------------------------------------------------
 
 SHOP_POLICY = """\

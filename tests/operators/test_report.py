@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from guard.operators.report import FORMATS, day_period, render, to_json, write_reports
-from ledgers import Amount, Budget, Ledger, Rates, Spend, SpendReport
+from ledgers import Amount, Authorization, Budget, Ledger, Rates, Spend, SpendReport
 from tests.conftest import GUARD, ROOT, WAIT_S, FakeClock
 from tests.ledgers.helpers import day_report, paid
 from tests.scripted_run import (
@@ -271,6 +271,40 @@ def test_json_and_csv_carry_amounts_as_integers_with_their_unit(ledger: Ledger) 
             "value": "2500000"} in rows  # fmt: skip
     assert {"section": "report", "key": "", "detail": "", "unit": "", "measure": "nothing_spent",
             "value": "false"} in rows  # fmt: skip
+
+
+def x402_in_doubt(ledger: Ledger, nonce: str, valid_before: datetime, **where: str) -> int:
+    """An x402 payment of 0.01 usdc in doubt, its signed authorization kept (as `Payments.bound` keeps it)."""
+    value = Amount(10_000, "usdc")
+    ledger.remember_authorization(Authorization("eip155:8453", "0xusdc", "0xpayer", nonce, value, valid_before))
+    hold = ledger.reserve([Budget("b", Amount(10**9, "usdc"), "global")], value, idempotency_key=nonce, **where)
+    ledger.mark_forwarded(hold)
+    ledger.mark_in_doubt(hold)
+    return hold
+
+
+def test_an_x402_payment_in_doubt_past_valid_before_with_no_settlement_is_named_in_every_format(
+    ledger: Ledger, clock: FakeClock
+) -> None:
+    lapsed = x402_in_doubt(ledger, "0x" + "aa" * 32, T0 + timedelta(minutes=5), tool="get_weather")
+    usable = x402_in_doubt(ledger, "0x" + "bb" * 32, T0 + timedelta(hours=2), tool="summarize")
+    lightning = paid(ledger, "40 sat", phase="in_doubt", tool="l402-fetch")
+    clock.moment = T0 + timedelta(hours=1)
+    report = day_report(ledger)
+
+    document = json.loads(render(report, "json"))
+    assert [(h["hold"], h["valid_before"], h["lapsed"]) for h in document["in_doubt"]] == [
+        (lapsed, "2026-11-21T12:05:00+00:00", True),
+        (usable, "2026-11-21T14:00:00+00:00", False),
+        (lightning, None, False),
+    ]
+    rows = list(csv.DictReader(io.StringIO(render(report, "csv"))))
+    assert {"section": "in_doubt", "key": str(lapsed), "detail": "", "unit": "usdc", "measure": "lapsed",
+            "value": "true"} in rows  # fmt: skip
+    for fmt in ("md", "html"):
+        text = render(report, fmt)
+        assert text.count("past validBefore (2026-11-21 12:05") == 1, fmt
+        assert "usable until 2026-11-21 14:00" in text, fmt
 
 
 def test_a_budget_counting_payments_in_other_units_shows_each_in_its_own_and_in_the_budgets(

@@ -502,27 +502,31 @@ async def test_x402_payment_required_paid_retry_upto_and_failures(tmp_path: Path
             {
                 "scheme": "exact",
                 "network": "eip155:84532",
-                "amount": "10000",
                 "asset": "0x036CbD53842c5426634e7929541eC2318f3dCF7e",
+                "amount": "10000",
                 "payTo": "0x209693Bc6afc0C5328bA36FaF03C514EF312287C",
-                "maxTimeoutSeconds": 60,
+                "maxTimeoutSeconds": 300,
                 "extra": {"name": "USDC", "version": "2"},
             }
         ]
+        # As the official SDK writes it (tests/x402 runs the real one): json.dumps' separators, this key order.
+        assert unpaid.content[0].text.startswith('{"x402Version": 2, "accepts": [{"scheme": "exact"')  # type: ignore[union-attr]
+        assert required["error"] == "Payment Required"
 
         payment = payment_for(required, "aa")
         paid = await client.call_tool("get_weather", {"city": "Oslo"}, meta={"x402/payment": payment})
         assert not paid.is_error and "Oslo" in paid.content[0].text  # type: ignore[union-attr]
         receipt = paid.meta["x402/payment-response"]  # type: ignore[index]
         assert receipt["success"] is True and receipt["network"] == "eip155:84532" and receipt["payer"] == PAYER
-        assert receipt["amount"] == "10000" and re.fullmatch(r"0x[0-9a-f]{64}", receipt["transaction"])
+        # The SDK's exact receipt names no amount: the payment's price is what moved.
+        assert "amount" not in receipt and re.fullmatch(r"0x[0-9a-f]{64}", receipt["transaction"])
         [record] = read(state_file)["payments"]
         assert (record["tool"], record["amount"], record["unit"]) == ("get_weather", 10_000, "usdc")
         assert record["nonce"] == "0x" + "aa" * 32 and record["transaction"] == receipt["transaction"]
 
         # A replayed nonce, a wrong value and an expired authorization are refused; nothing settles.
         replay = await client.call_tool("get_weather", {"city": "Oslo"}, meta={"x402/payment": payment})
-        assert replay.is_error and "nonce already used" in replay.structured_content["error"]  # type: ignore[index]
+        assert replay.is_error and replay.structured_content["error"] == "invalid_exact_evm_nonce_already_used"  # type: ignore[index]
         wrong = payment_for(required, "bb", value="1")
         assert (await client.call_tool("get_weather", {"city": "x"}, meta={"x402/payment": wrong})).is_error
         stale = payment_for(required, "cc", now=T0 - 3600)
@@ -541,23 +545,46 @@ async def test_x402_payment_required_paid_retry_upto_and_failures(tmp_path: Path
         upto = read(state_file)["payments"][-1]
         assert (upto["amount"], upto["max_amount"], upto["scheme"]) == (3000, 50_000, "upto")
 
-        # Settlement fails: an error, no tool content, nothing recorded.
+        # Settlement fails (a revert): an error, no tool content, nothing recorded; the SDK's receipt is in
+        # structuredContent only, with no payer and an empty transaction.
         edit(state_file, outcomes={"get_weather": "failed"})
         failed = await client.call_tool(
             "get_weather", {"city": "x"}, meta={"x402/payment": payment_for(required, "ee")}
         )
-        assert failed.is_error and failed.structured_content["error"] == "Settlement failed"  # type: ignore[index]
-        assert failed.meta["x402/payment-response"]["success"] is False  # type: ignore[index]
+        settlement = failed.structured_content
+        assert failed.is_error and failed.meta is None and settlement is not None
+        assert settlement["error"] == "Payment settlement failed: transaction_failed"
+        assert settlement["x402/payment-response"] == {
+            "success": False,
+            "errorReason": "transaction_failed",
+            "transaction": "",
+            "network": "eip155:84532",
+        }
         # Settled without a receipt: the content, no _meta; the fake's record has it.
         edit(state_file, outcomes={"get_weather": "no_receipt"})
         bare = await client.call_tool("get_weather", {"city": "x"}, meta={"x402/payment": payment_for(required, "ff")})
         assert not bare.is_error and bare.meta is None
         assert [p["reported"] for p in read(state_file)["payments"]] == ["paid", "paid", "no_receipt"]
 
-        # A payer with a known balance can run out.
+        # A payer with a known balance can run out: refused at verification, as the SDK's facilitator does.
         edit(state_file, outcomes={}, balances={PAYER.lower(): 5000})
         poor = await client.call_tool("get_weather", {"city": "x"}, meta={"x402/payment": payment_for(required, "11")})
-        assert poor.is_error and len(read(state_file)["payments"]) == 3
+        assert poor.is_error and poor.structured_content["error"] == "invalid_exact_evm_insufficient_balance"  # type: ignore[index]
+        assert len(read(state_file)["payments"]) == 3
+
+        # settlement_pending: the transfer landed, its receipt was lost; a tool that fails settles nothing.
+        edit(state_file, balances={}, outcomes={"get_weather": "pending"})
+        pending = await client.call_tool(
+            "get_weather", {"city": "x"}, meta={"x402/payment": payment_for(required, "12")}
+        )
+        assert pending.structured_content["x402/payment-response"]["errorReason"] == "settlement_pending"  # type: ignore[index]
+        edit(state_file, outcomes={"get_weather": "tool_fails"})
+        broken = await client.call_tool(
+            "get_weather", {"city": "x"}, meta={"x402/payment": payment_for(required, "13")}
+        )
+        assert broken.is_error and broken.structured_content is None
+        assert broken.content[0].text.startswith("Tool execution error: ")  # type: ignore[union-attr]
+        assert [p["reported"] for p in read(state_file)["payments"]] == ["paid", "paid", "no_receipt", "pending"]
 
 
 async def test_x402_meta_on_the_wire_and_settle_then_crash(tmp_path: Path) -> None:

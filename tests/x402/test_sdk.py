@@ -126,3 +126,29 @@ def test_each_settlement_failure_is_counted_as_what_it_proves(tmp_path: Path) ->
         ("get_weather", "in_doubt"),  # not settled, but its authorization is usable until validBefore
     ]
     assert [entry["value"] for entry in shop.chain()["used"].values()] == [25_000]
+
+
+def test_pays_true_on_an_sdk_tool_holds_only_its_first_unpaid_call_ever_and_pays_x402_none(tmp_path: Path) -> None:
+    """The SDK's client always calls first without a payment and pays on the PaymentRequired (its
+    `resource.url` is `mcp://tool/<name>`). `pays: true` (needed for a `max_price`) holds that very first
+    unpaid call at the cap and voids it; guard then knows x402 pays the tool. `pays: x402` holds none."""
+    policy = POLICY.format(limit="1 usdc").replace(
+        "  get_weather: {}\n  summarize: {}\n",
+        "  get_weather:\n    pays: true\n    max_price: 0.05 usdc\n  summarize:\n    pays: x402\n",
+    )
+    shop = Shop(tmp_path, policy)
+    plan = [
+        {"call": "get_weather", "arguments": {"city": "Oslo"}},
+        {"call": "get_weather", "arguments": {"city": "Rome"}},
+        {"call": "summarize", "arguments": {"text": "x"}},
+    ]
+    answers = shop.client(plan)
+
+    assert [a["payment_response"]["success"] for a in answers] == [True] * 3
+    assert [(tool, phase, reserved) for tool, phase, reserved, *_ in holds(shop)] == [
+        ("get_weather", "voided", 50_000),  # the first unpaid call ever: priced by max_price, voided
+        ("get_weather", "settled", 10_000),
+        ("get_weather", "settled", 10_000),  # its unpaid call was not held: x402 pays this tool
+        ("summarize", "settled", 25_000),
+    ]
+    assert sorted(entry["value"] for entry in shop.chain()["used"].values()) == [10_000, 10_000, 25_000]

@@ -40,6 +40,9 @@ class Quote:
     amount: Amount
     payment_id: str | None = None  # the invoice's payment hash, when there is one: the price is remembered by it too
     expires: datetime | None = None  # when the upstream says the price stops holding (an invoice's expiry)
+    # x402: the tool whose call was answered by this PaymentRequired: remembered by the tool too, so a later
+    # call to it without a payment is known to move nothing (neither held nor denied).
+    x402_tool: str | None = None
 
 
 @dataclass(frozen=True)

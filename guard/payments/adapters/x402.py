@@ -245,7 +245,7 @@ class X402:
             resource = cheapest.get("resource")  # v1 names the resource in each requirement
         if not isinstance(resource, str) or not resource:
             resource = f"tool:{tool}"
-        return (Quote(resource, price),)
+        return (Quote(resource, price, x402_tool=tool),)
 
 
 def _failed_settlement(receipt: JSON, quotes: tuple[Quote, ...]) -> Outcome:

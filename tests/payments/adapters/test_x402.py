@@ -359,7 +359,7 @@ def test_a_receipt_that_contradicts_the_payment_is_flagged_and_settled_at_the_pr
     assert outcome.problem is not None and flagged in outcome.problem
 
 
-QUOTE = Quote("mcp://tool/financial_analysis", usdc(10_000))
+QUOTE = Quote("mcp://tool/financial_analysis", usdc(10_000), x402_tool="financial_analysis")
 
 
 @pytest.mark.parametrize(
@@ -409,7 +409,7 @@ QUOTE = Quote("mcp://tool/financial_analysis", usdc(10_000))
         ),
         pytest.param(
             unpaid(payment_required(requirement(), resource=None)),
-            (Quote("tool:financial_analysis", usdc(10_000)),),
+            (Quote("tool:financial_analysis", usdc(10_000), x402_tool="financial_analysis"),),
             id="without a resource the tool is quoted",
         ),
         pytest.param(
