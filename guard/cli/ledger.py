@@ -12,8 +12,9 @@ from rich.table import Table
 from guard.cli.exits import Status, fail
 from guard.cli.options import LedgerOption, PolicyOption, default_policy_path
 from guard.errors import ConfigError
+from guard.payments.reconcile import resolution
 from guard.policy.files import load
-from ledgers import Amount, AmountError, CallRecord, Ledger, location
+from ledgers import Amount, AmountError, Ledger, location
 
 ledger_app = typer.Typer(help="Inspect the ledger and resolve holds in doubt.", no_args_is_help=True)
 holds_app = typer.Typer(help="Payments held against budgets: list, reconcile those in doubt.", no_args_is_help=True)
@@ -81,16 +82,7 @@ def _resolve(hold: int, paid: Amount | None, ledger_url: str | None) -> None:
         info = ledger.hold(hold)
         amount = paid if paid is not None else Amount(0, info.amount.unit)
         what = f"settled at {amount}" if amount.value else "voided: nothing was paid"
-        event = CallRecord(
-            tool=info.tool or "?",
-            decision="resolve",
-            session=info.session,
-            identity=info.identity,
-            server=info.server,
-            reason=f"an operator resolved hold {hold}: {what}",
-            hold_id=hold,
-            spent=amount if amount.value else None,
-        )
+        event = resolution(info, f"an operator resolved hold {hold}: {what}", amount if amount.value else None)
         ledger.resolve(hold, amount, event=event)
         phase = ledger.hold(hold).phase
     typer.echo(f"hold {hold} is {phase}" + (f" at {amount}" if phase == "settled" else ""))

@@ -26,8 +26,9 @@ from eth_abi.exceptions import DecodingError, EncodingError
 
 from guard.core import off_loop
 from guard.errors import ChainError
+from guard.payments.reconcile import resolution
 from guard.policy.rules import Policy
-from ledgers import Amount, Authorization, CallRecord, HoldInfo, Ledger
+from ledgers import Amount, Authorization, HoldInfo, Ledger
 
 logger = logging.getLogger("guard.payments")
 
@@ -132,26 +133,15 @@ async def _decide(ledger: Ledger, hold: HoldInfo, authorization: Authorization, 
     where = f"{authorization.network} shows authorization {authorization.nonce}"
     if used:
         spent = authorization.value
-        event = _resolved(hold, f"{where} was used: {spent} left", spent)
+        event = resolution(hold, f"hold {hold.id} reconciled: {where} was used: {spent} left", spent)
         await off_loop(partial(ledger.resolve, hold.id, spent, event=event))
         logger.info("hold %d: the chain shows its payment was made: settled at %s", hold.id, spent)
         return Checked(hold.id, "settled", f"used: {spent} left")
     if now > authorization.valid_before + BLOCK_TIME_MARGIN:
-        event = _resolved(hold, f"{where} unused past its validBefore: it can never be used", None)
+        event = resolution(
+            hold, f"hold {hold.id} reconciled: {where} unused past its validBefore: it can never be used", None
+        )
         await off_loop(partial(ledger.resolve, hold.id, Amount(0, hold.amount.unit), event=event))
         logger.info("hold %d: its authorization lapsed unused: voided", hold.id)
         return Checked(hold.id, "voided", "unused past validBefore")
     return Checked(hold.id, "in_doubt", f"unused so far; usable until {authorization.valid_before.isoformat()}")
-
-
-def _resolved(hold: HoldInfo, shows: str, spent: Amount | None) -> CallRecord:
-    return CallRecord(
-        tool=hold.tool or "?",
-        decision="resolve",
-        session=hold.session,
-        identity=hold.identity,
-        server=hold.server,
-        reason=f"hold {hold.id} reconciled: {shows}",
-        hold_id=hold.id,
-        spent=spent,
-    )

@@ -27,7 +27,7 @@ async def settle_proven(ledger: Ledger, payment: str) -> None:
     hold = await off_loop(ledger.hold_for_payment, payment)
     if hold is None or hold.phase != "in_doubt":
         return
-    event = _resolved(hold, f"the upstream shows payment {payment} was made", paid=True)
+    event = resolution(hold, f"hold {hold.id} reconciled: the upstream shows payment {payment} was made", hold.amount)
     await off_loop(partial(ledger.resolve, hold.id, hold.amount, event=event))
     logger.info("hold %d (payment %s) was in doubt; the upstream shows it paid: settled", hold.id, payment)
 
@@ -104,22 +104,24 @@ async def _settle_by_balance(ledger: Ledger, previous: BalanceObservation, drop:
     paid = drop == explained
     what = "left (settled)" if paid else "did not leave (voided)"
     for hold in doubtful:
-        event = _resolved(hold, f"{previous.key} shows the payment {what}", paid=paid, balance_key=previous.key)
+        shows = f"hold {hold.id} reconciled: {previous.key} shows the payment {what}"
+        event = resolution(hold, shows, hold.amount if paid else None, balance_key=previous.key)
         actual = hold.amount if paid else Amount(0, hold.amount.unit)
         await off_loop(partial(ledger.resolve, hold.id, actual, event=event))
     return 0 if paid else in_doubt
 
 
-def _resolved(hold: HoldInfo, shows: str, *, paid: bool, balance_key: str | None = None) -> CallRecord:
-    """The call event of a hold in doubt resolved by what an answer shows."""
+def resolution(hold: HoldInfo, reason: str, spent: Amount | None, *, balance_key: str | None = None) -> CallRecord:
+    """The call event that goes with resolving a hold in doubt (written in the resolution's transaction):
+    `spent` is what left (None: nothing did), `reason` says what showed it."""
     return CallRecord(
         tool=hold.tool or "?",
         decision="resolve",
         session=hold.session,
         identity=hold.identity,
         server=hold.server,
-        reason=f"hold {hold.id} reconciled: {shows}",
+        reason=reason,
         hold_id=hold.id,
-        spent=hold.amount if paid else None,
+        spent=spent,
         balance_key=balance_key,
     )
