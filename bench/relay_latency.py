@@ -192,9 +192,12 @@ async def measure(
     direct_ns, guard_ns = samples[0], samples[1]
     d, g = _summary(direct_ns), _summary(guard_ns)
     ratio = g["median_ms"] / d["median_ms"]
-    traced = {"traced": _summary(samples[2]), "tracing_adds_ms": _summary(samples[2])["median_ms"] - g["median_ms"]}
+    traced: dict[str, Any] = {}
+    if traces:
+        t = _summary(samples[2])
+        traced = {"traced": t, "tracing_adds_ms": t["median_ms"] - g["median_ms"]}
     return {
-        **(traced if traces else {}),
+        **traced,
         "calls": calls,
         "warmup": warmup,
         "mode": mode,
