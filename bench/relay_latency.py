@@ -4,7 +4,9 @@ Measures the latency of N sequential `tools/call noop` requests (default 500, `-
 bench/trivial_upstream.py, a stdio upstream that answers "ok" at once, two ways in the same run:
 
 - DIRECT: the client spawns trivial_upstream.py over stdio;
-- GUARD:  the client spawns `python -m guard run -- python bench/trivial_upstream.py` over stdio.
+- GUARD:  the client spawns `python -m guard run -- python bench/trivial_upstream.py` over stdio;
+- TRACED (with `--traces`): the same guard with traces on (the `otel` extra; OTLP/HTTP to a sink in this
+  process that answers 200), so the table shows what tracing adds and what it costs when off (GUARD).
 
 Both sessions are open at the same time and the calls are INTERLEAVED (one direct call, one guarded call,
 swapping which goes first on every pair) so machine noise hits both sides equally. Each side gets a
@@ -21,6 +23,7 @@ Run from the repository root:
     .venv/bin/python bench/relay_latency.py --calls 2000    # more samples
     .venv/bin/python bench/relay_latency.py --json          # machine-readable
     .venv/bin/python bench/relay_latency.py --mode 2026-07-28
+    .venv/bin/python bench/relay_latency.py --traces       # a third side: guard with traces on
     .venv/bin/python bench/relay_latency.py --profile-guard /tmp/g.prof   # guard under cProfile
     .venv/bin/python -m pstats /tmp/g.prof                                 # then: sort tottime / stats 30
 
@@ -36,9 +39,11 @@ import platform
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -77,7 +82,33 @@ finally:
 """
 
 
-def _guard_params(profile: str | None, policy: str) -> StdioServerParameters:
+class _OtlpSink:
+    """An OTLP/HTTP endpoint on 127.0.0.1 that accepts every export (a collector doing nothing)."""
+
+    def __init__(self) -> None:
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: object) -> None:
+                return None
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{self.server.server_address[1]}"}
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _guard_params(profile: str | None, policy: str, env: dict[str, str] | None = None) -> StdioServerParameters:
     # A fresh SQLite ledger per run: the guard counts and records every call in it.
     ledger = Path(tempfile.mkdtemp(prefix="guard-bench-")) / "ledger.db"
     guard = [
@@ -91,7 +122,9 @@ def _guard_params(profile: str | None, policy: str) -> StdioServerParameters:
         UPSTREAM,
     ]
     args = ["-c", PROFILE_GUARD, profile, *guard] if profile else ["-m", "guard", *guard]
-    return StdioServerParameters(command=sys.executable, args=args, cwd=str(ROOT))
+    # The SDK gives a server only a safe subset of the environment unless told otherwise.
+    full_env = {**os.environ, **env} if env is not None else None
+    return StdioServerParameters(command=sys.executable, args=args, cwd=str(ROOT), env=full_env)
 
 
 @asynccontextmanager
@@ -133,25 +166,38 @@ def _summary(samples_ns: list[int]) -> dict[str, float]:
     }
 
 
-async def measure(calls: int, warmup: int, mode: str, profile: str | None, policy: str) -> dict[str, Any]:
-    async with AsyncExitStack() as stack:
-        direct = await stack.enter_async_context(_open(_direct_params(), mode))
-        guard = await stack.enter_async_context(_open(_guard_params(profile, policy), mode))
-        for _ in range(warmup):
-            await _timed(direct)
-            await _timed(guard)
-        direct_ns: list[int] = []
-        guard_ns: list[int] = []
-        for i in range(calls):
-            if i % 2 == 0:
-                direct_ns.append(await _timed(direct))
-                guard_ns.append(await _timed(guard))
-            else:
-                guard_ns.append(await _timed(guard))
-                direct_ns.append(await _timed(direct))
+async def measure(
+    calls: int, warmup: int, mode: str, profile: str | None, policy: str, traces: bool = False
+) -> dict[str, Any]:
+    sink = _OtlpSink() if traces else None
+    try:
+        async with AsyncExitStack() as stack:
+            sides = [
+                await stack.enter_async_context(_open(_direct_params(), mode)),
+                await stack.enter_async_context(_open(_guard_params(profile, policy), mode)),
+            ]
+            if sink is not None:
+                sides.append(await stack.enter_async_context(_open(_guard_params(None, policy, sink.env), mode)))
+            for _ in range(warmup):
+                for side in sides:
+                    await _timed(side)
+            samples: list[list[int]] = [[] for _ in sides]
+            for i in range(calls):
+                for k in range(len(sides)):  # a different side first on every round
+                    j = (i + k) % len(sides)
+                    samples[j].append(await _timed(sides[j]))
+    finally:
+        if sink is not None:
+            sink.close()
+    direct_ns, guard_ns = samples[0], samples[1]
     d, g = _summary(direct_ns), _summary(guard_ns)
     ratio = g["median_ms"] / d["median_ms"]
+    traced: dict[str, Any] = {}
+    if traces:
+        t = _summary(samples[2])
+        traced = {"traced": t, "tracing_adds_ms": t["median_ms"] - g["median_ms"]}
     return {
+        **traced,
         "calls": calls,
         "warmup": warmup,
         "mode": mode,
@@ -180,11 +226,22 @@ def _table(r: dict[str, Any]) -> str:
             f"{'':8}{'median ms':>11}{'p90 ms':>10}{'mean ms':>10}{'min ms':>10}",
             f"{'direct':8}{d['median_ms']:11.3f}{d['p90_ms']:10.3f}{d['mean_ms']:10.3f}{d['min_ms']:10.3f}",
             f"{'guard':8}{g['median_ms']:11.3f}{g['p90_ms']:10.3f}{g['mean_ms']:10.3f}{g['min_ms']:10.3f}",
+            *_traced_rows(r),
             "",
             f"ratio of medians {r['ratio_of_medians']:.2f} (goal <= {r['goal_ratio']}: {verdict}); "
             f"added {r['added_ms']:.3f} ms per call",
         ]
     )
+
+
+def _traced_rows(r: dict[str, Any]) -> list[str]:
+    if "traced" not in r:
+        return []
+    t = r["traced"]
+    return [
+        f"{'traced':8}{t['median_ms']:11.3f}{t['p90_ms']:10.3f}{t['mean_ms']:10.3f}{t['min_ms']:10.3f}",
+        f"traces on add {r['tracing_adds_ms']:.3f} ms per call (median, traced vs guard)",
+    ]
 
 
 def main() -> None:
@@ -203,6 +260,9 @@ def main() -> None:
         help="the guard's policy (default bench/policy.yaml: a durable rate limit, so a ledger write per call;"
         " bench/policy-allow.yaml: allowed, no ledger write on the call's path)",
     )
+    parser.add_argument(
+        "--traces", action="store_true", help="a third side: guard with traces on (needs the otel extra)"
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     parser.add_argument(
         "--profile-guard",
@@ -212,7 +272,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.calls < 2:
         parser.error("--calls must be at least 2")
-    result = anyio.run(measure, args.calls, args.warmup, args.mode, args.profile_guard, args.policy)
+    result = anyio.run(measure, args.calls, args.warmup, args.mode, args.profile_guard, args.policy, args.traces)
     print(json.dumps(result, indent=2) if args.json else _table(result))
 
 

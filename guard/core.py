@@ -41,8 +41,13 @@ class ToolCall:
 Background = Callable[[], Coroutine[Any, Any, None]]
 """A task a front runs while it serves (a policy watcher, a heartbeat); cancelled when it stops."""
 
-Forward = Callable[[], Awaitable[JSON]]
-"""Send the call upstream; return the upstream's `CallToolResult` as JSON. Raises `UpstreamError`."""
+
+class Forward(Protocol):
+    """Send the call upstream; return the upstream's `CallToolResult` as JSON. Raises `UpstreamError`."""
+
+    def __call__(self, meta: JSON | None = None) -> Awaitable[JSON]:
+        """`meta`: entries set in the forwarded request's `_meta` (a W3C trace context: `traceparent`)."""
+        ...
 
 
 class SessionLink(Protocol):

@@ -12,6 +12,7 @@ import os
 import uuid
 from dataclasses import replace
 from functools import partial
+from typing import TYPE_CHECKING
 
 import anyio
 
@@ -23,6 +24,7 @@ from guard.gate.audit import CallWatcher
 from guard.gate.gate import PolicyGate
 from guard.operators.alerts import Alerter
 from guard.operators.schedule import NightlyReport, run_schedule
+from guard.operators.trace_switch import traces_wanted
 from guard.payments.adapters import family_adapters, x402_adapter
 from guard.payments.payments import Payments
 from guard.policy.rules import Policy, Who
@@ -30,6 +32,9 @@ from guard.policy.source import PolicySource
 from guard.proxy.limits import DEFAULT_LIMITS, Limits
 from guard.proxy.upstream import StdioUpstream, UpstreamSpec
 from ledgers import DEFAULT_LEASE_S, Amount, Ledger, LedgerError, UnitMismatch
+
+if TYPE_CHECKING:
+    from guard.operators.traces import Traces
 
 logger = logging.getLogger("guard")
 
@@ -67,7 +72,11 @@ def serve(
 
         metrics = PrometheusMetrics(ledger)
         watchers.append(metrics)
+    traces = _traces()
+    if traces is not None:
+        watchers.append(traces.facts)
     gate = PolicyGate(source, ledger, server, payments, watchers=watchers)
+    front: Gate = gate if traces is None else traces.gate(gate)
     background: list[Background] = [
         gate.audit.write,
         source.watch,
@@ -75,12 +84,33 @@ def serve(
         partial(run_schedule, source, NightlyReport(ledger), payments, gate.links),
         alerter.run,
     ]
-    if address is None:
-        _run_stdio(spec, gate, session, identity, background, limits)
-        return
-    from guard.proxy.http import serve_http  # starlette and uvicorn: only HTTP mode loads them
+    try:
+        if address is None:
+            _run_stdio(spec, front, session, identity, background, limits)
+        else:
+            from guard.proxy.http import serve_http  # starlette and uvicorn: only HTTP mode loads them
 
-    serve_http(spec, gate, address[0], address[1], tokens, identity, background, metrics, limits)
+            serve_http(spec, front, address[0], address[1], tokens, identity, background, metrics, limits)
+    finally:
+        if traces is not None:
+            traces.close()  # the spans still in the batch
+
+
+def _traces() -> Traces | None:
+    """Spans by OTLP when the environment asks for them (README "Traces"); None, importing nothing, when not."""
+    if not traces_wanted(os.environ):
+        return None
+    try:
+        from guard.operators.traces import Traces
+    except ImportError as exc:
+        logger.warning(
+            "the environment asks for traces (OTEL_*), but the otel extra is not installed (%s): "
+            "pip install 'guard-mcp[otel]'; running without traces",
+            exc.name,
+        )
+        return None
+    logger.info("traces: a span per tools/call, exported by OTLP as the OTEL_* environment says")
+    return Traces()
 
 
 def with_auto_pay_cap(spec: UpstreamSpec, policy: Policy) -> UpstreamSpec:

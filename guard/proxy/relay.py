@@ -299,10 +299,13 @@ class Relay:
             # The 2026-07-28 per-request envelope (version, client capabilities, client info).
             self._era_meta = {k: v for k, v in meta.items() if k.startswith(ENVELOPE_PREFIX)}
 
-        async def forward() -> JSON:
+        async def forward(meta: JSON | None = None) -> JSON:
             if entry.withdrawn:
                 raise UpstreamError(types.INTERNAL_ERROR, "cancelled before guard forwarded it", not_run=True)
-            return await self._exchange(request.method, request.params, request.id)
+            sent = request.params
+            if meta:  # the gate's own entries (guard's trace context) replace the client's of the same name
+                sent = {**params, "_meta": {**(params.get("_meta") or {}), **meta}}
+            return await self._exchange(request.method, sent, request.id)
 
         answer: types.JSONRPCMessage
         try:
