@@ -121,7 +121,7 @@ async def test_a_freeze_refuses_even_in_shadow_mode(shadow: Shop) -> None:
 
 
 async def test_shadow_true_on_one_tool_rule_shadows_that_rule_only(ledger: RecordingLedger) -> None:
-    rules = SHOP.replace("  ask: {action: approve}\n", "  ask: {action: approve}\n  refund: {action: deny, shadow: true}\n")
+    rules = SHOP + "  refund: {action: deny, shadow: true}\n"
     shop = Shop(ledger, policy(rules))
     assert (await shop.call("refund"))["isError"] is False
     assert (shop.last.decision, shop.last.rule, shop.last.kind) == ("would_deny", "tools.refund", "tool")
