@@ -225,7 +225,9 @@ class Policy:
         """Whether the tool rule or budget `rule` names (`tools.NAME...`, `budgets.NAME`) says `shadow: true`."""
         if rule.startswith("budgets."):
             return any(b.shadow and b.name == rule.removeprefix("budgets.") for b in self.spec.budgets)
-        names = [n for n in self.spec.tools if rule == f"tools.{n}" or rule.startswith(f"tools.{n}.")]
+        # A max_price denial names the tool as called (`l402_fetch`), others as the rule does: both spellings.
+        named = spelling(rule.removeprefix("tools."))
+        names = [n for n in self.spec.tools if named == spelling(n) or named.startswith(f"{spelling(n)}.")]
         return bool(names) and self.spec.tools[max(names, key=len)].shadow
 
     def pays(self, tool: str) -> bool:

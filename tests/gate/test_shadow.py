@@ -141,3 +141,16 @@ async def test_the_gate_warns_at_start_when_anything_is_shadowed(
         Shop(ledger, policy(SHADOWED_BUDGET))
     [warning] = caplog.records
     assert "shadow mode: budgets.per-session" in warning.getMessage()
+
+
+async def test_shadow_true_on_a_paying_rule_lets_a_price_over_its_max_price_through_and_settles_it(
+    ledger: RecordingLedger,
+) -> None:
+    rules = SHOP.replace("    max_price: 60 sat\n", "    max_price: 60 sat\n    shadow: true\n")
+    shop = Shop(ledger, policy(rules))
+    assert (await shop.call("buy", item="tea", amount=70))["isError"] is False
+    assert (shop.last.decision, shop.last.rule, shop.last.spent) == (
+        "would_deny",
+        "tools.buy.max_price",
+        Amount(70, "sat"),
+    )
