@@ -18,6 +18,7 @@ from ledgers._errors import (
     StorageError,
     UnitMismatch,
 )
+from ledgers._holds import Reserved
 from ledgers._ledger import Ledger
 from ledgers._money import MAX_AMOUNT, Amount, Rates
 from ledgers._observations import QUOTE_LIFETIME_S
@@ -47,6 +48,7 @@ from ledgers._report import (
     Spend,
     SpendReport,
     StaleDenial,
+    WouldDenial,
 )
 from ledgers._schema import SCHEMA_VERSION
 from ledgers._store import DEFAULT_POOL, default_path, location
@@ -88,6 +90,7 @@ __all__ = [
     "Rates",
     "RecordedCall",
     "Refused",
+    "Reserved",
     "RuleCount",
     "RuleKind",
     "SchemaError",
@@ -99,6 +102,7 @@ __all__ = [
     "UnitMismatch",
     "Usage",
     "Window",
+    "WouldDenial",
     "default_path",
     "location",
 ]

@@ -17,16 +17,17 @@ its unit (rounded up), and a budget then over its limit refuses every further re
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
+from functools import partial
 from typing import Any, Literal, NoReturn
 
 from sqlalchemy import Connection, Row
 from sqlalchemy.exc import IntegrityError
 
 from ledgers._audit import INSERT_CALL, call_row
-from ledgers._errors import AlreadyPaid, AmountError, HoldStateError, PaymentInFlight, UnitMismatch
+from ledgers._errors import AlreadyPaid, AmountError, HoldStateError, PaymentInFlight, Refused, UnitMismatch
 from ledgers._freezes import check_frozen
 from ledgers._money import Amount, Rates
 from ledgers._part import Part
@@ -82,6 +83,24 @@ SELECT_HOLDS = f"SELECT {columns(HOLD_COLUMNS)} FROM ledger_holds"
 
 
 @dataclass(frozen=True)
+class Reserved:
+    """A shadowed reservation: its hold, and the refusal a shadowed budget or rate limit would have made."""
+
+    hold: int
+    would_refuse: Refused | None
+
+
+def _unless_shadowed(check: Callable[[], None], shadowed: bool, would: list[Refused]) -> None:
+    """Run a budget's or rate limit's check: a shadowed one's refusal is noted, not raised."""
+    try:
+        check()
+    except Refused as exc:
+        if not shadowed:
+            raise
+        would.append(exc)
+
+
+@dataclass(frozen=True)
 class Where:
     """Who made a payment, where it went, what bounded it: a hold's descriptive columns."""
 
@@ -126,27 +145,69 @@ class Holds(Part):
             PaymentInFlight / AlreadyPaid: the idempotency key is open, or was paid. Nothing written.
             AmountError / UnitMismatch: an amount or unit is wrong. Nothing written.
         """
+        where = Where(session, identity, tool, balance_key, server, resource, priced_by)
+        hold, _ = self._reserve(budgets, amount, idempotency_key, rate_limits, where, rates, frozen_scopes, ())
+        return hold
+
+    def reserve_shadowed(
+        self,
+        budgets: Sequence[Budget],
+        amount: Amount,
+        *,
+        shadow: Collection[str],
+        idempotency_key: str | None = None,
+        rate_limits: Sequence[RateLimit] = (),
+        session: str | None = None,
+        identity: str | None = None,
+        tool: str | None = None,
+        balance_key: str | None = None,
+        server: str | None = None,
+        resource: str | None = None,
+        priced_by: str | None = None,
+        rates: Rates | None = None,
+        frozen_scopes: Sequence[str] = (),
+    ) -> Reserved:
+        """`reserve`, but the budgets and rate limits whose key (`Budget.key`, `RateLimit.key`) is in
+        `shadow` (shadow mode) do not refuse: the hold and its charges are written anyway, over the limit
+        if need be (the money moves, so the ledger counts it), and the first refusal they would have made
+        is returned with the hold. Freezes, the idempotency key and every key not in `shadow` refuse as
+        `reserve` does (same exceptions, nothing written)."""
+        where = Where(session, identity, tool, balance_key, server, resource, priced_by)
+        hold, would = self._reserve(budgets, amount, idempotency_key, rate_limits, where, rates, frozen_scopes, shadow)
+        return Reserved(hold, would)
+
+    def _reserve(
+        self,
+        budgets: Sequence[Budget],
+        amount: Amount,
+        idempotency_key: str | None,
+        rate_limits: Sequence[RateLimit],
+        where: Where,
+        rates: Rates | None,
+        frozen_scopes: Sequence[str],
+        shadow: Collection[str],
+    ) -> tuple[int, Refused | None]:
         if not isinstance(amount, Amount):
             raise AmountError(f"reserve() needs an Amount, not {type(amount).__name__} {amount!r}")
         rates = rates if rates is not None else self._rates
         charges = [(b, amount.to(b.limit.unit, rates=rates, rounding="up").value) for b in budgets]
         keys = sorted({b.key for b in budgets} | {r.lock_key for r in rate_limits})
-        where = Where(session, identity, tool, balance_key, server, resource, priced_by)
+        would: list[Refused] = []
         with self._store.write(lock_keys=keys) as conn:
             now = self._store.now_us()
-            check_frozen(conn, frozen_scopes)
+            check_frozen(conn, frozen_scopes)  # never shadowed: an operator's freeze always refuses
             if idempotency_key is not None:
                 check_key(conn, idempotency_key)
             for rate in rate_limits:
-                check_rate(conn, rate, now)
+                _unless_shadowed(partial(check_rate, conn, rate, now), rate.key in shadow, would)
             for budget, value in charges:
-                check_budget(conn, budget, value, now)
+                _unless_shadowed(partial(check_budget, conn, budget, value, now), budget.key in shadow, would)
             hold_id = self._insert_hold(conn, amount, idempotency_key, now, where, _mixed(budgets, amount))
             defined = define_budgets(conn, budgets, now, self._defined)
             _insert_charges(conn, hold_id, charges, now, held=True)
             count_calls(conn, rate_limits, now)
         self._defined |= defined
-        return hold_id
+        return hold_id, (would[0] if would else None)
 
     def charge(
         self,

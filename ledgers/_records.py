@@ -177,8 +177,9 @@ class Approval:
     expired: bool
 
 
-Decision = Literal["allow", "deny", "error", "external", "topup", "resolve", "freeze", "unfreeze"]
-"""What a call event records: a call allowed, denied or failed upstream; spend seen only in a balance
+Decision = Literal["allow", "deny", "would_deny", "error", "external", "topup", "resolve", "freeze", "unfreeze"]
+"""What a call event records: a call allowed, denied or failed upstream; a call a shadowed rule would have
+denied, forwarded (`would_deny`, with that rule, its kind and reason); spend seen only in a balance
 (`external`), a balance that rose (`topup`), a hold in doubt resolved (`resolve`); an operator's freeze
 or unfreeze (`freeze`, `unfreeze`: the kill switch)."""
 

@@ -92,6 +92,18 @@ class RuleCount:
 
 
 @dataclass(frozen=True)
+class WouldDenial:
+    """Calls a shadowed rule would have denied (shadow mode), forwarded all the same: how many, one reason,
+    and what they paid (settled, per unit): the money that rule would have kept."""
+
+    rule: str
+    kind: str | None
+    count: int
+    example: str | None
+    kept: tuple[Amount, ...]
+
+
+@dataclass(frozen=True)
 class StaleDenial:
     """Paying calls to `tool` refused because the balance they draw on was stale."""
 
@@ -190,6 +202,7 @@ class SpendReport:
     top_origins: tuple[Spend, ...]
     budgets: tuple[BudgetCount, ...]
     denials: tuple[RuleCount, ...]
+    would_denials: tuple[WouldDenial, ...]
     rate_limit_hits: tuple[RuleCount, ...]
     stale_denials: tuple[StaleDenial, ...]
     in_doubt: tuple[DoubtfulHold, ...]
@@ -235,6 +248,7 @@ def build_report(conn: Connection, start: datetime, end: datetime, now_us: int) 
         top_origins=_top(_by_origin(spend["resource"])),
         budgets=_budgets(conn, period),
         denials=denials,
+        would_denials=_would_denials(conn, period),
         rate_limit_hits=_rate_limit_hits(conn, period),
         stale_denials=_stale_denials(conn, period),
         in_doubt=_in_doubt(conn, now_us, zone),
@@ -395,6 +409,27 @@ def _calls(conn: Connection, period: dict[str, int]) -> tuple[tuple[tuple[str, i
             denials.append(RuleCount(rule or "(none)", int(count), example))
     denials.sort(key=lambda d: (-d.count, d.rule))
     return tuple(sorted(decisions.items())), tuple(denials)
+
+
+_WOULD_DENY_SQL = """
+SELECT rule, kind, spent_unit, COUNT(*) AS n, SUM(spent) AS paid, MIN(reason) AS example FROM ledger_call_events
+WHERE at_us >= :start AND at_us < :end AND decision = 'would_deny' GROUP BY rule, kind, spent_unit
+"""
+
+
+def _would_denials(conn: Connection, period: dict[str, int]) -> tuple[WouldDenial, ...]:
+    """The would-denials of shadow mode by rule, with what their calls paid, per unit."""
+    found: dict[tuple[str, str | None], tuple[int, str | None, list[Amount]]] = {}
+    for rule, kind, unit, count, paid, example in _rows(conn, _WOULD_DENY_SQL, period):
+        n, first, kept = found.get((rule or "(none)", kind), (0, None, []))
+        if unit is not None and paid:
+            kept = [*kept, Amount(int(paid), unit)]
+        found[(rule or "(none)", kind)] = (n + int(count), first or example, kept)
+    rows = [
+        WouldDenial(rule, kind, n, example, tuple(sorted(kept, key=lambda a: a.unit)))
+        for (rule, kind), (n, example, kept) in found.items()
+    ]
+    return tuple(sorted(rows, key=lambda d: (-d.count, d.rule)))
 
 
 _RATE_LIMIT_SQL = f"""
@@ -563,6 +598,7 @@ __all__ = [
     "Spend",
     "SpendReport",
     "StaleDenial",
+    "WouldDenial",
     "build_report",
     "origin",
 ]

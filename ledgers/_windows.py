@@ -8,7 +8,7 @@ for calls that pay nothing.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from sqlalchemy import Connection
@@ -24,16 +24,24 @@ BUDGET_COLUMNS = ("name", "scope", "limit_value", "unit", "window_spec", "timezo
 
 
 class Windows(Part):
-    def hit(self, rate_limits: Sequence[RateLimit]) -> None:
-        """Count one call against rate limits, if all have room (no money involved).
+    def hit(self, rate_limits: Sequence[RateLimit], shadow: Collection[str] = ()) -> RateLimited | None:
+        """Count one call against rate limits, if all have room (no money involved). A limit whose key is
+        in `shadow` (shadow mode) does not refuse: the call is counted, and its refusal returned.
 
         Raises:
-            RateLimited: a limit has no calls left. Nothing written."""
+            RateLimited: a limit not in `shadow` has no calls left. Nothing written."""
+        would: RateLimited | None = None
         with self._store.write(lock_keys=sorted(r.lock_key for r in rate_limits)) as conn:
             now = self._store.now_us()
             for rate in rate_limits:
-                check_rate(conn, rate, now)
+                try:
+                    check_rate(conn, rate, now)
+                except RateLimited as exc:
+                    if rate.key not in shadow:
+                        raise
+                    would = would or exc
             count_calls(conn, rate_limits, now)
+        return would
 
     def check_rates(self, rate_limits: Sequence[RateLimit]) -> None:
         """Whether one more call fits every rate limit now, counting nothing (the count that binds is the

@@ -20,6 +20,7 @@ from guard.core import JSON
 from guard.operators.budget_view import balance_fields, budget_fields, lapsed_fields
 from guard.policy.files import load
 from guard.policy.model import Balances, seconds
+from guard.policy.rules import Policy
 from guard.text import duration
 from ledgers import Amount, AmountError, Freeze, Ledger, location
 
@@ -40,8 +41,11 @@ def show(
 ) -> None:
     """The freezes standing (`guard freeze`), then one row per budget in use and scope: window, limit,
     spent, held, in doubt, remaining; then the latest balance the upstream reported for each key, with its
-    age. `--policy` (or GUARD_POLICY) only sets when a balance counts as stale (`balances.stale_after`)."""
-    stale_after = _stale_after(policy_file)
+    age. `--policy` (or GUARD_POLICY) sets when a balance counts as stale (`balances.stale_after`) and which
+    budgets are shadowed (marked, with how far over their limit they are)."""
+    policy = _policy(policy_file)
+    stale_after = seconds((policy.spec.balances if policy else Balances()).stale_after)
+    shadowed = _shadowed_budgets(policy)
     # Read-only: never blocks a running guard, and a ledger that does not exist yet reads as empty.
     with Ledger.open(ledger_url, read_only=True) as ledger:
         states = ledger.budget_states(session=session)
@@ -56,7 +60,7 @@ def show(
         "session": session,
         "stale_after_s": int(stale_after),
         "frozen": [_freeze_fields(f) for f in freezes],
-        "budgets": [budget_fields(state) for state in states],
+        "budgets": [budget_fields(state, state.budget.name in shadowed) for state in states],
         "balances": [balance_fields(o, age, stale_after) for o, age in sorted(observed, key=lambda b: b[0].key)],
         "x402_lapsed": [row for row in lapsed if session is None or row["session"] == session],
     }
@@ -87,13 +91,17 @@ def _frozen_lines(view: JSON) -> list[str]:
     ]
 
 
-def _stale_after(policy_file: Path | None) -> float:
-    """The policy's `balances.stale_after` when a policy is given or found; else the default."""
+def _policy(policy_file: Path | None) -> Policy | None:
+    """The policy given or found, if any."""
     path = policy_file or (default_policy_path() if default_policy_path().exists() else None)
-    if path is None:
-        return seconds(Balances().stale_after)
-    policy, _ = load(path)
-    return seconds(policy.spec.balances.stale_after)
+    return None if path is None else load(path)[0]
+
+
+def _shadowed_budgets(policy: Policy | None) -> set[str]:
+    """The names of the budgets the policy shadows (`mode: shadow`, or `shadow: true` on the budget)."""
+    if policy is None:
+        return set()
+    return {b.name for b in policy.spec.budgets if b.shadow or policy.spec.mode == "shadow"}
 
 
 # --- for people ---------------------------------------------------------------------------------------------
@@ -201,7 +209,15 @@ def _budget_cells(row: JSON) -> list[str]:
     window = row["window"] + (f" {row['timezone']}" if row["timezone"] else "")
     resets = _when(row["resets_at"]) if row["resets_at"] else "rolling" if row["window"] != "session" else "never"
     money = [_money(row[k], row["unit"]).split(" ") for k in ("limit", "spent", "held", "in_doubt", "remaining")]
-    return [row["name"], row["scope"], window, resets, money[0][-1], *(number for number, *_ in money)]
+    return [_budget_name(row), row["scope"], window, resets, money[0][-1], *(number for number, *_ in money)]
+
+
+def _budget_name(row: JSON) -> str:
+    """A budget's name, marked when shadowed (and how far over its limit shadow mode let it go)."""
+    if not row["shadow"]:
+        return str(row["name"])
+    over = f", {_money(row['over'], row['unit'])} over" if row["over"] else ""
+    return f"{row['name']} (shadow{over})"
 
 
 def _any_paid_in_another_unit(view: JSON) -> bool:

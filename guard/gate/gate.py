@@ -75,6 +75,7 @@ class _Denied(Exception):
 class _Admitted:
     hold: int | None
     money: Bound
+    would_deny: Denial | None = None  # the first denial a shadowed rule would have made (shadow mode)
 
 
 class PolicyGate:
@@ -100,6 +101,7 @@ class PolicyGate:
         # The ledger's freezes as last read, and when (monotonic): step 1 reads them at most once a second.
         self._freezes: tuple[float, tuple[Freeze, ...]] = (-math.inf, ())
         source.on_change(self._policy_changed)
+        _warn_of_shadows(source.policy)
 
     # the Gate protocol
 
@@ -135,7 +137,9 @@ class PolicyGate:
                 )
             )
             return denial_result(admitted)
-        hold, price = admitted.hold, admitted.money.price
+        hold, price, would = admitted.hold, admitted.money.price, admitted.would_deny
+        if would is not None:
+            logger.info("shadow: would deny %s: %s (rule %s)", call.name, would.reason, would.rule)
         forwarded = time.perf_counter()
         try:
             result = await forward()
@@ -143,6 +147,8 @@ class PolicyGate:
             if hold is not None:
                 await self._payments.unanswered(hold, call.name, not_run=exc.not_run)
             error = record(decision="error", reason="upstream error", price=price, hold_id=hold)
+            if would is not None:  # the would-deny is kept: the error's reason says the upstream failed
+                error = replace(error, rule=would.rule, kind=would.kind)
             self.audit.note(error, time.perf_counter() - forwarded)
             raise
         except BaseException:
@@ -165,6 +171,15 @@ class PolicyGate:
         allowed = record(
             decision="allow", reason=flagged, price=price, hold_id=hold, spent=settled.spent, latency_us=latency
         )
+        if would is not None:
+            allowed = replace(
+                allowed,
+                decision="would_deny",
+                rule=would.rule,
+                kind=would.kind,
+                reason=would.reason if flagged is None else f"{would.reason}; {flagged}",
+                balance_key=would.balance_key,
+            )
         self.audit.note(allowed, upstream_s)
         return result
 
@@ -213,23 +228,28 @@ class PolicyGate:
 
     async def _admit(self, policy: Policy, call: ToolCall, who: Who, digest: str) -> _Admitted | Denial:
         """Steps 1 to 9 of the module's checklist: the call admitted (with its hold, if it pays), or the
-        first denial."""
+        first denial. A denial the policy shadows (`Policy.shadowed`) does not stop the checklist: the
+        first one is kept, and the call goes ahead as a would-deny."""
         name, link = call.name, self._links.get(call.session.id)
+        shadowed: list[Denial] = []
+        unless = partial(_unless, policy, shadowed)
         try:
-            await self._not_frozen(policy, name, who)  # 1
-            _unless(policy.refusal(name))  # 2
-            _unless(policy.failed_condition(name, call.arguments))  # 3
+            await self._not_frozen(policy, name, who)  # 1 (never shadowed)
+            unless(policy.refusal(name))  # 2
+            unless(policy.failed_condition(name, call.arguments))  # 3
             approval = await self._approval(policy, call, who, digest)  # 4
             limits = _rate_limits(policy, call, who)
-            await self._within_rate_limits(limits)  # 5
+            shadow = policy.shadow_keys((), limits)
+            await self._within_rate_limits([lim for lim in limits if lim.rate.key not in shadow])  # 5
             money = _unless_denied(await self._payments.bound(policy, call, who, link))  # 6
-            hold = await self._reserve(policy, money, limits, who, name, digest)  # 7
+            unless(money.would_deny)
+            hold = await self._reserve(policy, money, limits, who, name, digest, shadowed)  # 7
             await self._use_approval(approval, hold, money)  # 8
         except _Denied as denied:
             return denied.denial
         if hold is not None:
             await off_loop(self._ledger.mark_forwarded, hold)  # 9
-        return _Admitted(hold, money)
+        return _Admitted(hold, money, shadowed[0] if shadowed else None)
 
     async def _not_frozen(self, policy: Policy, tool: str, who: Who) -> None:
         """Denied when an operator froze every call of the caller's scope, or its paying calls and the policy
@@ -282,24 +302,37 @@ class PolicyGate:
                 raise _Denied(_refused(exc, limits)) from None
 
     async def _reserve(
-        self, policy: Policy, money: Bound, limits: list[Limit], who: Who, tool: str, digest: str
+        self,
+        policy: Policy,
+        money: Bound,
+        limits: list[Limit],
+        who: Who,
+        tool: str,
+        digest: str,
+        shadowed: list[Denial],
     ) -> int | None:
         """One ledger transaction: a paying call is refused if its scope is frozen, then its repeat limit,
         budgets and rate limits reserve together (the hold id), converted into the budgets' units with the
-        rates of the policy that priced it; a free call only counts against its rate limits (None)."""
+        rates of the policy that priced it; a free call only counts against its rate limits (None). The
+        budgets and limits the policy shadows reserve and count even over their limits: their refusal is
+        added to `shadowed` (the money moves all the same, so the ledger counts it)."""
         try:
             if money.price is None:
                 if limits:
-                    await off_loop(self._ledger.hit, [limit.rate for limit in limits])
+                    shadow = policy.shadow_keys((), limits)
+                    would = await off_loop(self._ledger.hit, [limit.rate for limit in limits], shadow)
+                    if would is not None:
+                        shadowed.append(_refused(would, limits))
                 return None
             # The loop breaker counts purchases: what is bought is its URL, else its payment, else the call.
             repeat = policy.repeat_limit(tool, money.resource or money.payment_id or digest, who)
             limits = limits if repeat is None else [*limits, repeat]
             rates = [limit.rate for limit in limits]
             reserve = partial(
-                self._ledger.reserve,
+                self._ledger.reserve_shadowed,
                 money.budgets,
                 money.price,
+                shadow=policy.shadow_keys(money.budgets, limits),
                 idempotency_key=money.payment_id,
                 balance_key=money.balance_key,
                 rate_limits=rates,
@@ -312,7 +345,10 @@ class PolicyGate:
                 rates=policy.rates,
                 frozen_scopes=_frozen_scopes(who),
             )
-            return await off_loop(reserve)
+            reserved = await off_loop(reserve)
+            if reserved.would_refuse is not None:
+                shadowed.append(replace(_refused(reserved.would_refuse, limits), price=money.price))
+            return reserved.hold
         except Refused as exc:
             raise _Denied(replace(_refused(exc, limits), price=money.price)) from None
 
@@ -331,6 +367,8 @@ class PolicyGate:
     # reloads
 
     async def _policy_changed(self, old: Policy, new: Policy) -> None:
+        if new.shadows != old.shadows:
+            _warn_of_shadows(new)
         for session_id, names in list(self._listed.items()):
             before = [n for n in names if old.visible(n)] + [BUDGET_TOOL] * old.spec.expose_budget_tool
             after = [n for n in names if new.visible(n)] + [BUDGET_TOOL] * new.spec.expose_budget_tool
@@ -342,10 +380,24 @@ class PolicyGate:
                     logger.debug("could not tell session %s that its tools changed", session_id, exc_info=True)
 
 
-def _unless(denial: Denial | None) -> None:
-    """Stop the checklist at this denial, if there is one."""
-    if denial is not None:
+def _warn_of_shadows(policy: Policy) -> None:
+    """Shadow mode lets through what the policy would deny: say so, loudly, whenever it starts."""
+    if policy.shadows:
+        logger.warning(
+            "shadow mode: %s only record what they would deny (would_deny) and let it through;"
+            " freezes and 'no price, no pay' still refuse",
+            ", ".join(policy.shadows),
+        )
+
+
+def _unless(policy: Policy, shadowed: list[Denial], denial: Denial | None) -> None:
+    """Stop the checklist at this denial, if there is one, unless the policy shadows it (then it is added
+    to `shadowed`, and the checklist goes on)."""
+    if denial is None:
+        return
+    if not policy.shadowed(denial):
         raise _Denied(denial)
+    shadowed.append(denial)
 
 
 def _unless_denied(money: Bound | Denial) -> Bound:

@@ -9,7 +9,9 @@ from guard.core import JSON
 from ledgers import Authorization, BalanceObservation, BudgetState, HoldInfo
 
 
-def budget_fields(state: BudgetState) -> JSON:
+def budget_fields(state: BudgetState, shadow: bool = False) -> JSON:
+    """A budget's row; `shadow`: the policy shadows it (shadow mode: payments over it go ahead, so `over`,
+    what it counts above its limit, may be more than zero)."""
     budget = state.budget
     return {
         "name": budget.name,
@@ -28,6 +30,8 @@ def budget_fields(state: BudgetState) -> JSON:
         "last_used": _iso(state.last_used),
         # What it counts was paid in these units (Lightning in msat): a usd budget counting usdc and sats.
         "paid_in": [{"unit": amount.unit, "amount": amount.value} for amount in state.paid_in],
+        "shadow": shadow,
+        "over": max(0, state.used - budget.limit.value),
     }
 
 

@@ -17,6 +17,7 @@
                     "payments"}],
        "denials" | "rate_limit_hits": [{"rule", "count", "example"}],
        "stale_balance_denials": [{"tool", "balance", "count"}],
+       "would_denials": [{"rule", "kind", "count", "example", "kept": [{"unit", "amount"}]}],
        "in_doubt": [{"hold", "amount", "unit", "tool", "session", "identity", "server", "resource",
                      "created", "age_s", "valid_before", "lapsed"}],
        "over_reservations": [{"hold", "reserved", "paid", "excess", "unit", "priced_by", "tool",
@@ -160,6 +161,9 @@ def to_json(report: SpendReport) -> JSON:
         document[section] = [_spend_fields(s) for s in getattr(report, section)]
     document["budgets"] = [asdict(b) for b in report.budgets]
     document["denials"] = [asdict(d) for d in report.denials]
+    document["would_denials"] = [
+        {**asdict(d), "kept": [{"unit": a.unit, "amount": a.value} for a in d.kept]} for d in report.would_denials
+    ]
     document["rate_limit_hits"] = [asdict(d) for d in report.rate_limit_hits]
     document["stale_balance_denials"] = [asdict(d) for d in report.stale_denials]
     document["in_doubt"] = [
@@ -261,6 +265,12 @@ def to_csv(report: SpendReport) -> str:
             for measure, value in item.items():
                 if measure not in (key_field, detail_field, "unit"):
                     writer.writerow((section, key, detail, unit, measure, _csv_value(value)))
+    for item in document["would_denials"]:
+        writer.writerow(("would_denials", item["rule"], _csv_value(item["kind"]), "", "count", item["count"]))
+        for kept in item["kept"]:
+            writer.writerow(
+                ("would_denials", item["rule"], _csv_value(item["kind"]), kept["unit"], "kept", kept["amount"])
+            )
     for item in document["budgets"]:
         # One budget counts payments in several units: the payments' unit is the detail, and each measure
         # is in its own unit (counted ones in the budget's, paid ones in the payments').
@@ -339,6 +349,16 @@ def _tables(report: SpendReport) -> list[_Table]:
             ("rule", "count", "example reason"),
             [(d.rule, str(d.count), d.example or "") for d in report.denials],
             "No call was denied.",
+        ),
+        _Table(
+            "Would-denials (shadow mode)",
+            ("rule", "kind", "count", "would have kept", "example reason"),
+            [
+                (d.rule, d.kind or "", str(d.count), ", ".join(str(a) for a in d.kept) or "nothing", d.example or "")
+                for d in report.would_denials
+            ],
+            "No shadowed rule would have denied a call.",
+            "Calls forwarded in shadow mode that a rule would have denied, and what they paid.",
         ),
         _Table(
             "Rate-limit hits",

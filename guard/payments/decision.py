@@ -51,6 +51,7 @@ class Bound:
     price: Amount | None = None
     priced_by: PricedBy | None = None
     budgets: tuple[Budget, ...] = ()
+    would_deny: Denial | None = None  # a shadowed max_price it is over (shadow mode: forwarded all the same)
 
     @property
     def payment_id(self) -> str | None:
@@ -91,10 +92,13 @@ async def bound(
     except PriceUnknown as exc:
         hint = " (if x402 pays it, say `pays: x402`)" if readers.unsigned_x402(reading) else ""
         return Denial(f"tools.{call.name}", f"no price, no pay: {exc}{hint}", kind="price")
+    would = _over_cap(policy, call, price)
+    if would is not None and not policy.shadowed(would):
+        return replace(would, price=price)  # the call event keeps the price asked
     budgets = await _budgets(ledger, policy, call, reading, price, who, link)
     if isinstance(budgets, Denial):
-        return replace(budgets, price=price)  # the call event keeps the price asked
-    return Bound(reading, price, priced_by, budgets)
+        return replace(budgets, price=price)
+    return Bound(reading, price, priced_by, budgets, would)
 
 
 async def _x402_without_payment(
@@ -108,17 +112,22 @@ async def _x402_without_payment(
     return policy.paid_by_x402(call.name) or await off_loop(ledger.quote, x402_tool_key(call.name)) is not None
 
 
-async def _budgets(
-    ledger: Ledger, policy: Policy, call: ToolCall, reading: Reading, price: Amount, who: Who, link: SessionLink | None
-) -> tuple[Budget, ...] | Denial:
-    """Steps 4 to 6 for a priced call: the cap; the budgets that count it (returned), converting through
-    the policy's rates; the balances it draws on."""
+def _over_cap(policy: Policy, call: ToolCall, price: Amount) -> Denial | None:
+    """Step 4 for a priced call: the `max_price` cap (a shadowed cap's denial is the caller's to note)."""
     try:
         cap = policy.max_price(call.name)
     except PriceUnknown as exc:
         return Denial(f"tools.{call.name}", f"no price, no pay: {exc}", kind="price")
     if cap is not None and (over := _over(price, cap, policy.rates)) is not None:
         return Denial(f"tools.{call.name}.max_price", over, kind="price")
+    return None
+
+
+async def _budgets(
+    ledger: Ledger, policy: Policy, call: ToolCall, reading: Reading, price: Amount, who: Who, link: SessionLink | None
+) -> tuple[Budget, ...] | Denial:
+    """Steps 5 and 6 for a priced call: the budgets that count it (returned), converting through the
+    policy's rates; the balances it draws on."""
     covering = policy.budgets(call.name, who)
     try:
         budgets = counting(covering, price, policy.rates)

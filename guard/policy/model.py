@@ -401,6 +401,14 @@ class ToolRule(_Spec):
             " hash, else the call's arguments) at most N times per sliding window; needs pays: true."
         ),
     )
+    shadow: StrictBool = Field(
+        default=False,
+        description=(
+            "Shadow this rule: what it would deny (action deny, hidden, conditions, rate limits, quotas,"
+            " repeat_limit, max_price) is forwarded and recorded as a would-deny. Never a freeze, never"
+            " 'no price, no pay'."
+        ),
+    )
 
     @model_validator(mode="after")
     def _price_parts(self) -> ToolRule:
@@ -428,6 +436,10 @@ class BudgetSpec(_Spec):
     tools: list[str] | None = Field(default=None, description="Paying tools it covers (default: every paying tool).")
     include_external: StrictBool = Field(
         default=False, description="Also count spend seen only in a balance (a drop guard's payments do not explain)."
+    )
+    shadow: StrictBool = Field(
+        default=False,
+        description="Shadow this budget: a payment over it is still reserved and settled, recorded as a would-deny.",
     )
 
 
@@ -507,6 +519,13 @@ class PolicySpec(_Spec):
     description: str | None = None
     preset: str | None = Field(default=None, description="Start from a shipped preset (policies/NAME.yaml).")
     default: Literal["deny", "allow"] = Field(default="deny", description="What happens to tools no rule names.")
+    mode: Literal["enforce", "shadow"] = Field(
+        default="enforce",
+        description=(
+            "shadow: every decision is made and recorded, but what would be denied is forwarded and recorded"
+            " as a would-deny (money still reserved and settled). Freezes and 'no price, no pay' always refuse."
+        ),
+    )
     server: str | None = Field(default=None, description="The upstream's name for budgets with scope: server.")
     timezone: Annotated[str, BeforeValidator(_timezone)] = "UTC"
     budgets: list[BudgetSpec] = Field(default_factory=list)

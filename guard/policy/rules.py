@@ -95,8 +95,10 @@ class Policy:
         return (f"tools.{name}", self.spec.tools[name]) if name is not None else None
 
     def visible(self, tool: str) -> bool:
-        """Whether `tools/list` shows `tool`: hidden and denied tools are not shown."""
-        return self.refusal(tool) is None
+        """Whether `tools/list` shows `tool`: hidden and denied tools are not shown, unless shadowed (shadow
+        mode must not change what agents see)."""
+        refusal = self.refusal(tool)
+        return refusal is None or self.shadowed(refusal)
 
     def refusal(self, tool: str) -> Denial | None:
         """The denial that needs no arguments: a variant of a named tool, default deny, hidden, action
@@ -188,6 +190,45 @@ class Policy:
             rate = RateLimit(key, count, Window.sliding(window))
             found = Limit(rate, f"{where}.repeat_limit", described, "repeat_limit")
         return found
+
+    def shadowed(self, denial: Denial) -> bool:
+        """Whether the policy only watches this denial (shadow mode: the call goes ahead, recorded as a
+        would-deny): the whole policy's `mode: shadow`, or `shadow: true` on the rule that denied. Never a
+        freeze, an approval, an adapter's or a balance's refusal, an idempotency key; of the price denials
+        only `max_price` ("no price, no pay" refuses: with no bound nothing can be reserved, and the ledger
+        would say less than what left); of the budget denials only a named budget's."""
+        if denial.kind in ("price", "budget"):
+            if not (
+                denial.rule.endswith(".max_price") or (denial.kind == "budget" and denial.rule.startswith("budgets."))
+            ):
+                return False
+        elif denial.kind not in ("default", "tool", "condition", "rate_limit", "quota", "repeat_limit"):
+            return False
+        return self.spec.mode == "shadow" or self._shadow_rule(denial.rule)
+
+    def shadow_keys(self, budgets: Iterable[Budget], limits: Iterable[Limit]) -> frozenset[str]:
+        """The ledger keys of the budgets and limits the policy shadows (`Ledger.reserve_shadowed`, `hit`)."""
+        keys = {b.key for b in budgets if self.spec.mode == "shadow" or self._shadow_rule(f"budgets.{b.name}")}
+        keys |= {lim.rate.key for lim in limits if self.spec.mode == "shadow" or self._shadow_rule(lim.rule)}
+        return frozenset(keys)
+
+    @property
+    def shadows(self) -> list[str]:
+        """What the policy shadows, in words (guard run warns of it at start)."""
+        if self.spec.mode == "shadow":
+            return ["the whole policy (mode: shadow)"]
+        return [f"tools.{n}" for n, r in self.spec.tools.items() if r.shadow] + [
+            f"budgets.{b.name}" for b in self.spec.budgets if b.shadow
+        ]
+
+    def _shadow_rule(self, rule: str) -> bool:
+        """Whether the tool rule or budget `rule` names (`tools.NAME...`, `budgets.NAME`) says `shadow: true`."""
+        if rule.startswith("budgets."):
+            return any(b.shadow and b.name == rule.removeprefix("budgets.") for b in self.spec.budgets)
+        # A max_price denial names the tool as called (`l402_fetch`), others as the rule does: both spellings.
+        named = spelling(rule.removeprefix("tools."))
+        names = [n for n in self.spec.tools if named == spelling(n) or named.startswith(f"{spelling(n)}.")]
+        return bool(names) and self.spec.tools[max(names, key=len)].shadow
 
     def pays(self, tool: str) -> bool:
         return any(rule.pays for _, rule in self.rules(tool))
