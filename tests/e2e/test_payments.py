@@ -26,7 +26,7 @@ import pytest
 
 from ledgers import Amount, BalanceObservation, Budget, Ledger
 from tests.conftest import ROOT
-from tests.e2e.helpers import body, site
+from tests.e2e.helpers import L402_POLICY, body, site
 from tests.rawguard import JSON, RawGuard
 from tests.upstreams.p402_state import p402_session
 from tests.upstreams.x402_payments import T0, payment_for
@@ -122,24 +122,6 @@ def seed_observation(ledger_path: Path, observation: BalanceObservation, age: ti
 
 
 # --- 402-mcp ------------------------------------------------------------------------------------------------
-
-L402_POLICY = """\
-version: 1
-default: deny
-budgets:
-  - name: per-session
-    limit: 100 sat
-    scope: session
-tools:
-  l402-fetch-preview: {}
-  l402-discover: {}
-  l402-fetch:
-    pays: true
-    max_price: 50 sat
-  l402-pay:
-    pays: true
-    max_price: 50 sat
-"""
 
 
 def test_a_100_sat_session_budget_admits_three_quoted_30_sat_fetches_and_the_ledger_matches_what_the_fake_paid(

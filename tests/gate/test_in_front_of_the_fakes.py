@@ -24,6 +24,7 @@ from guard.core import Session
 from guard.errors import UpstreamError
 from ledgers import Amount, BalanceObservation, Budget, Ledger
 from tests.conftest import WAIT_S
+from tests.e2e.helpers import L402_POLICY
 from tests.gate.fakes import guarded
 from tests.upstreams.p402_state import p402_session
 from tests.upstreams.x402_payments import T0, payment_for
@@ -60,24 +61,6 @@ def site(n: int) -> str:
 
 
 # --- 402-mcp ------------------------------------------------------------------------------------------------
-
-L402_POLICY = """\
-version: 1
-default: deny
-budgets:
-  - name: per-session
-    limit: 100 sat
-    scope: session
-tools:
-  l402-fetch-preview: {}
-  l402-discover: {}
-  l402-fetch:
-    pays: true
-    max_price: 50 sat
-  l402-pay:
-    pays: true
-    max_price: 50 sat
-"""
 
 
 async def test_a_fetch_with_no_live_quote_is_priced_by_a_preview_guard_asks_itself_and_a_free_one_by_max_price(
