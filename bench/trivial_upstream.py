@@ -3,11 +3,16 @@
 Built on the mcp 2.3 low-level `Server` (handlers passed to the constructor, taking `(ctx, params)`), so the
 upstream's own cost is as small as the SDK allows. It serves both protocol eras on the same streams.
 
-    .venv/bin/python bench/trivial_upstream.py
+    .venv/bin/python bench/trivial_upstream.py              # over stdio
+    .venv/bin/python bench/trivial_upstream.py --http 8000  # over streamable HTTP at http://127.0.0.1:8000/mcp
+
+Over HTTP it is the SDK's own streamable-HTTP app (SSE answers, a session per client, no session cap), run by
+uvicorn: what a client reaches with no proxy in between.
 """
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import anyio
@@ -44,5 +49,15 @@ async def main() -> None:
         await server.run(read, write, server.create_initialization_options())
 
 
+def serve_http(port: int) -> None:
+    import uvicorn
+
+    app = server.streamable_http_app(max_sessions=None, session_idle_timeout=None)
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
+
+
 if __name__ == "__main__":
-    anyio.run(main)
+    if sys.argv[1:2] == ["--http"]:
+        serve_http(int(sys.argv[2]))
+    else:
+        anyio.run(main)
