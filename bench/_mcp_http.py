@@ -15,10 +15,12 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import platform
 import socket
 import subprocess
 import tempfile
 import time
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +107,26 @@ class Session:
             await self.http.aclose()
 
 
+def machine() -> dict[str, Any]:
+    """What the figures were measured on: cores, CPU model, Python, the MCP SDK, the load average now."""
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu_count": os.cpu_count(),
+        "cpu": cpu,
+        "python": platform.python_version(),
+        "mcp": version("mcp"),
+        "platform": platform.platform(),
+        "load_before": os.getloadavg(),
+    }
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -114,7 +136,9 @@ def free_port() -> int:
 class Served:
     """A command serving HTTP on 127.0.0.1:`port` (its stderr in a temp file), started and ready."""
 
-    def __init__(self, name: str, command: list[str], port: int, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, name: str, command: list[str], port: int, env: dict[str, str] | None = None, cwd: Path | None = None
+    ) -> None:
         self.name = name
         self.port = port
         self.url = f"http://127.0.0.1:{port}/mcp"
@@ -126,6 +150,7 @@ class Served:
                 stdout=subprocess.DEVNULL,
                 stderr=err,
                 stdin=subprocess.DEVNULL,
+                cwd=cwd,
                 env={**os.environ, **(env or {})},
             )
         deadline = time.monotonic() + 60

@@ -33,8 +33,8 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -42,9 +42,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from _mcp_http import McpError, Served, Session, free_port
-
-from ledgers import Amount, Budget, Ledger
+from _mcp_http import McpError, Served, Session, free_port, machine
 
 ROOT = Path(__file__).resolve().parent.parent
 UPSTREAM = [sys.executable, str(ROOT / "bench" / "paying_upstream.py")]
@@ -150,6 +148,25 @@ async def drive(url: str, calls: int, concurrency: int, pay_every: int, tally: T
     return opened, ran
 
 
+# Read by the checkout's own `ledgers` (`--checkout`: its schema may be newer than this one's). No recovery: the
+# ledger as guard left it, nothing voided or put in doubt by reading.
+READ_LEDGER = """
+import json, sys
+from ledgers import Amount, Budget, Ledger
+path, name, limit = sys.argv[1], sys.argv[2], int(sys.argv[3])
+with Ledger.open(path, recover=False) as ledger:
+    spent = ledger.usage(Budget(name, Amount(limit, "sat"), "global")).spent
+    print(json.dumps({"counted": int(spent), "unsettled": len(ledger.open_holds())}))
+"""
+
+
+def read_ledger(path: Path, budget: int, checkout: Path) -> tuple[int, int]:
+    """The budget's spend in the ledger, and the holds not resolved."""
+    command = [sys.executable, "-c", READ_LEDGER, str(path), BUDGET, str(budget)]
+    figures = json.loads(subprocess.run(command, cwd=checkout, capture_output=True, text=True, check=True).stdout)
+    return int(figures["counted"]), int(figures["unsettled"])
+
+
 def paid_by_fakes(folder: Path) -> int:
     """Sats that left the fakes' wallets: every payment in every state file."""
     total = 0
@@ -167,7 +184,11 @@ def main() -> None:
     parser.add_argument("--upstream-sessions", metavar="MODE", help="pass --upstream-sessions MODE to guard")
     parser.add_argument("--quick", action="store_true", help="1000 calls, concurrency 10, a 150 sat budget")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the summary")
+    parser.add_argument(
+        "--checkout", metavar="DIR", type=Path, help="run the guard of another checkout of this repository (same venv)"
+    )
     args = parser.parse_args()
+    checkout = (args.checkout or ROOT).resolve()
     global PAY_EVERY
     PAY_EVERY = args.pay_every
     if args.quick:
@@ -183,8 +204,8 @@ def main() -> None:
     if args.upstream_sessions:
         command += ["--upstream-sessions", args.upstream_sessions]
     env = {"BENCH_FAKE_DIR": str(folder), "XDG_DATA_HOME": str(folder)}
-    load_before = os.getloadavg()[0]
-    guard = Served("guard", [*command, "--", *UPSTREAM], port, env)
+    machine_before = machine()
+    guard = Served("guard", [*command, "--", *UPSTREAM], port, env, cwd=checkout)
     tally = Tally()
     try:
         opened, ran = asyncio.run(drive(guard.url, args.calls, args.concurrency, args.pay_every, tally))
@@ -193,9 +214,7 @@ def main() -> None:
     tracebacks = guard.log.read_text(errors="replace").count("Traceback")
     if tracebacks:
         tally.error(f"{tracebacks} traceback(s) in guard's stderr ({guard.log})")
-    with Ledger.open(folder / "ledger.db", recover=False) as ledger:
-        counted = ledger.usage(Budget(BUDGET, Amount(args.budget, "sat"), "global")).spent
-        unsettled = len(ledger.open_holds())
+    counted, unsettled = read_ledger(folder / "ledger.db", args.budget, checkout)
     paid = paid_by_fakes(folder)
     ms = sorted(ns / 1e6 for ns in tally.latencies_ns)
     checks = {
@@ -206,12 +225,13 @@ def main() -> None:
         "every call answered": len(ms) + len(tally.errors) >= args.calls,
     }
     result = {
-        "machine": {"cpu_count": os.cpu_count(), "python": platform.python_version(), "load_before": load_before},
+        "machine": {**machine_before, "load_after": os.getloadavg()},
         "calls": args.calls,
         "concurrency": args.concurrency,
         "pay_every": args.pay_every,
         "budget_sat": args.budget,
         "upstream_sessions": args.upstream_sessions or "guard's default",
+        "guard_checkout": str(checkout),
         "open_s": opened,
         "run_s": ran,
         "calls_per_s": len(ms) / ran if ran else 0.0,
@@ -237,7 +257,8 @@ def summary(r: dict[str, Any]) -> str:
         f"http load: {r['calls']} calls at concurrency {r['concurrency']} over HTTP through guard "
         f"(upstream sessions: {r['upstream_sessions']}), every {r['pay_every']}th an l402-fetch against one "
         f"{r['budget_sat']} sat budget",
-        f"{m['cpu_count']} cores, Python {m['python']}, load average before {m['load_before']:.2f}",
+        f"{m['cpu_count']} cores ({m['cpu']}), Python {m['python']}, mcp {m['mcp']}; load average before "
+        f"{m['load_before'][0]:.2f}, after {m['load_after'][0]:.2f}; guard from {r['guard_checkout']}",
         "",
         f"opened {r['concurrency']} sessions in {r['open_s']:.2f} s; ran in {r['run_s']:.2f} s: "
         f"{r['calls_per_s']:.0f} calls/s, median {r['median_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms",

@@ -52,7 +52,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -64,18 +63,19 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from functools import cache
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 import anyio
-from _mcp_http import Served, Session, free_port
+from _mcp_http import Served, Session, free_port, machine
 from mcp import Client, ClientSession, StdioServerParameters, stdio_client
 
 ROOT = Path(__file__).resolve().parent.parent
 UPSTREAM = str(ROOT / "bench" / "trivial_upstream.py")
 GOAL_RATIO = 1.2  # stdio: an allowed call vs direct
 MCP_PROXY = ROOT / ".venv-mcp-proxy" / "bin" / "mcp-proxy"
+# The checkout whose guard runs (`--checkout`): `python -m guard` finds the guard/ of its working directory first.
+GUARD_ROOT = ROOT
 MiB = 1024 * 1024
 
 Call = Callable[[], Awaitable[Any]]
@@ -147,7 +147,7 @@ def _guard_params(profile: str | None, policy: str, env: dict[str, str] | None =
     args = ["-c", PROFILE_GUARD, profile, *guard] if profile else ["-m", "guard", *guard]
     # The SDK gives a server only a safe subset of the environment unless told otherwise.
     full_env = {**os.environ, **env} if env is not None else None
-    return StdioServerParameters(command=sys.executable, args=args, cwd=str(ROOT), env=full_env)
+    return StdioServerParameters(command=sys.executable, args=args, cwd=str(GUARD_ROOT), env=full_env)
 
 
 def _check(result: Any) -> None:
@@ -220,7 +220,7 @@ def _summary(samples_ns: list[int]) -> dict[str, float]:
 def _guard_flags() -> str:
     """`guard run --help` of this checkout: which flags (`--upstream-sessions`, `--warm`) it has."""
     return subprocess.run(
-        [sys.executable, "-m", "guard", "run", "--help"], capture_output=True, text=True, cwd=ROOT, check=False
+        [sys.executable, "-m", "guard", "run", "--help"], capture_output=True, text=True, cwd=GUARD_ROOT, check=False
     ).stdout
 
 
@@ -232,11 +232,12 @@ class HttpSide:
     command: list[str]
     env: dict[str, str] = field(default_factory=dict)
     port: int = field(default_factory=free_port)
+    cwd: Path = ROOT
     served: Served | None = None
 
     def start(self) -> Served:
         self.served = Served(
-            self.name, [part.replace("{port}", str(self.port)) for part in self.command], self.port, self.env
+            self.name, [part.replace("{port}", str(self.port)) for part in self.command], self.port, self.env, self.cwd
         )
         return self.served
 
@@ -271,7 +272,7 @@ def _http_sides(
         else:
             command = [sys.executable, "-m", "guard", *run]
         name = f"guard-http {sharing}" + (f" warm {warm}" if extra else "")
-        sides.append(HttpSide(name, command, {"XDG_DATA_HOME": str(ledger_dir)}))
+        sides.append(HttpSide(name, command, {"XDG_DATA_HOME": str(ledger_dir)}, cwd=GUARD_ROOT))
     if not MCP_PROXY.exists():
         blocked.append(f"mcp-proxy: {MCP_PROXY.relative_to(ROOT)} missing (run scripts/install-bench-deps)")
     else:
@@ -349,28 +350,11 @@ async def _sessions_phase(sides: list[HttpSide], n: int, rounds: int, burst_call
 
 
 def _machine() -> dict[str, Any]:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     proxy_version = "not installed"
     if MCP_PROXY.exists():
-        proxy_version = subprocess.run(
-            [str(MCP_PROXY), "--version"], capture_output=True, text=True, check=False
-        ).stdout
-    return {
-        "cpu_count": os.cpu_count(),
-        "cpu": cpu,
-        "python": platform.python_version(),
-        "mcp": version("mcp"),
-        "mcp_proxy": proxy_version.strip().removeprefix("mcp-proxy ") or "unknown",
-        "platform": platform.platform(),
-        "load_before": os.getloadavg(),
-    }
+        asked = subprocess.run([str(MCP_PROXY), "--version"], capture_output=True, text=True, check=False)
+        proxy_version = asked.stdout
+    return {**machine(), "mcp_proxy": proxy_version.strip().removeprefix("mcp-proxy ") or "unknown"}
 
 
 async def measure(args: argparse.Namespace) -> dict[str, Any]:
@@ -385,6 +369,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         "warmup": args.warmup,
         "mode": args.mode,
         "policy": Path(args.policy).name,
+        "guard_checkout": str(GUARD_ROOT),
     }
     try:
         if "http" in fronts:
@@ -476,6 +461,7 @@ def _table(r: dict[str, Any]) -> str:
         f"relay latency and throughput: {m['cpu_count']} cores ({m['cpu']}), Python {m['python']}, mcp {m['mcp']}, "
         f"mcp-proxy {m['mcp_proxy']}",
         f"load average before {m['load_before'][0]:.2f}, after {m['load_after'][0]:.2f}; {m['platform']}",
+        f"guard from {r['guard_checkout']}",
         "",
         f"Sequential: {r['calls']} interleaved `tools/call noop` per side (warm-up {r['warmup']}), "
         f"stdio era {r['mode']}, guard policy {r['policy']}",
@@ -550,11 +536,20 @@ def main() -> None:
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the tables")
     parser.add_argument(
+        "--checkout",
+        metavar="DIR",
+        type=Path,
+        help="run the guard of another checkout of this repository (same venv): compare two versions",
+    )
+    parser.add_argument(
         "--profile-guard",
         metavar="FILE",
         help="run the stdio guard under cProfile, stats to FILE, and the first HTTP guard to FILE.http (skews both)",
     )
     args = parser.parse_args()
+    if args.checkout:
+        global GUARD_ROOT
+        GUARD_ROOT = args.checkout.resolve()
     if args.quick:
         args.calls, args.warmup, args.sessions, args.rounds, args.burst_calls = 200, 20, "20", 1, 400
     if args.calls < 2:
