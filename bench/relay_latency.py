@@ -535,6 +535,7 @@ def main() -> None:
         "--traces", action="store_true", help="a stdio side more: guard with traces on (needs the otel extra)"
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the tables")
+    parser.add_argument("--save", metavar="FILE", type=Path, help="also write the JSON object to FILE")
     parser.add_argument(
         "--checkout",
         metavar="DIR",
@@ -555,6 +556,8 @@ def main() -> None:
     if args.calls < 2:
         parser.error("--calls must be at least 2")
     result = anyio.run(measure, args)
+    if args.save:
+        args.save.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2) if args.json else _table(result))
 
 
