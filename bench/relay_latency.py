@@ -6,7 +6,8 @@ Every side serves bench/trivial_upstream.py (one tool, `noop`, answering "ok" at
 - guard-stdio:   the client spawns `python -m guard run -- python bench/trivial_upstream.py` over stdio;
 - traced-stdio (with `--traces`): the same guard with traces on (the `otel` extra; OTLP/HTTP to a sink in this
   process that answers 200);
-- direct-http:   trivial_upstream.py served over streamable HTTP by the SDK itself (`--http PORT`): no proxy;
+- direct-http:   trivial_upstream.py served over streamable HTTP by the SDK itself (`--http PORT`): no proxy,
+  answers as SSE streams (as guard's are); direct-http-json: the same answering application/json (as mcp-proxy's);
 - guard-http MODE: `guard run --listen 127.0.0.1:PORT --policy bench/policy-allow.yaml -- python
   bench/trivial_upstream.py`, one side per `--modes` entry: `per-session`, `per-identity`, `shared` (passed as
   `--upstream-sessions MODE`), `per-session+warm` (also `--warm N`, `--warm` default 20). A guard without
@@ -246,7 +247,10 @@ def _http_sides(
     modes: list[str], warm: int, max_sessions: int, policy: str, profile: str | None, blocked: list[str]
 ) -> list[HttpSide]:
     """direct-http, one guard per mode this guard can run (the others named in `blocked`, with why), mcp-proxy."""
-    sides = [HttpSide("direct-http", [sys.executable, UPSTREAM, "--http", "{port}"])]
+    sides = [
+        HttpSide("direct-http", [sys.executable, UPSTREAM, "--http", "{port}"]),
+        HttpSide("direct-http-json", [sys.executable, UPSTREAM, "--http", "{port}", "--json"]),
+    ]
     flags = _guard_flags()
     for mode in modes:
         sharing, _, extra = mode.partition("+")
@@ -471,7 +475,7 @@ def _table(r: dict[str, Any]) -> str:
     ]
     seq = r["sequential"]
     for name, s in seq.items():
-        direct = seq.get("direct-stdio" if name.endswith("stdio") else "direct-http")
+        direct = seq.get("direct-stdio" if name.endswith("stdio") else "direct-http")  # SSE, as guard answers
         proxy = seq.get("mcp-proxy")
         vs_direct = f"{s['median_ms'] / direct['median_ms']:.2f}" if direct else "-"
         vs_proxy = f"{s['median_ms'] / proxy['median_ms']:.2f}" if proxy and not name.endswith("stdio") else "-"
@@ -490,7 +494,7 @@ def _table(r: dict[str, Any]) -> str:
         ]
         for name, f in sides.items():
             vs = f"{f['calls_per_s'] / proxy['calls_per_s']:.2f}" if proxy else "-"
-            procs = "(itself)" if name == "direct-http" else str(f["upstreams"])
+            procs = "(itself)" if name.startswith("direct-http") else str(f["upstreams"])
             lines.append(
                 f"| {name} | {f['open_s']:.2f} | {f['calls_per_s']:.0f} | {vs} | {f['rss_mib']:.0f} | {procs} "
                 f"| {f['upstreams_rss_mib']:.0f} | {f['left_after_close']} |"

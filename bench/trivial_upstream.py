@@ -5,9 +5,11 @@ upstream's own cost is as small as the SDK allows. It serves both protocol eras 
 
     .venv/bin/python bench/trivial_upstream.py              # over stdio
     .venv/bin/python bench/trivial_upstream.py --http 8000  # over streamable HTTP at http://127.0.0.1:8000/mcp
+    .venv/bin/python bench/trivial_upstream.py --http 8000 --json  # answering application/json, not SSE
 
-Over HTTP it is the SDK's own streamable-HTTP app (SSE answers, a session per client, no session cap), run by
-uvicorn: what a client reaches with no proxy in between.
+Over HTTP it is the SDK's own streamable-HTTP app (a session per client, no session cap), run by uvicorn: what a
+client reaches with no proxy in between. It answers each request with an SSE stream, as guard does, unless
+`--json` (as mcp-proxy does: its SDK's `json_response=True`).
 """
 
 from __future__ import annotations
@@ -49,15 +51,15 @@ async def main() -> None:
         await server.run(read, write, server.create_initialization_options())
 
 
-def serve_http(port: int) -> None:
+def serve_http(port: int, json_response: bool) -> None:
     import uvicorn
 
-    app = server.streamable_http_app(max_sessions=None, session_idle_timeout=None)
+    app = server.streamable_http_app(json_response=json_response, max_sessions=None, session_idle_timeout=None)
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
 
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--http"]:
-        serve_http(int(sys.argv[2]))
+        serve_http(int(sys.argv[2]), json_response=sys.argv[3:4] == ["--json"])
     else:
         anyio.run(main)
