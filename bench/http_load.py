@@ -1,6 +1,6 @@
 """Load run: many calls over HTTP through guard, paying calls against one budget mixed in; nothing may go wrong.
 
-`guard run --listen` in front of the fake 402-mcp (bench/paying_upstream.py: tests/upstreams/fake_402mcp.py with a
+`guard run --listen` in front of the fake 402-mcp (bench/load_402mcp.py: tests/upstreams/fake_402mcp.py with a
 state file per process), a SQLite ledger, and this policy: one global budget (`--budget`, default 1 500 sat),
 `l402-fetch` paying up to 50 sat, `l402-config` allowed. `--concurrency` clients (default 50), each its own MCP
 session over streamable HTTP (bench/_mcp_http.py), all open at once, take `--calls` calls (default 10 000) from
@@ -45,7 +45,7 @@ from typing import Any
 from _mcp_http import McpError, Served, Session, free_port, machine
 
 ROOT = Path(__file__).resolve().parent.parent
-UPSTREAM = [sys.executable, str(ROOT / "bench" / "paying_upstream.py")]
+UPSTREAM = [sys.executable, str(ROOT / "bench" / "load_402mcp.py")]
 BUDGET = "load"
 POLICY = """\
 version: 1

@@ -8,7 +8,7 @@ The state is read from the file once, then kept in memory (no one else edits it)
 or a payment attempt was recorded: the fake's own cost stays small next to the guard's, and its record of
 what it paid is on disk the moment it answers.
 
-    BENCH_FAKE_DIR=/tmp/x .venv/bin/python bench/paying_upstream.py
+    BENCH_FAKE_DIR=/tmp/x .venv/bin/python bench/load_402mcp.py
 """
 
 from __future__ import annotations
