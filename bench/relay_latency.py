@@ -413,7 +413,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
                     samples[j].append(await _timed(calls[j]))
         result["sequential"] = {name: _summary(s) for name, s in zip(names, samples, strict=True)}
         result["sessions"] = {}
-        for turn, n in enumerate(sessions):
+        for turn, n in enumerate(sessions if http_sides else []):
             result["sessions"][str(n)] = await _sessions_phase(http_sides, n, args.rounds, args.burst_calls, turn)
     finally:
         for side in http_sides:
@@ -482,6 +482,9 @@ def _table(r: dict[str, Any]) -> str:
         lines.append(
             f"| {name} | {s['median_ms']:.3f} | {s['p90_ms']:.3f} | {s['p99_ms']:.3f} | {vs_direct} | {vs_proxy} |"
         )
+    if "traced-stdio" in seq:
+        added = seq["traced-stdio"]["median_ms"] - seq["guard-stdio"]["median_ms"]
+        lines += ["", f"traces on add {added:.3f} ms per call (median, traced-stdio vs guard-stdio)"]
     for n, sides in r["sessions"].items():
         proxy = sides.get("mcp-proxy")
         lines += [
