@@ -15,7 +15,8 @@ Checked, each must hold (else the exit status is 1):
   and so is a traceback in guard's stderr;
 - no overspend: what the fakes paid (the `payments` in their state files) <= the budget, and the ledger's spend
   for the budget >= what they paid;
-- every hold settled: no hold left reserved, forwarded or in doubt in the ledger once guard has stopped.
+- every hold settled: no hold left reserved, forwarded or in doubt in the ledger once every call has its answer
+  (guard still running), nor once guard has stopped.
 
 Printed: calls/s (from the first call to the last answer; opening the sessions apart), median and p99 per call,
 paying calls paid and refused, the money paid and counted.
@@ -209,6 +210,8 @@ def main() -> None:
     tally = Tally()
     try:
         opened, ran = asyncio.run(drive(guard.url, args.calls, args.concurrency, args.pay_every, tally))
+        # Every call has its answer: its hold must be settled already, before guard's shutdown could resolve any.
+        _, unsettled_running = read_ledger(folder / "ledger.db", args.budget, checkout)
     finally:
         guard.stop()
     tracebacks = guard.log.read_text(errors="replace").count("Traceback")
@@ -221,7 +224,7 @@ def main() -> None:
         "errors": len(tally.errors) == 0,
         "paid <= budget": paid <= args.budget,
         "counted >= paid": counted >= paid,
-        "every hold settled": unsettled == 0,
+        "every hold settled (guard running, then stopped)": unsettled_running == unsettled == 0,
         "every call answered": len(ms) + len(tally.errors) >= args.calls,
     }
     result = {
@@ -243,6 +246,7 @@ def main() -> None:
         "paid_by_upstream_sat": paid,
         "paid_in_answers_sat": tally.paid_by_answers,
         "counted_by_ledger_sat": counted,
+        "holds_unsettled_running": unsettled_running,
         "holds_unsettled": unsettled,
         "checks": checks,
         "folder": str(folder),
@@ -265,7 +269,8 @@ def summary(r: dict[str, Any]) -> str:
         f"outcomes: {r['outcomes']}",
         f"paid by the upstream {r['paid_by_upstream_sat']} sat (answers said {r['paid_in_answers_sat']}); "
         f"counted by the ledger {r['counted_by_ledger_sat']} sat; budget {r['budget_sat']} sat; "
-        f"holds unsettled {r['holds_unsettled']}; errors {r['errors']}",
+        f"holds unsettled {r['holds_unsettled_running']} (guard running), {r['holds_unsettled']} (stopped); "
+        f"errors {r['errors']}",
         *(f"  {e}" for e in r["first_errors"]),
         "",
         *(f"{'ok  ' if ok else 'FAIL'} {name}" for name, ok in r["checks"].items()),
