@@ -137,7 +137,7 @@ def test_a_first_release_ledger_file_is_upgraded_and_its_rate_events_count_once_
         ledger.use_approval(pending.id)
     url = f"sqlite:///{path}"
     assert query(url, "SELECT value FROM ledger_meta WHERE key = 'schema_version'")[0][0] == str(SCHEMA_VERSION)
-    assert SCHEMA_VERSION == 8
+    assert SCHEMA_VERSION == 9
     assert sorted(row[0] for row in query(url, "SELECT weight FROM ledger_rate_events")) == [1, 1, 1, 7]
     assert [row[0] for row in query(url, "SELECT state FROM ledger_approvals")] == ["used"]
 
@@ -183,7 +183,7 @@ def test_a_version_4_ledger_file_opens_with_its_rows_and_then_records_payments_a
         check_v4_rows_then_settle_above(ledger)
         check_freezes_honoured(ledger)
     url = f"sqlite:///{path}"
-    assert query(url, "SELECT value FROM ledger_meta WHERE key = 'schema_version'")[0][0] == str(SCHEMA_VERSION) == "8"
+    assert query(url, "SELECT value FROM ledger_meta WHERE key = 'schema_version'")[0][0] == str(SCHEMA_VERSION) == "9"
     indexes = {row[0] for row in query(url, "SELECT name FROM sqlite_master WHERE tbl_name = 'ledger_holds'")}
     assert indexes >= {
         "ledger_holds",
@@ -357,7 +357,7 @@ def test_a_version_5_ledger_file_opens_with_the_facts_of_its_call_events_and_obs
         check_v5_rows(ledger)
         check_freezes_honoured(ledger)
     url = f"sqlite:///{path}"
-    assert query(url, "SELECT value FROM ledger_meta WHERE key = 'schema_version'")[0][0] == str(SCHEMA_VERSION) == "8"
+    assert query(url, "SELECT value FROM ledger_meta WHERE key = 'schema_version'")[0][0] == str(SCHEMA_VERSION) == "9"
 
 
 def test_a_version_5_ledger_on_either_database_is_upgraded_in_place(database_url: str, clock: FakeClock) -> None:
@@ -384,7 +384,7 @@ def test_a_version_7_ledger_on_either_database_is_upgraded_and_honours_freezes(
     engine.dispose()
     with Ledger.open(database_url, clock=clock) as ledger:
         check_freezes_honoured(ledger)
-    assert query(database_url, "SELECT value FROM ledger_meta WHERE key = 'schema_version'")[0][0] == "8"
+    assert query(database_url, "SELECT value FROM ledger_meta WHERE key = 'schema_version'")[0][0] == "9"
 
 
 def test_the_report_of_an_upgraded_ledger_reads_the_moved_facts(tmp_path: Path, clock: FakeClock) -> None:
