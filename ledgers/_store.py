@@ -278,7 +278,7 @@ def _engine(url: str | os.PathLike[str] | None, pool: int = DEFAULT_POOL, *, rea
         else:
             if pool < 1:
                 raise StorageError(f"a ledger needs a pool of at least 1 connection, not {pool}")
-            connect_args = {"options": "-c default_transaction_read_only=on"} if read_only else {}
+            connect_args = {"options": _read_only_options(url)} if read_only else {}
             engine = create_engine(
                 url,
                 pool_pre_ping=True,
@@ -332,6 +332,14 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyp
                     raise
                 time.sleep(0.01 * (attempt + 1))
     cursor.close()
+
+
+def _read_only_options(url: str) -> str:
+    """libpq's `options` making every transaction read-only, beside those the URL already sets (a
+    `search_path`, say): connect_args would replace them."""
+    given = make_url(url).query.get("options", "")
+    given = " ".join(given) if isinstance(given, tuple) else given
+    return f"{given} -c default_transaction_read_only=on".strip()
 
 
 def _sqlite_read_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
