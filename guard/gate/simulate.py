@@ -451,9 +451,9 @@ def as_markdown(simulation: Simulation) -> str:
         if calls:
             lines += ["| rule | kind | calls | money | examples |", "|---|---|---|---|---|"]
             for f in (f for f in s.flips if f.direction == direction):
-                examples = "; ".join(f"{_time(e.at)} {e.session} {e.tool}" for e in f.examples)
+                examples = _cell("; ".join(f"{_time(e.at)} {e.session} {e.tool}" for e in f.examples))
                 lines.append(
-                    f"| {f.rule} | {f.kind or ''} | {f.calls} | {_money(f.money, f.money_unknown)} | {examples} |"
+                    f"| {_cell(f.rule)} | {f.kind or ''} | {f.calls} | {_money(f.money, f.money_unknown)} | {examples} |"
                 )
             lines += ["", f"Money that {money_words}: {_money(money, unknown)}.", ""]
     lines += ["## Budgets", ""]
@@ -463,9 +463,9 @@ def as_markdown(simulation: Simulation) -> str:
             "|---|---|---|---|---|---|",
         ]
         for b in s.budgets:
-            ran_out = f"{_time(b.ran_out.at)} ({b.ran_out.session}, {b.ran_out.tool})" if b.ran_out else "no"
+            ran_out = _cell(f"{_time(b.ran_out.at)} ({b.ran_out.session}, {b.ran_out.tool})") if b.ran_out else "no"
             lines.append(
-                f"| {b.name} ({b.scope}, per {b.window}) | {b.limit} {b.unit} | {b.not_spent} {b.unit}"
+                f"| {_cell(b.name)} ({b.scope}, per {b.window}) | {b.limit} {b.unit} | {b.not_spent} {b.unit}"
                 f" | {b.more_spent} {b.unit} | {b.refused} | {ran_out} |"
             )
     else:
@@ -479,10 +479,15 @@ def as_markdown(simulation: Simulation) -> str:
             "|---|---|---|",
         ]
         for n in s.not_evaluable:
-            examples = "; ".join(f"{_time(e.at)} {e.session} {e.tool}" for e in n.examples)
-            lines.append(f"| {n.rule} | {n.calls} | {examples} |")
+            examples = _cell("; ".join(f"{_time(e.at)} {e.session} {e.tool}" for e in n.examples))
+            lines.append(f"| {_cell(n.rule)} | {n.calls} | {examples} |")
         lines.append("")
     return "\n".join(lines)
+
+
+def _cell(text: object) -> str:
+    """Text for a Markdown table cell: a session id or tool name may hold a `|`."""
+    return str(text).replace("|", "\\|")
 
 
 def _time(moment: datetime) -> str:

@@ -5,6 +5,7 @@ worked out in the comments from the recorded calls and the candidate, not read f
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -256,3 +257,17 @@ def test_the_replay_writes_nothing_to_the_recorded_ledger(recorded: tuple[Ledger
     before = ledger.calls(last=1000)
     run(ledger, STRICTER, tmp_path)
     assert ledger.calls(last=1000) == before
+
+
+GOLDEN = Path(__file__).parent.parent / "golden" / "simulate.md"
+
+
+def test_the_markdown_of_the_mixed_day_matches_its_golden_file(
+    recorded: tuple[Ledger, Recorder], tmp_path: Path
+) -> None:
+    ledger, rec = recorded
+    mixed_day(rec)
+    text = as_markdown(run(ledger, STRICTER, tmp_path))
+    if os.environ.get("GUARD_UPDATE_GOLDEN") == "1":
+        GOLDEN.write_text(text)
+    assert text == GOLDEN.read_text(), "GUARD_UPDATE_GOLDEN=1 rewrites the golden file"

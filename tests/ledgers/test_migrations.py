@@ -20,6 +20,7 @@ from ledgers import (
     Amount,
     Approval,
     Budget,
+    CallRecord,
     Frozen,
     Ledger,
     RateLimit,
@@ -405,3 +406,29 @@ def test_the_report_of_an_upgraded_ledger_reads_the_moved_facts(tmp_path: Path, 
         ("p402:sess_1", 2_000_000, 1),
         ("wallet:alby", 5_000_000, 1),
     ]
+
+
+# --- version 9: call events may keep their arguments, redacted (`audit: {arguments: redacted}`) ---------------
+
+
+def test_a_version_8_ledger_on_either_database_keeps_its_call_events_and_then_their_arguments(
+    database_url: str, clock: FakeClock
+) -> None:
+    engine = create_engine(database_url)
+    with engine.begin() as conn:
+        released(conn, 8)
+        conn.execute(text("INSERT INTO ledger_meta (key, value) VALUES ('schema_version', '8')"))
+        conn.execute(
+            text(
+                "INSERT INTO ledger_call_events (at_us, session, tool, decision, rule, kind)"
+                " VALUES (:t, 's1', 'l402-fetch', 'deny', 'default', 'default')"
+            ),
+            {"t": to_us(clock.now())},
+        )
+    engine.dispose()
+    with Ledger.open(database_url, clock=clock) as ledger:
+        [old] = ledger.calls()
+        assert (old.call.tool, old.call.kind, old.call.arguments) == ("l402-fetch", "default", None)
+        ledger.record(CallRecord("search", "allow", "s1", arguments='{"q": "paris"}'))
+        assert [e.call.arguments for e in ledger.calls()] == [None, '{"q": "paris"}']
+    assert query(database_url, "SELECT value FROM ledger_meta WHERE key = 'schema_version'")[0][0] == "9"
