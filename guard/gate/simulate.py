@@ -452,9 +452,8 @@ def as_markdown(simulation: Simulation) -> str:
             lines += ["| rule | kind | calls | money | examples |", "|---|---|---|---|---|"]
             for f in (f for f in s.flips if f.direction == direction):
                 examples = _cell("; ".join(f"{_time(e.at)} {e.session} {e.tool}" for e in f.examples))
-                lines.append(
-                    f"| {_cell(f.rule)} | {f.kind or ''} | {f.calls} | {_money(f.money, f.money_unknown)} | {examples} |"
-                )
+                money_cell = _money(f.money, f.money_unknown)
+                lines.append(f"| {_cell(f.rule)} | {f.kind or ''} | {f.calls} | {money_cell} | {examples} |")
             lines += ["", f"Money that {money_words}: {_money(money, unknown)}.", ""]
     lines += ["## Budgets", ""]
     if s.budgets:

@@ -26,8 +26,8 @@ NWC = (
     "?relay=wss%3A%2F%2Frelay.example&secret=71a8c14c1407c113601079c4302dab36460f0ccd0ad506f1f2dc73b5100e4f3c"
 )
 X402_SIGNATURE = (
-    "0x"
-    + "2d6a7588d6acca505cbf0d9a4a227e0c52c6c34008c8e8986a1283259764173608a2ce6496642e377d6da8dbbf5836e9bd15092f9ecab05ded3d6293af148b571c"
+    "0x2d6a7588d6acca505cbf0d9a4a227e0c52c6c34008c8e8986a1283259764173608a2ce6496642e377d6da8dbbf5836e9bd15092f9"
+    "ecab05ded3d6293af148b571c"
 )
 PAYMENT_HASH = "a3f1" * 16  # public: the invoice carries it
 ARGUMENTS: JSON = {
