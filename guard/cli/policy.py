@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 import time
 from datetime import UTC, datetime
@@ -112,7 +113,10 @@ def simulate(
     start, end = period(since, day, timezone, datetime.now(UTC))
     with Ledger.open(ledger_url, read_only=True) as live:
         recorded = [Replayed(event, _hold(live, event.call.hold_id)) for event in live.decided_calls(start, end)]
-    with tempfile.TemporaryDirectory(prefix="guard-simulate-") as scratch_dir:
+    # The scratch ledger syncs every transaction to disk, as any ledger does: in memory (tmpfs) where there is
+    # one, a replay runs ~7x faster (2 000 calls: 3.4 s instead of 25 s).
+    memory = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
+    with tempfile.TemporaryDirectory(prefix="guard-simulate-", dir=memory) as scratch_dir:
         clock = ReplayClock(start)
         with Ledger.open(Path(scratch_dir) / "scratch.db", clock=clock, recover=False) as scratch:
             result = anyio.run(replay, recorded, candidate, scratch, clock, start, end)

@@ -10,10 +10,11 @@ What the replay cannot know, it takes from the record, never from a guess:
   paid nothing, kept in doubt if that was unknown; a call the record denied costs the price recorded for
   it, if any (else its money is counted as unknown);
 - the answer: a call that failed upstream fails again;
-- the arguments: kept only under `audit: {arguments: redacted}`. Without them, a candidate rule that reads
-  arguments (a `when` condition, a quota's `increment_from`) cannot be evaluated: such a call is replayed
-  without those rules (so its money still counts), and unless the candidate denies it before its
-  conditions (default deny, a tool rule), it is reported as not evaluable, never as a flip.
+- the arguments: kept only under `audit: {arguments: redacted}`. Without them (or where the rule reads a
+  value the redaction replaced), a candidate rule that reads arguments (a `when` condition, a quota's
+  `increment_from`) cannot be evaluated: such a call is replayed without those rules (so its money still
+  counts), and unless the candidate denies it before its conditions (default deny, a tool rule), it is
+  reported as not evaluable, never as a flip.
 
 Freezes and the wire's refusals are the operator's and the transport's, not the policy's: those calls are
 counted as skipped. A human's approval cannot be replayed: a call the candidate sends for approval is
@@ -36,9 +37,11 @@ from guard.payments.decision import Bound, priced
 from guard.payments.payments import Payments
 from guard.payments.reading import NOT_READ, Reading
 from guard.payments.settlement import Settled
+from guard.policy.arguments import MISSING, lookup
 from guard.policy.model import PolicySpec
 from guard.policy.rules import Denial, Policy, Who, counting
 from guard.policy.source import PolicySource
+from guard.redact import REDACTED
 from ledgers import Amount, AmountError, CallRecord, HoldInfo, Ledger, RecordedCall, UnitMismatch
 
 Direction = Literal["allow_to_deny", "deny_to_allow"]
@@ -181,8 +184,8 @@ class ReplayPayments(Payments):
         price = recorded.price or (self.current.hold.amount if self.current.hold else None)
         if price is not None:  # money moved, or was asked: it pays, whatever the candidate says
             return await priced(self._ledger, policy, call, self.current.reading, price, "call", who, link)
-        if not policy.pays(call.name):
-            return Bound(NOT_READ)
+        if not policy.pays(call.name) or policy.paid_by_x402(call.name):
+            return Bound(NOT_READ)  # x402 moves money only with a signed payment, and the record names none
         # The candidate says it pays, and the record names no price: the candidate's own bound, if any.
         fixed = policy.fixed_price(call.name, call.arguments) if call.arguments else None
         bound, by = (fixed, "policy") if fixed is not None else (policy.max_price(call.name), "max_price")
@@ -232,12 +235,25 @@ class _LastDecision:
         self.record = call
 
 
-def needs_arguments(policy: Policy, tool: str) -> list[str]:
-    """The candidate's rules for `tool` that read its arguments: conditions and quotas' `increment_from`."""
+def unreadable(policy: Policy, tool: str, arguments: JSON | None) -> list[str]:
+    """The candidate's rules for `tool` that read an argument the record does not have (conditions, quotas'
+    `increment_from`): every one when the call was recorded without arguments; else those reading a value
+    its redaction replaced (what it was is unknown)."""
+
+    def unknown(path: str) -> bool:
+        if arguments is None:
+            return True
+        value = lookup(arguments, path)
+        return value is not MISSING and REDACTED in json.dumps(value, default=str)
+
     found = []
     for where, rule in policy.rules(tool):
-        found += [f"{where}.when[{index}]" for index in range(len(rule.when))]
-        found += [f"{where}.quotas[{i}]" for i, quota in enumerate(rule.quotas) if quota.increment_from is not None]
+        found += [f"{where}.when[{i}]" for i, condition in enumerate(rule.when) if unknown(condition.arg)]
+        found += [
+            f"{where}.quotas[{i}]"
+            for i, quota in enumerate(rule.quotas)
+            if quota.increment_from is not None and unknown(quota.increment_from)
+        ]
     return found
 
 
@@ -271,7 +287,7 @@ async def simulate(
             continue
         clock.at = event.at
         arguments = json.loads(call.arguments) if call.arguments is not None else None
-        unread = needs_arguments(candidate, call.tool) if arguments is None else []
+        unread = unreadable(candidate, call.tool, arguments)
         key = (call.server or "upstream", bool(unread))
         if key not in gates:
             source = PolicySource(blind if unread else candidate)

@@ -271,3 +271,44 @@ def test_the_markdown_of_the_mixed_day_matches_its_golden_file(
     if os.environ.get("GUARD_UPDATE_GOLDEN") == "1":
         GOLDEN.write_text(text)
     assert text == GOLDEN.read_text(), "GUARD_UPDATE_GOLDEN=1 rewrites the golden file"
+
+
+def test_a_condition_on_a_value_the_redaction_replaced_is_not_evaluable_and_one_on_a_kept_value_is(
+    recorded: tuple[Ledger, Recorder], tmp_path: Path
+) -> None:
+    ledger, rec = recorded
+    kept = {
+        "url": "https://api.example/v1/report",
+        "link": "https://x.example/?api_key=[redacted]",
+        "token": "[redacted]",
+    }
+    rec.call(at(9), "s1", "fetch", arguments=json.dumps(kept))
+    candidate = """\
+version: 1
+tools:
+  fetch:
+    when:
+      - {arg: url, matches: "^https://api\\\\.example/"}
+      - {arg: token, equals: "t-123"}
+      - {arg: link, matches: "^https://x\\\\.example/"}
+"""
+    doc = as_json(run(ledger, candidate, tmp_path))
+    # The URL was kept whole (its condition holds); the token was replaced, and so was a part of the link
+    # (a pattern may read that part): both unknown.
+    assert [(n["rule"], n["calls"]) for n in doc["not_evaluable"]] == [
+        ("tools.fetch.when[1]", 1),
+        ("tools.fetch.when[2]", 1),
+    ]
+    assert (doc["flips"], doc["unchanged"]) == ([], 0)
+
+
+def test_a_candidate_that_denies_a_tool_outright_flips_it_even_without_its_arguments(
+    recorded: tuple[Ledger, Recorder], tmp_path: Path
+) -> None:
+    ledger, rec = recorded
+    rec.call(at(9), "s1", "search")
+    doc = as_json(
+        run(ledger, "version: 1\ntools: {search: {action: deny, when: [{arg: q, exists: true}]}}\n", tmp_path)
+    )
+    assert [(f["rule"], f["kind"]) for f in doc["flips"]] == [("tools.search", "tool")]
+    assert doc["not_evaluable"] == []
