@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import re
 from itertools import pairwise
+from typing import Any
 from urllib.parse import unquote
 
 REDACTED = "[redacted]"
@@ -98,6 +99,30 @@ _HEX_ID = re.compile(r"(?:0x)?[0-9a-fA-F]{32,}")
 def redact(text: str) -> str:
     """Return `text` with anything that looks like a secret replaced by `[redacted]`."""
     return _scrub(_URL.sub(_url, text))
+
+
+def redact_arguments(value: Any) -> Any:
+    """A call's arguments (JSON) with secrets removed and their shape kept, for the audit trail: whatever is
+    under a sensitive name (`macaroon`, `api_key`, `authorization`, `nwc_url`...) is replaced whole, numbers,
+    booleans and null excepted; every other string is redacted as text (`redact`: invoices, keys, NWC URIs,
+    URLs' secrets by shape); names that look like secrets themselves are redacted too."""
+    if isinstance(value, dict):
+        return {redact(str(name)): _redact_named(str(name), item) for name, item in value.items()}
+    if isinstance(value, list):
+        return [redact_arguments(item) for item in value]
+    if isinstance(value, str):
+        return redact(value)
+    return value
+
+
+def _redact_named(name: str, value: Any) -> Any:
+    sensitive = _SENSITIVE_WORD.search(name) is not None and _PUBLIC_NAME.search(name) is None
+    if sensitive and not (value is None or isinstance(value, bool | int | float)):
+        return REDACTED
+    return redact_arguments(value)
+
+
+_SENSITIVE_WORD = re.compile(_WORDS, re.IGNORECASE)
 
 
 def secret_segment(segment: str) -> bool:

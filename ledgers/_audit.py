@@ -8,14 +8,15 @@ its words: reports and alerts read the facts, people read the words.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 from ledgers._errors import AmountError
 from ledgers._money import Amount
 from ledgers._part import Part
 from ledgers._records import CallRecord, RecordedCall
-from ledgers._store import columns, run
-from ledgers._time import from_us
+from ledgers._store import columns, run, sql_list
+from ledgers._time import from_us, to_us
 
 # A call event's columns (besides its id), as written and as read.
 CALL_COLUMNS = (
@@ -36,6 +37,7 @@ CALL_COLUMNS = (
     "server",
     "kind",
     "balance_key",
+    "arguments",
 )
 INSERT_CALL = f"INSERT INTO ledger_call_events ({columns(CALL_COLUMNS)}) VALUES ({columns(CALL_COLUMNS, ':')})"
 
@@ -63,6 +65,22 @@ class Audit(Part):
             else:
                 rows = run(conn, f"{select} ORDER BY id DESC LIMIT :n", {"n": last}).all()[::-1]
         return [RecordedCall(id=row.id, at=from_us(row.at_us), call=_call(row)) for row in rows]
+
+    def decided_calls(self, start: datetime, end: datetime) -> list[RecordedCall]:
+        """The calls decided in [start, end) by every guard on this ledger, every session's, in the order
+        they were recorded: allowed, denied, would-deny and failed calls (not balance moves, resolutions or
+        freezes)."""
+        select = f"SELECT id, {columns(CALL_COLUMNS)} FROM ledger_call_events"
+        where = f"at_us >= :start AND at_us < :end AND decision IN {sql_list(DECIDED)}"
+        with self._store.read() as conn:
+            rows = run(
+                conn, f"{select} WHERE {where} ORDER BY at_us, id", {"start": to_us(start), "end": to_us(end)}
+            ).all()
+        return [RecordedCall(id=row.id, at=from_us(row.at_us), call=_call(row)) for row in rows]
+
+
+# The decisions of calls (the rest are balance moves, resolutions and the kill switch).
+DECIDED = ("allow", "deny", "would_deny", "error")
 
 
 # Inside a transaction
@@ -94,6 +112,7 @@ def call_row(call: CallRecord, now: int) -> dict[str, Any]:
         "server": call.server,
         "kind": call.kind,
         "balance_key": call.balance_key,
+        "arguments": call.arguments,
     }
 
 
@@ -113,4 +132,5 @@ def _call(row: Any) -> CallRecord:
         server=row.server,
         kind=row.kind,
         balance_key=row.balance_key,
+        arguments=row.arguments,
     )

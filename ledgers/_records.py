@@ -253,6 +253,7 @@ class CallRecord:
     server: str | None = None
     kind: RuleKind | None = None
     balance_key: str | None = None
+    arguments: str | None = None  # the call's arguments as JSON, secrets removed (only under `audit.arguments`)
 
     @property
     def over_reservation(self) -> Amount | None:

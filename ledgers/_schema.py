@@ -169,7 +169,8 @@ class CallEvent(SQLModel, table=True):
     spent_unit: str | None = None
     latency_us: int | None = Field(default=None, sa_column=_big(nullable=True))
     args_digest: str | None = None
-    # `server` is added by `_v4`; `kind` and `balance_key` (structured facts reports read) by `_v6`.
+    # `server` is added by `_v4`; `kind` and `balance_key` (structured facts reports read) by `_v6`;
+    # `arguments` (the call's arguments with secrets removed, when the policy asks: `audit.arguments`) by `_v9`.
 
 
 class ApprovalRow(SQLModel, table=True):
@@ -445,7 +446,13 @@ def _v8(conn: Connection) -> None:
     SQLModel.metadata.create_all(conn, tables=[getattr(FreezeRow, "__table__")])  # noqa: B009
 
 
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7, _v8]
+def _v9(conn: Connection) -> None:
+    """A call event may keep the call's arguments, secrets removed (`audit: {arguments: redacted}`), so
+    `guard policy simulate` can evaluate a candidate's argument conditions. Older events have none."""
+    conn.execute(text("ALTER TABLE ledger_call_events ADD COLUMN arguments TEXT"))
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7, _v8, _v9]
 MIGRATION_LOCK = 0x6775617264  # "guard": the advisory lock key that serializes migrations
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -21,6 +21,7 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from functools import cache, partial
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from sqlalchemy import Connection, CursorResult, Engine, ExceptionContext, create_engine, event
 from sqlalchemy.engine import make_url
@@ -101,7 +102,8 @@ class Store:
         Raises:
             SchemaError: its schema is not this release's (older or newer).
             StorageError: it cannot be reached."""
-        store = cls(_empty_engine() if _sqlite_file_missing(url) else _engine(url), clock, read_only=True)
+        engine = _empty_engine() if _sqlite_file_missing(url) else _engine(url, read_only=True)
+        store = cls(engine, clock, read_only=True)
         try:
             with store.read() as conn:
                 found = schema_version(conn)
@@ -250,7 +252,9 @@ def _empty_engine() -> Engine:
     return engine
 
 
-def _engine(url: str | os.PathLike[str] | None, pool: int = DEFAULT_POOL) -> Engine:
+def _engine(url: str | os.PathLike[str] | None, pool: int = DEFAULT_POOL, *, read_only: bool = False) -> Engine:
+    """`read_only`: the database itself refuses writes (SQLite opened `mode=ro`, PostgreSQL sessions with
+    `default_transaction_read_only`), beside the store's own refusal to begin one."""
     if url is None:
         path = default_path()
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -260,18 +264,29 @@ def _engine(url: str | os.PathLike[str] | None, pool: int = DEFAULT_POOL) -> Eng
     url = str(url)
     try:
         if url.startswith("sqlite"):
+            if read_only and url.startswith("sqlite:///") and not url.startswith("sqlite:///file:"):
+                file, _, _ = url[len("sqlite:///") :].partition("?")
+                url = f"sqlite:///file:{quote(file)}?mode=ro&uri=true"
             engine = create_engine(
                 url,
                 connect_args={"timeout": 30, "isolation_level": None, "check_same_thread": False},
                 # Every transaction ends in an explicit commit or rollback: no reset needed on return.
                 pool_reset_on_return=None,
             )
-            event.listen(engine, "connect", _sqlite_pragmas)
+            event.listen(engine, "connect", _sqlite_read_pragmas if read_only else _sqlite_pragmas)
             event.listen(engine, "begin", _sqlite_begin)
         else:
             if pool < 1:
                 raise StorageError(f"a ledger needs a pool of at least 1 connection, not {pool}")
-            engine = create_engine(url, pool_pre_ping=True, pool_size=pool, max_overflow=0, pool_timeout=POOL_TIMEOUT_S)
+            connect_args = {"options": _read_only_options(url)} if read_only else {}
+            engine = create_engine(
+                url,
+                pool_pre_ping=True,
+                pool_size=pool,
+                max_overflow=0,
+                pool_timeout=POOL_TIMEOUT_S,
+                connect_args=connect_args,
+            )
             event.listen(engine, "handle_error", partial(_no_free_slots, url, pool))
         with engine.connect():
             pass
@@ -316,6 +331,21 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyp
                 if "locked" not in str(exc) or attempt == BUSY_RETRIES - 1:
                     raise
                 time.sleep(0.01 * (attempt + 1))
+    cursor.close()
+
+
+def _read_only_options(url: str) -> str:
+    """libpq's `options` making every transaction read-only, beside those the URL already sets (a
+    `search_path`, say): connect_args would replace them."""
+    given = make_url(url).query.get("options", "")
+    given = " ".join(given) if isinstance(given, tuple) else given
+    return f"{given} -c default_transaction_read_only=on".strip()
+
+
+def _sqlite_read_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+    # A read-only connection changes nothing: not even the journal mode (the writers set WAL).
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA busy_timeout=30000")
     cursor.close()
 
 

@@ -27,6 +27,7 @@ the tool result `answers.denial_result`; guard's own `guard-budget` tool is answ
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -46,6 +47,7 @@ from guard.policy.arguments import args_digest
 from guard.policy.model import seconds
 from guard.policy.rules import Denial, Limit, Policy, Who
 from guard.policy.source import PolicySource
+from guard.redact import redact_arguments
 from ledgers import (
     AlreadyPaid,
     ApprovalError,
@@ -117,6 +119,7 @@ class PolicyGate:
             identity=call.session.identity,
             args_digest=digest[:16],
             server=self._server,
+            arguments=_kept_arguments(policy, call),
         )
         if call.name == BUDGET_TOOL and policy.spec.expose_budget_tool:
             # guard's own tool: answered here, never forwarded, paying nothing.
@@ -414,6 +417,13 @@ def _rate_limits(policy: Policy, call: ToolCall, who: Who) -> list[Limit]:
         return policy.rate_limits(call.name, call.arguments, who)
     except PriceUnknown as exc:
         raise _Denied(Denial(f"tools.{call.name}", f"no price, no pay: {exc}", kind="quota")) from None
+
+
+def _kept_arguments(policy: Policy, call: ToolCall) -> str | None:
+    """The call's arguments for its call event, secrets removed, when the policy asks (`audit.arguments`)."""
+    if policy.spec.audit.arguments != "redacted":
+        return None
+    return json.dumps(redact_arguments(call.arguments), sort_keys=True, ensure_ascii=False, default=str)
 
 
 def _frozen_scopes(who: Who) -> tuple[str, ...]:

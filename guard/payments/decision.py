@@ -92,6 +92,21 @@ async def bound(
     except PriceUnknown as exc:
         hint = " (if x402 pays it, say `pays: x402`)" if readers.unsigned_x402(reading) else ""
         return Denial(f"tools.{call.name}", f"no price, no pay: {exc}{hint}", kind="price")
+    return await priced(ledger, policy, call, reading, price, priced_by, who, link)
+
+
+async def priced(
+    ledger: Ledger,
+    policy: Policy,
+    call: ToolCall,
+    reading: Reading,
+    price: Amount,
+    priced_by: PricedBy,
+    who: Who,
+    link: SessionLink | None,
+) -> Bound | Denial:
+    """Steps 4 to 6 for a call priced at `price`: the cap, the budgets that count it, the balances. (`guard
+    policy simulate` enters here with a recorded price.)"""
     would = _over_cap(policy, call, price)
     if would is not None and not policy.shadowed(would):
         return replace(would, price=price)  # the call event keeps the price asked

@@ -510,6 +510,19 @@ class Approvals(_Spec):
     expire_after: Duration = Field(default="1h", description="An undecided or unused approval lapses after this.")
 
 
+class AuditSpec(_Spec):
+    """What the audit trail keeps of each call besides its decision."""
+
+    arguments: Literal["none", "redacted"] = Field(
+        default="none",
+        description=(
+            "redacted: keep each call's arguments in its call event, secrets removed (macaroons, preimages, keys,"
+            " signatures, NWC URIs...), so `guard policy simulate` can evaluate a candidate's argument"
+            " conditions. none: only a digest of them."
+        ),
+    )
+
+
 class PolicySpec(_Spec):
     """The guard's policy file (version 1)."""
 
@@ -549,6 +562,7 @@ class PolicySpec(_Spec):
         description="EVM chains by CAIP-2 id (eip155:8453) whose node settles x402 payments in doubt: {rpc: URL}.",
     )
     approvals: Approvals = Field(default_factory=Approvals)
+    audit: AuditSpec = Field(default_factory=AuditSpec)
     report: ReportSpec = Field(default_factory=ReportSpec)
     alerts: AlertsSpec | None = None
     expose_budget_tool: StrictBool = Field(

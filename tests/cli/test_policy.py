@@ -234,3 +234,48 @@ def test_policy_convert_prints_guard_yaml_that_loads_back_equal(
     converted, kind = parse(ran.stdout, "converted.yaml")
     assert kind == "guard"
     assert converted.spec == load(path)[0].spec
+
+
+# policy simulate (the engine: tests/gate/test_simulate.py; end to end: tests/e2e/test_simulate.py)
+
+
+def test_simulate_of_a_candidate_that_does_not_parse_prints_its_located_problem_and_exits_2(tmp_path: Path) -> None:
+    candidate = tmp_path / "candidate.yaml"
+    candidate.write_text("version: 1\ntools:\n  fetch: {action: maybe}\n")
+    ran = guard("policy", "simulate", str(candidate), "--ledger", str(tmp_path / "ledger.db"))
+    assert ran.status == 2
+    assert ran.stderr.startswith(f"{candidate}:3:")
+    assert "action" in ran.stderr
+    assert not (tmp_path / "ledger.db").exists()  # nothing read, nothing created
+
+
+def test_simulate_takes_either_since_or_day_not_both(tmp_path: Path) -> None:
+    candidate = tmp_path / "candidate.yaml"
+    candidate.write_text(POLICY)
+    ran = guard("policy", "simulate", str(candidate), "--since", "7d", "--day", "2026-11-21")
+    assert ran.status == 2
+    assert "give either --since or --day, not both" in ran.stderr
+
+
+def test_simulate_of_an_empty_period_says_so_and_writes_no_ledger(tmp_path: Path) -> None:
+    candidate = tmp_path / "candidate.yaml"
+    candidate.write_text(POLICY)
+    ledger = tmp_path / "ledger.db"
+    Ledger.open(ledger).close()
+    ran = guard("policy", "simulate", str(candidate), "--day", "2026-11-21", "--ledger", str(ledger))
+    assert (ran.status, ran.stderr) == (0, "")
+    assert ran.stdout == (
+        "No calls were recorded from 2026-11-21T00:00:00+00:00 to 2026-11-22T00:00:00+00:00: nothing to replay.\n"
+    )
+    as_json = guard("policy", "simulate", str(candidate), "--since", "7d", "--ledger", str(ledger), "--format", "json")
+    assert as_json.status == 0
+    doc = json.loads(as_json.stdout)
+    assert (doc["calls"], doc["flips"], doc["budgets"][0]["name"]) == (0, [], "per-session")
+
+
+def test_simulate_refuses_an_unknown_format(tmp_path: Path) -> None:
+    candidate = tmp_path / "candidate.yaml"
+    candidate.write_text(POLICY)
+    ran = guard("policy", "simulate", str(candidate), "--format", "html", "--ledger", str(tmp_path / "l.db"))
+    assert ran.status == 2
+    assert "--format html: expected md or json" in ran.stderr

@@ -20,6 +20,7 @@ from ledgers import (
     Amount,
     Approval,
     Budget,
+    CallRecord,
     Frozen,
     Ledger,
     RateLimit,
@@ -137,7 +138,7 @@ def test_a_first_release_ledger_file_is_upgraded_and_its_rate_events_count_once_
         ledger.use_approval(pending.id)
     url = f"sqlite:///{path}"
     assert query(url, "SELECT value FROM ledger_meta WHERE key = 'schema_version'")[0][0] == str(SCHEMA_VERSION)
-    assert SCHEMA_VERSION == 8
+    assert SCHEMA_VERSION == 9
     assert sorted(row[0] for row in query(url, "SELECT weight FROM ledger_rate_events")) == [1, 1, 1, 7]
     assert [row[0] for row in query(url, "SELECT state FROM ledger_approvals")] == ["used"]
 
@@ -183,7 +184,7 @@ def test_a_version_4_ledger_file_opens_with_its_rows_and_then_records_payments_a
         check_v4_rows_then_settle_above(ledger)
         check_freezes_honoured(ledger)
     url = f"sqlite:///{path}"
-    assert query(url, "SELECT value FROM ledger_meta WHERE key = 'schema_version'")[0][0] == str(SCHEMA_VERSION) == "8"
+    assert query(url, "SELECT value FROM ledger_meta WHERE key = 'schema_version'")[0][0] == str(SCHEMA_VERSION) == "9"
     indexes = {row[0] for row in query(url, "SELECT name FROM sqlite_master WHERE tbl_name = 'ledger_holds'")}
     assert indexes >= {
         "ledger_holds",
@@ -357,7 +358,7 @@ def test_a_version_5_ledger_file_opens_with_the_facts_of_its_call_events_and_obs
         check_v5_rows(ledger)
         check_freezes_honoured(ledger)
     url = f"sqlite:///{path}"
-    assert query(url, "SELECT value FROM ledger_meta WHERE key = 'schema_version'")[0][0] == str(SCHEMA_VERSION) == "8"
+    assert query(url, "SELECT value FROM ledger_meta WHERE key = 'schema_version'")[0][0] == str(SCHEMA_VERSION) == "9"
 
 
 def test_a_version_5_ledger_on_either_database_is_upgraded_in_place(database_url: str, clock: FakeClock) -> None:
@@ -384,7 +385,7 @@ def test_a_version_7_ledger_on_either_database_is_upgraded_and_honours_freezes(
     engine.dispose()
     with Ledger.open(database_url, clock=clock) as ledger:
         check_freezes_honoured(ledger)
-    assert query(database_url, "SELECT value FROM ledger_meta WHERE key = 'schema_version'")[0][0] == "8"
+    assert query(database_url, "SELECT value FROM ledger_meta WHERE key = 'schema_version'")[0][0] == "9"
 
 
 def test_the_report_of_an_upgraded_ledger_reads_the_moved_facts(tmp_path: Path, clock: FakeClock) -> None:
@@ -405,3 +406,29 @@ def test_the_report_of_an_upgraded_ledger_reads_the_moved_facts(tmp_path: Path, 
         ("p402:sess_1", 2_000_000, 1),
         ("wallet:alby", 5_000_000, 1),
     ]
+
+
+# --- version 9: call events may keep their arguments, redacted (`audit: {arguments: redacted}`) ---------------
+
+
+def test_a_version_8_ledger_on_either_database_keeps_its_call_events_and_then_their_arguments(
+    database_url: str, clock: FakeClock
+) -> None:
+    engine = create_engine(database_url)
+    with engine.begin() as conn:
+        released(conn, 8)
+        conn.execute(text("INSERT INTO ledger_meta (key, value) VALUES ('schema_version', '8')"))
+        conn.execute(
+            text(
+                "INSERT INTO ledger_call_events (at_us, session, tool, decision, rule, kind)"
+                " VALUES (:t, 's1', 'l402-fetch', 'deny', 'default', 'default')"
+            ),
+            {"t": to_us(clock.now())},
+        )
+    engine.dispose()
+    with Ledger.open(database_url, clock=clock) as ledger:
+        [old] = ledger.calls()
+        assert (old.call.tool, old.call.kind, old.call.arguments) == ("l402-fetch", "default", None)
+        ledger.record(CallRecord("search", "allow", "s1", arguments='{"q": "paris"}'))
+        assert [e.call.arguments for e in ledger.calls()] == [None, '{"q": "paris"}']
+    assert query(database_url, "SELECT value FROM ledger_meta WHERE key = 'schema_version'")[0][0] == "9"
