@@ -20,7 +20,7 @@ from guard.payments.adapters._facts import Outcome, Prepared
 from guard.payments.payments import Payments
 from guard.policy.rules import Policy
 from guard.policy.source import PolicySource
-from ledgers import Amount, ApprovalError, BalanceObservation, Budget, CallRecord
+from ledgers import Amount, Approval, BalanceObservation, Budget, CallRecord
 from tests.conftest import WAIT_S, FakeClock
 from tests.payments.doubles import FakeLink, RecordingLedger, StubAdapter, policy, text_result
 
@@ -238,24 +238,29 @@ async def test_a_denied_approval_refuses_the_retry(shop: Shop) -> None:
     assert (retried["reason"], retried["approval_id"]) == ("the operator denied this call to ask", asked["approval_id"])
 
 
-async def test_an_approval_used_by_another_call_first_releases_the_hold(
+async def test_an_approval_used_by_another_call_first_is_denied_and_writes_no_hold(
     ledger: RecordingLedger, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The approval is used up in the reservation's transaction: when another call used it between the
+    check (step 4) and the reservation, the reservation refuses and nothing is held or sent."""
     rules = policy(
         "version: 1\nbudgets: [{name: b, limit: 100 sat}]\ntools: {buy: {pays: true, price: 5 sat, action: approve}}\n"
     )
     shop = Shop(ledger, rules)
     asked = shop.denied(await shop.call("buy"))
     ledger.decide_approval(asked["approval_id"], approve=True)
+    checked = ledger.request_approval
 
-    def used_meanwhile(approval_id: str) -> None:
-        raise ApprovalError(f"approval {approval_id} was used already")
+    def then_used_by_another_call(*args: Any, **kwargs: Any) -> Approval:
+        approval = checked(*args, **kwargs)
+        ledger.use_approval(approval.id)
+        return approval
 
-    monkeypatch.setattr(ledger, "use_approval", used_meanwhile)
+    monkeypatch.setattr(ledger, "request_approval", then_used_by_another_call)
     denied = shop.denied(await shop.call("buy"))
     assert (denied["rule"], denied["reason"], shop.last.kind) == (
         "approvals",
-        f"approval {asked['approval_id']} was used already",
+        f"approval {asked['approval_id']} is not approved, was used already, or expired",
         "approval",
     )
     assert ledger.open_holds() == [] and shop.upstream.sent == []
