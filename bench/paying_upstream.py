@@ -18,7 +18,9 @@ from mcp.shared.exceptions import MCPError
 
 TOOLS = [
     types.Tool(name="noop", description="Does nothing.", input_schema={"type": "object"}),
-    types.Tool(name="l402-fetch", description="Fetches a URL, paying its L402 invoice.", input_schema={"type": "object"}),
+    types.Tool(
+        name="l402-fetch", description="Fetches a URL, paying its L402 invoice.", input_schema={"type": "object"}
+    ),
 ]
 OK = types.TextContent(type="text", text="ok")
 # What 402-mcp 4.2.1 answers for a fetch it paid 21 sat for (pretty-printed, as the real server does).
