@@ -422,6 +422,44 @@ async def test_every_event_reaches_the_ledgers_audit_trail(shop: Shop) -> None:
     assert stored == [("buy", "allow", None), ("buy", "deny", "tools.buy.when[0]")]
 
 
+def count_writes(ledger: RecordingLedger, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Notes each write transaction (one durable commit) as it begins: which ledger step asked for it."""
+    begun: list[str] = []
+    write = ledger._store.write
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        begun.append("write")
+        return write(*args, **kwargs)
+
+    monkeypatch.setattr(ledger._store, "write", counted)
+    return begun
+
+
+async def test_a_paying_call_costs_two_writes_one_before_it_is_sent_and_one_after(
+    shop: Shop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writes = count_writes(shop.ledger, monkeypatch)
+    assert (await shop.call("buy", item="tea", amount=30))["isError"] is False
+    assert shop.upstream.sent == ["forwarded"]  # forwarded already when the upstream got it
+    assert len(writes) == 2
+    # The call's event went with the settlement: in the ledger with no audit batch written.
+    [recorded] = shop.ledger.calls()
+    assert (recorded.call.decision, recorded.call.spent) == ("allow", Amount(30, "sat"))
+    assert shop.ledger.hold(recorded.call.hold_id or 0).phase == "settled"
+    assert shop.last.hold_id == recorded.call.hold_id  # and the watchers were told
+
+
+async def test_an_allowed_call_without_a_counter_writes_nothing_on_its_path(
+    shop: Shop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rules = policy("version: 1\ntools: {look: {}}\n")
+    shop = Shop(shop.ledger, rules)
+    writes = count_writes(shop.ledger, monkeypatch)
+    assert (await shop.call("look"))["isError"] is False
+    assert writes == [] and shop.ledger.calls() == []  # its event waits for the audit trail's batch
+    assert shop.last.decision == "allow"
+
+
 # --- guard-budget, tools/list and reloads ------------------------------------------------------------------
 
 
