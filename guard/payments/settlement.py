@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, Literal
 
@@ -75,7 +75,7 @@ async def settle(
         if not await off_loop(conclude):
             logger.warning("hold %d: payment %s is already held by another hold", hold, named)
     await reconcile_after(ledger, outcome, policy, who)
-    return replace(settled, event=record, recorded=recorded and record is not None)
+    return Settled(settled.spent, settled.state, settled.problem, record, recorded and record is not None)
 
 
 async def unanswered(ledger: Ledger, hold: int, tool: str, *, not_run: bool = False) -> None:
