@@ -30,6 +30,7 @@ the tool result `answers.denial_result`; guard's own `guard-budget` tool is answ
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -60,6 +61,7 @@ from ledgers import (
     PaymentInFlight,
     RateLimited,
     Refused,
+    Reserved,
 )
 
 logger = logging.getLogger("guard.gate")
@@ -358,7 +360,7 @@ class PolicyGate:
                 forwarded=True,
                 approval=approval,
             )
-            reserved = await off_loop(reserve)
+            reserved = await self._reserved(reserve)
             if reserved.would_refuse is not None:
                 shadowed.append(replace(_refused(reserved.would_refuse, limits), price=money.price))
             return reserved.hold
@@ -366,6 +368,21 @@ class PolicyGate:
             raise _Denied(replace(_refused(exc, limits), price=money.price)) from None
         except ApprovalError as exc:
             raise _Denied(_approval_used(exc, approval, money)) from None
+
+    async def _reserved(self, reserve: Callable[[], Reserved]) -> Reserved:
+        """The reservation, written in a worker thread. A call cancelled meanwhile (its client gave up, the
+        guard is stopping) is never sent: once the thread has committed its hold, the hold is voided, not
+        left `forwarded` to become in doubt. (A cancelled hand-off does not wait for its thread under
+        anyio's runner, so the write runs as a task of its own, shielded from the call's cancellation.)"""
+        writing = asyncio.ensure_future(off_loop(reserve))
+        try:
+            return await asyncio.shield(writing)
+        except asyncio.CancelledError:
+            with anyio.CancelScope(shield=True):
+                await asyncio.wait([writing])
+                if not writing.cancelled() and writing.exception() is None:
+                    await off_loop(self._ledger.void, writing.result().hold)
+            raise
 
     async def _use_approval(self, approval: str | None, money: Bound) -> None:
         """Use the approval of a call that holds nothing up (it is single-use): denied when another call

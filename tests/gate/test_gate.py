@@ -5,6 +5,8 @@ rule's kind. Also what the gate shows (tools/list, guard-budget) and tells (tool
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -447,6 +449,37 @@ async def test_a_paying_call_costs_two_writes_one_before_it_is_sent_and_one_afte
     assert (recorded.call.decision, recorded.call.spent) == ("allow", Amount(30, "sat"))
     assert shop.ledger.hold(recorded.call.hold_id or 0).phase == "settled"
     assert shop.last.hold_id == recorded.call.hold_id  # and the watchers were told
+
+
+async def test_a_call_cancelled_while_its_hold_is_written_is_never_sent_and_its_hold_is_voided(
+    shop: Shop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Surprise: under anyio's runner a plain asyncio `Task.cancel` raises out of `to_thread.run_sync` at
+    once, while the thread still writes (under `asyncio.run` it waits for the thread). The gate writes the
+    reservation as a task of its own, so the committed hold is known, and released."""
+    entered, release = threading.Event(), threading.Event()
+    reserve = shop.ledger.reserve_shadowed
+
+    def slow_reserve(*args: Any, **kwargs: Any) -> Any:
+        entered.set()
+        release.wait(WAIT_S)
+        return reserve(*args, **kwargs)
+
+    monkeypatch.setattr(shop.ledger, "reserve_shadowed", slow_reserve)
+    task = asyncio.get_running_loop().create_task(shop.call("buy", item="tea", amount=30))
+    await anyio.to_thread.run_sync(entered.wait, WAIT_S)
+    task.cancel()
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    [hold] = query_holds(shop.ledger)
+    assert hold.phase == "voided" and shop.upstream.sent == []
+
+
+def query_holds(ledger: RecordingLedger) -> list[Any]:
+    """Every hold, whatever its phase (`open_holds` leaves the voided out)."""
+    with ledger._store.read() as conn:
+        return [ledger.hold(row[0]) for row in conn.exec_driver_sql("SELECT id FROM ledger_holds").all()]
 
 
 async def test_an_allowed_call_without_a_counter_writes_nothing_on_its_path(
