@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import unicodedata
 from collections.abc import Iterable
+from functools import cache, lru_cache
 
 MINUS_SIGN = "\u2212"  # not a dash to Unicode (it is maths), but it looks like one
 
@@ -25,9 +26,21 @@ def spelling(name: str) -> str:
 def known(tool: str, names: Iterable[str]) -> str | None:
     """The name in `names` that `tool` spells (in either case style), or None."""
     wanted = spelling(tool)
+    if isinstance(names, frozenset | tuple):  # a family's fixed names, asked on every call: indexed once
+        return _by_spelling(names).get(wanted)
     return next((name for name in names if spelling(name) == wanted), None)
 
 
+@cache
+def _by_spelling(names: frozenset[str] | tuple[str, ...]) -> dict[str, str]:
+    """`names` by their spelling; of two with one spelling, the first."""
+    index: dict[str, str] = {}
+    for name in names:
+        index.setdefault(spelling(name), name)
+    return index
+
+
+@lru_cache(maxsize=4096)  # asked for every call's tool name: the same few names, over and over
 def folded(name: str) -> str:
     """`name` as an upstream that normalises names might read it: equal for every variant."""
     text = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", name).casefold())

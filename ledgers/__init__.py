@@ -18,10 +18,10 @@ from ledgers._errors import (
     StorageError,
     UnitMismatch,
 )
-from ledgers._holds import Reserved
+from ledgers._holds import AnswerStep, Reserved
 from ledgers._ledger import Ledger
 from ledgers._money import MAX_AMOUNT, Amount, Rates
-from ledgers._observations import QUOTE_LIFETIME_S
+from ledgers._observations import QUOTE_LIFETIME_S, NamedQuote
 from ledgers._records import (
     Approval,
     Authorization,
@@ -63,6 +63,7 @@ __all__ = [
     "AlreadyPaid",
     "Amount",
     "AmountError",
+    "AnswerStep",
     "Approval",
     "ApprovalError",
     "Authorization",
@@ -82,6 +83,7 @@ __all__ = [
     "HoldStateError",
     "Ledger",
     "LedgerError",
+    "NamedQuote",
     "OverReservation",
     "PaymentInFlight",
     "Quote",

@@ -7,6 +7,8 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
+from sqlalchemy import Connection
+
 from ledgers._errors import ApprovalError
 from ledgers._part import Part
 from ledgers._records import Approval
@@ -83,15 +85,7 @@ class Approvals(Part):
         Raises:
             ApprovalError: it is not approved, was used already, or expired."""
         with self._store.write() as conn:
-            now = self._store.now_us()
-            used = run(
-                conn,
-                "UPDATE ledger_approvals SET state = 'used'"
-                " WHERE id = :id AND state = 'approved' AND expires_us > :now",
-                {"id": approval_id, "now": now},
-            ).rowcount
-        if used != 1:
-            raise ApprovalError(f"approval {approval_id} is not approved, was used already, or expired")
+            spend_approval(conn, approval_id, self._store.now_us())
 
     def approvals(self, state: str | None = None, *, include_expired: bool = False) -> list[Approval]:
         """Approvals, newest first: all, or those in `state`."""
@@ -107,6 +101,20 @@ class Approvals(Part):
         with self._store.read() as conn:
             rows = run(conn, sql + " ORDER BY created_us DESC, id", params).all()
         return [_approval(row, now) for row in rows]
+
+
+def spend_approval(conn: Connection, approval_id: str, now: int) -> None:
+    """Spend an approved approval inside a transaction (a reservation's: see `Holds.reserve(approval=)`).
+
+    Raises:
+        ApprovalError: it is not approved, was used already, or expired."""
+    used = run(
+        conn,
+        "UPDATE ledger_approvals SET state = 'used' WHERE id = :id AND state = 'approved' AND expires_us > :now",
+        {"id": approval_id, "now": now},
+    ).rowcount
+    if used != 1:
+        raise ApprovalError(f"approval {approval_id} is not approved, was used already, or expired")
 
 
 def _approval(row: Any, now: int) -> Approval:

@@ -11,6 +11,10 @@ A crash leaves `reserved` holds (never forwarded: voided at recovery) and `forwa
 may have left: kept counted as `in_doubt` until resolved). A hold resolves at most once. `STEPS` is this
 diagram as a table: every step checks the hold's phase and writes the next one in one statement.
 
+A paying call costs two durable writes: `reserve(forwarded=True)` checks, reserves and marks the hold
+forwarded in one transaction (the hold is born `forwarded`: `reserved` is skipped, never a phase the
+call's path waits on), and `conclude` writes everything its answer decided in another.
+
 What was paid is recorded whole, above the hold too: each budget's charge becomes the paid amount in
 its unit (rounded up), and a budget then over its limit refuses every further reservation.
 """
@@ -26,12 +30,14 @@ from typing import Any, Literal, NoReturn
 from sqlalchemy import Connection, Row
 from sqlalchemy.exc import IntegrityError
 
+from ledgers._approvals import spend_approval
 from ledgers._audit import INSERT_CALL, call_row
 from ledgers._errors import AlreadyPaid, AmountError, HoldStateError, PaymentInFlight, Refused, UnitMismatch
 from ledgers._freezes import check_frozen
 from ledgers._money import Amount, Rates
+from ledgers._observations import NamedQuote, insert_observation, store_quote
 from ledgers._part import Part
-from ledgers._records import Budget, CallRecord, HoldInfo, RateLimit
+from ledgers._records import BalanceObservation, Budget, CallRecord, HoldInfo, RateLimit
 from ledgers._schema import MAYBE_PAID, OPEN_PHASES
 from ledgers._store import columns, run, sql_list
 from ledgers._time import from_us, to_us
@@ -45,6 +51,9 @@ class Step:
     start: tuple[str, ...]
     end: str
 
+
+# The steps an answer (or its absence) takes a forwarded hold by (`Holds.conclude`).
+AnswerStep = Literal["settle", "void", "mark_in_doubt"]
 
 StepName = Literal[
     "mark_forwarded", "settle", "void", "mark_in_doubt", "resolve", "resolve_unpaid", "recover_unsent", "recover_sent"
@@ -130,6 +139,8 @@ class Holds(Part):
         priced_by: str | None = None,
         rates: Rates | None = None,
         frozen_scopes: Sequence[str] = (),
+        forwarded: bool = False,
+        approval: str | None = None,
     ) -> int:
         """Check that none of `frozen_scopes` is frozen (the kill switch), then every budget and rate
         limit and, in the same transaction, write the hold (and the calls the rate limits count).
@@ -139,14 +150,23 @@ class Holds(Part):
         charge stored is that figure, and settling scales it, so a later change of rates never rewrites
         it. Returns the hold id.
 
+        `forwarded`: the call is sent upstream as soon as this returns, so the hold is born `forwarded`
+        (`mark_forwarded` in the same transaction: one durable write, not two). Should the guard die
+        before the request reaches the upstream, the hold is in doubt all the same (recovery never voids
+        a `forwarded` hold): exactly as after a separate `mark_forwarded`, never voided silently.
+        `approval`: a human's approval this call goes ahead under, used up in the same transaction.
+
         Raises:
             Frozen: an operator froze one of `frozen_scopes` (the kill switch). Nothing written.
+            ApprovalError: `approval` is not approved, was used already, or expired. Nothing written.
             BudgetExceeded / RateLimited: which rule, what remains, when to retry. Nothing written.
             PaymentInFlight / AlreadyPaid: the idempotency key is open, or was paid. Nothing written.
             AmountError / UnitMismatch: an amount or unit is wrong. Nothing written.
         """
         where = Where(session, identity, tool, balance_key, server, resource, priced_by)
-        hold, _ = self._reserve(budgets, amount, idempotency_key, rate_limits, where, rates, frozen_scopes, ())
+        hold, _ = self._reserve(
+            budgets, amount, idempotency_key, rate_limits, where, rates, frozen_scopes, (), forwarded, approval
+        )
         return hold
 
     def reserve_shadowed(
@@ -166,14 +186,18 @@ class Holds(Part):
         priced_by: str | None = None,
         rates: Rates | None = None,
         frozen_scopes: Sequence[str] = (),
+        forwarded: bool = False,
+        approval: str | None = None,
     ) -> Reserved:
         """`reserve`, but the budgets and rate limits whose key (`Budget.key`, `RateLimit.key`) is in
         `shadow` (shadow mode) do not refuse: the hold and its charges are written anyway, over the limit
         if need be (the money moves, so the ledger counts it), and the first refusal they would have made
-        is returned with the hold. Freezes, the idempotency key and every key not in `shadow` refuse as
-        `reserve` does (same exceptions, nothing written)."""
+        is returned with the hold. Freezes, the idempotency key, the approval and every key not in `shadow`
+        refuse as `reserve` does (same exceptions, nothing written); `forwarded` as in `reserve`."""
         where = Where(session, identity, tool, balance_key, server, resource, priced_by)
-        hold, would = self._reserve(budgets, amount, idempotency_key, rate_limits, where, rates, frozen_scopes, shadow)
+        hold, would = self._reserve(
+            budgets, amount, idempotency_key, rate_limits, where, rates, frozen_scopes, shadow, forwarded, approval
+        )
         return Reserved(hold, would)
 
     def _reserve(
@@ -186,6 +210,8 @@ class Holds(Part):
         rates: Rates | None,
         frozen_scopes: Sequence[str],
         shadow: Collection[str],
+        forwarded: bool = False,
+        approval: str | None = None,
     ) -> tuple[int, Refused | None]:
         if not isinstance(amount, Amount):
             raise AmountError(f"reserve() needs an Amount, not {type(amount).__name__} {amount!r}")
@@ -202,7 +228,10 @@ class Holds(Part):
                 _unless_shadowed(partial(check_rate, conn, rate, now), rate.key in shadow, would)
             for budget, value in charges:
                 _unless_shadowed(partial(check_budget, conn, budget, value, now), budget.key in shadow, would)
-            hold_id = self._insert_hold(conn, amount, idempotency_key, now, where, _mixed(budgets, amount))
+            if approval is not None:
+                spend_approval(conn, approval, now)
+            phase = STEPS["mark_forwarded"].end if forwarded else "reserved"
+            hold_id = self._insert_hold(conn, amount, idempotency_key, now, where, _mixed(budgets, amount), phase)
             defined = define_budgets(conn, budgets, now, self._defined)
             _insert_charges(conn, hold_id, charges, now, held=True)
             count_calls(conn, rate_limits, now)
@@ -228,7 +257,7 @@ class Holds(Part):
         where = Where(session=session, tool=tool, balance_key=balance_key, server=server)
         with self._store.write(lock_keys=sorted({b.key for b in budgets})) as conn:
             now = self._store.now_us()
-            hold_id = self._insert_hold(conn, amount, None, now, where, _mixed(budgets, amount))
+            hold_id = self._insert_hold(conn, amount, None, now, where, _mixed(budgets, amount), "reserved")
             defined = define_budgets(conn, budgets, now, self._defined)
             run(
                 conn,
@@ -276,15 +305,55 @@ class Holds(Part):
         be made again while the hold is open and a later proof can find it. False when another open
         or settled hold has that id already (the hold keeps none)."""
         with self._store.write() as conn:
-            try:  # inside the transaction: the write transaction would take a refusal for a failure
-                with self._store.savepoint(conn):
-                    named = run(
-                        conn,
-                        "UPDATE ledger_holds SET idempotency_key = :k WHERE id = :h AND idempotency_key IS NULL",
-                        {"k": idempotency_key, "h": hold_id},
-                    ).rowcount
-            except IntegrityError:
-                return False
+            return self._name_payment(conn, hold_id, idempotency_key)
+
+    def conclude(
+        self,
+        hold_id: int | None,
+        step: AnswerStep | None = None,
+        paid: Amount | None = None,
+        *,
+        payment_id: str | None = None,
+        observations: Sequence[BalanceObservation] = (),
+        quotes: Sequence[NamedQuote] = (),
+        event: CallRecord | None = None,
+    ) -> bool:
+        """All that a forwarded call's answer decided, in one transaction (one durable write): the payment
+        the answer names given to the hold (as `name_payment`), the hold's `step` (`settle` at `paid`, as
+        `settle` records it; `void`; `mark_in_doubt`), the balances it observed, the prices it named, and
+        the call's event. A crash leaves all of it unwritten: the hold `forwarded`, so in doubt. Returns
+        False when another hold has `payment_id` already (this one keeps none).
+
+        Raises:
+            HoldStateError: the hold's phase does not allow `step`. Nothing written.
+            AmountError: an observation's or a quote's amount is not an Amount. Nothing written."""
+        with self._store.write() as conn:
+            now = self._store.now_us()
+            named = True
+            if hold_id is not None and payment_id is not None:
+                named = self._name_payment(conn, hold_id, payment_id)
+            if hold_id is not None and step == "mark_in_doubt":
+                _move(conn, hold_id, STEPS[step], now)
+            elif hold_id is not None and step is not None:
+                finish(conn, hold_id, STEPS[step], paid if step == "settle" else None, now, self._rates)
+            for observation in observations:
+                insert_observation(conn, observation, now)
+            for quote in quotes:
+                store_quote(conn, quote, now)
+            if event is not None:
+                run(conn, INSERT_CALL, call_row(event, now))
+        return named
+
+    def _name_payment(self, conn: Connection, hold_id: int, idempotency_key: str) -> bool:
+        try:  # inside the transaction: the write transaction would take a refusal for a failure
+            with self._store.savepoint(conn):
+                named = run(
+                    conn,
+                    "UPDATE ledger_holds SET idempotency_key = :k WHERE id = :h AND idempotency_key IS NULL",
+                    {"k": idempotency_key, "h": hold_id},
+                ).rowcount
+        except IntegrityError:
+            return False
         return bool(named)
 
     def hold(self, hold_id: int) -> HoldInfo:
@@ -329,19 +398,11 @@ class Holds(Part):
         return [Amount(int(row[1]), row[0]) for row in rows if row[1]]
 
     def _move(self, hold_id: int, step: Step) -> None:
-        """A step that moves no money: only the phase changes."""
         with self._store.write() as conn:
-            moved = run(
-                conn,
-                "UPDATE ledger_holds SET phase = :p, updated_us = :t"
-                f" WHERE id = :h AND phase IN {sql_list(step.start)}",
-                {"p": step.end, "t": self._store.now_us(), "h": hold_id},
-            ).rowcount
-            if not moved:
-                _refuse(conn, hold_id, step)
+            _move(conn, hold_id, step, self._store.now_us())
 
     def _insert_hold(
-        self, conn: Connection, amount: Amount, key: str | None, now: int, where: Where, mixed: bool
+        self, conn: Connection, amount: Amount, key: str | None, now: int, where: Where, mixed: bool, phase: str
     ) -> int:
         described = asdict(where)
         try:
@@ -349,10 +410,11 @@ class Holds(Part):
                 hold_id: Any = run(
                     conn,
                     "INSERT INTO ledger_holds (idempotency_key, phase, unit, amount, owner, mixed_units, created_us,"
-                    f" updated_us, {columns(list(described))}) VALUES (:key, 'reserved', :unit, :amount, :owner,"
+                    f" updated_us, {columns(list(described))}) VALUES (:key, :phase, :unit, :amount, :owner,"
                     f" :mixed, :now, :now, {columns(list(described), ':')}) RETURNING id",
                     {
                         "key": key,
+                        "phase": phase,
                         "unit": amount.unit,
                         "amount": amount.value,
                         "owner": self.owner,
@@ -385,6 +447,17 @@ def check_key(conn: Connection, key: str) -> None:
             " paying again could pay twice",
             rule="idempotency",
         )
+
+
+def _move(conn: Connection, hold_id: int, step: Step, now: int) -> None:
+    """A step that moves no money: only the phase changes."""
+    moved = run(
+        conn,
+        f"UPDATE ledger_holds SET phase = :p, updated_us = :t WHERE id = :h AND phase IN {sql_list(step.start)}",
+        {"p": step.end, "t": now, "h": hold_id},
+    ).rowcount
+    if not moved:
+        _refuse(conn, hold_id, step)
 
 
 def finish(conn: Connection, hold_id: int, step: Step, actual: Amount | None, now: int, rates: Rates | None) -> None:

@@ -1,6 +1,7 @@
 """The audit trail on its way to the ledger: every decided call becomes a call event, told to the watchers
 (metrics, alerts) at once and written by a background task in batches, off the call's path (a call costs
-no disk sync of its own). Arguments are only ever recorded as a digest."""
+no disk sync of its own; a paying call's event goes with its settlement, in that one transaction).
+Arguments are only ever recorded as a digest."""
 
 from __future__ import annotations
 
@@ -37,9 +38,11 @@ class AuditTrail:
         self._watchers = list(watchers)
         self._queue: asyncio.Queue[CallRecord] = asyncio.Queue()
 
-    def note(self, call: CallRecord, upstream_s: float | None = None) -> None:
-        """Queue a call event for the ledger, and tell the watchers."""
-        self._queue.put_nowait(call)
+    def note(self, call: CallRecord, upstream_s: float | None = None, *, written: bool = False) -> None:
+        """Queue a call event for the ledger (unless it is `written` there already: a paying call's is, with
+        its settlement), and tell the watchers."""
+        if not written:
+            self._queue.put_nowait(call)
         for watcher in self._watchers:
             try:
                 watcher.call_done(call, upstream_s)

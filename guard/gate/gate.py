@@ -14,12 +14,15 @@ Each step is one line of `PolicyGate._admit` (then `call_tool`), calling the roo
   7. the reserve                                the ledger, in one transaction: the freezes, the repeat
                                                 limit (the same purchase per session), budgets and rate
                                                 limits (a call that does not pay only counts against its
-                                                rate limits)
-  8. the approval used up                       the ledger (used by another call first: the hold is voided)
-  9. the hold marked forwarded                  the ledger, before the call is sent (a crash after it
-                                                leaves the payment in doubt)
+  8. the approval used up                       rate limits), the approval used up, and the hold marked
+  9. the hold marked forwarded                  forwarded: born `forwarded`, so a crash after it leaves
+                                                the payment in doubt (never voided silently)
  10. forward                                    the relay
- 11. settle                                     `Payments.settle` (an answer), `Payments.unanswered` (none)
+ 11. settle                                     `Payments.settle` (an answer): the hold, what the answer
+                                                reveals and the call event in one transaction;
+                                                `Payments.unanswered` (none)
+
+A paying call so costs two durable writes: one before it is forwarded (7-9), one after (11).
 
 Every decision becomes a call event (`AuditTrail`: told to the watchers, written in batches). A denial is
 the tool result `answers.denial_result`; guard's own `guard-budget` tool is answered here, never forwarded.
@@ -27,6 +30,7 @@ the tool result `answers.denial_result`; guard's own `guard-budget` tool is answ
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
@@ -43,6 +47,7 @@ from guard.gate.answers import BUDGET_TOOL, BUDGET_TOOL_DEFINITION, budget_resul
 from guard.gate.audit import AuditTrail, CallWatcher
 from guard.payments.decision import Bound
 from guard.payments.payments import Payments
+from guard.payments.settlement import Settled
 from guard.policy.arguments import args_digest
 from guard.policy.model import seconds
 from guard.policy.rules import Denial, Limit, Policy, Who
@@ -58,6 +63,7 @@ from ledgers import (
     PaymentInFlight,
     RateLimited,
     Refused,
+    Reserved,
 )
 
 logger = logging.getLogger("guard.gate")
@@ -162,28 +168,34 @@ class PolicyGate:
                     await self._payments.unanswered(hold, call.name)
             raise
         upstream_s = time.perf_counter() - forwarded
-        try:
-            settled = await self._payments.settle(policy, call, who, admitted.money, result, hold)
-        except BaseException:
-            if hold is not None:  # the answer came, but the guard could not finish: keep it counted
-                with anyio.CancelScope(shield=True):
-                    await self._payments.unanswered(hold, call.name)
-            raise
-        latency = (time.perf_counter_ns() - started) // 1000
-        flagged = f"flagged: {settled.problem}" if settled.problem else None
-        allowed = record(
-            decision="allow", reason=flagged, price=price, hold_id=hold, spent=settled.spent, latency_us=latency
-        )
-        if would is not None:
-            allowed = replace(
-                allowed,
+
+        def allowed(settled: Settled) -> CallRecord:
+            """The call's event, written with its settlement (the latency up to that write)."""
+            latency = (time.perf_counter_ns() - started) // 1000
+            flagged = f"flagged: {settled.problem}" if settled.problem else None
+            event = record(
+                decision="allow", reason=flagged, price=price, hold_id=hold, spent=settled.spent, latency_us=latency
+            )
+            if would is None:
+                return event
+            return replace(
+                event,
                 decision="would_deny",
                 rule=would.rule,
                 kind=would.kind,
                 reason=would.reason if flagged is None else f"{would.reason}; {flagged}",
                 balance_key=would.balance_key,
             )
-        self.audit.note(allowed, upstream_s)
+
+        try:
+            settled = await self._payments.settle(policy, call, who, admitted.money, result, hold, allowed)
+        except BaseException:
+            if hold is not None:  # the answer came, but the guard could not finish: keep it counted
+                with anyio.CancelScope(shield=True):
+                    await self._payments.unanswered(hold, call.name)
+            raise
+        assert settled.event is not None
+        self.audit.note(settled.event, upstream_s, written=settled.recorded)
         return result
 
     async def list_tools(self, session: Session, result: JSON) -> JSON:
@@ -230,8 +242,8 @@ class PolicyGate:
     # the checklist
 
     async def _admit(self, policy: Policy, call: ToolCall, who: Who, digest: str) -> _Admitted | Denial:
-        """Steps 1 to 9 of the module's checklist: the call admitted (with its hold, if it pays), or the
-        first denial. A denial the policy shadows (`Policy.shadowed`) does not stop the checklist: the
+        """Steps 1 to 9 of the module's checklist: the call admitted (with its hold, born forwarded, if it
+        pays), or the first denial. A denial the policy shadows (`Policy.shadowed`) does not stop the checklist: the
         first one is kept, and the call goes ahead as a would-deny."""
         name, link = call.name, self._links.get(call.session.id)
         shadowed: list[Denial] = []
@@ -246,12 +258,11 @@ class PolicyGate:
             await self._within_rate_limits([lim for lim in limits if lim.rate.key not in shadow])  # 5
             money = _unless_denied(await self._payments.bound(policy, call, who, link))  # 6
             unless(money.would_deny)
-            hold = await self._reserve(policy, money, limits, who, name, digest, shadowed)  # 7
-            await self._use_approval(approval, hold, money)  # 8
+            hold = await self._reserve(policy, money, limits, who, name, digest, shadowed, approval)  # 7, 8, 9
+            if hold is None:
+                await self._use_approval(approval, money)  # 8
         except _Denied as denied:
             return denied.denial
-        if hold is not None:
-            await off_loop(self._ledger.mark_forwarded, hold)  # 9
         return _Admitted(hold, money, shadowed[0] if shadowed else None)
 
     async def _not_frozen(self, policy: Policy, tool: str, who: Who) -> None:
@@ -313,12 +324,14 @@ class PolicyGate:
         tool: str,
         digest: str,
         shadowed: list[Denial],
+        approval: str | None,
     ) -> int | None:
         """One ledger transaction: a paying call is refused if its scope is frozen, then its repeat limit,
-        budgets and rate limits reserve together (the hold id), converted into the budgets' units with the
-        rates of the policy that priced it; a free call only counts against its rate limits (None). The
-        budgets and limits the policy shadows reserve and count even over their limits: their refusal is
-        added to `shadowed` (the money moves all the same, so the ledger counts it)."""
+        budgets and rate limits reserve together, converted into the budgets' units with the rates of the
+        policy that priced it, its `approval` is used up, and its hold is written forwarded (the hold id;
+        the call is sent next). A free call only counts against its rate limits (None; its approval is
+        used after). The budgets and limits the policy shadows reserve and count even over their limits:
+        their refusal is added to `shadowed` (the money moves all the same, so the ledger counts it)."""
         try:
             if money.price is None:
                 if limits:
@@ -347,25 +360,42 @@ class PolicyGate:
                 priced_by=money.priced_by,
                 rates=policy.rates,
                 frozen_scopes=_frozen_scopes(who),
+                forwarded=True,
+                approval=approval,
             )
-            reserved = await off_loop(reserve)
+            reserved = await self._reserved(reserve)
             if reserved.would_refuse is not None:
                 shadowed.append(replace(_refused(reserved.would_refuse, limits), price=money.price))
             return reserved.hold
         except Refused as exc:
             raise _Denied(replace(_refused(exc, limits), price=money.price)) from None
+        except ApprovalError as exc:
+            raise _Denied(_approval_used(exc, approval, money)) from None
 
-    async def _use_approval(self, approval: str | None, hold: int | None, money: Bound) -> None:
-        """Use the approval up (it is single-use); should another call have used it first, release the hold."""
+    async def _reserved(self, reserve: Callable[[], Reserved]) -> Reserved:
+        """The reservation, written in a worker thread. A call cancelled meanwhile (its client gave up, the
+        guard is stopping) is never sent: once the thread has committed its hold, the hold is voided, not
+        left `forwarded` to become in doubt. (A cancelled hand-off does not wait for its thread under
+        anyio's runner, so the write runs as a task of its own, shielded from the call's cancellation.)"""
+        writing = asyncio.ensure_future(off_loop(reserve))
+        try:
+            return await asyncio.shield(writing)
+        except asyncio.CancelledError:
+            with anyio.CancelScope(shield=True):
+                await asyncio.wait([writing])
+                if not writing.cancelled() and writing.exception() is None:
+                    await off_loop(self._ledger.void, writing.result().hold)
+            raise
+
+    async def _use_approval(self, approval: str | None, money: Bound) -> None:
+        """Use the approval of a call that holds nothing up (it is single-use): denied when another call
+        used it first. (A paying call's is used in its reservation's transaction.)"""
         if approval is None:
             return
         try:
             await off_loop(self._ledger.use_approval, approval)
         except ApprovalError as exc:
-            if hold is not None:
-                await off_loop(self._ledger.void, hold)
-            denial = Denial("approvals", str(exc), approval_id=approval, kind="approval", price=money.price)
-            raise _Denied(denial) from None
+            raise _Denied(_approval_used(exc, approval, money)) from None
 
     # reloads
 
@@ -424,6 +454,11 @@ def _kept_arguments(policy: Policy, call: ToolCall) -> str | None:
     if policy.spec.audit.arguments != "redacted":
         return None
     return json.dumps(redact_arguments(call.arguments), sort_keys=True, ensure_ascii=False, default=str)
+
+
+def _approval_used(exc: ApprovalError, approval: str | None, money: Bound) -> Denial:
+    """The denial of a call whose approval another call used first (or that expired meanwhile)."""
+    return Denial("approvals", str(exc), approval_id=approval, kind="approval", price=money.price)
 
 
 def _frozen_scopes(who: Who) -> tuple[str, ...]:

@@ -9,6 +9,10 @@
   An x402 PaymentRequired is also remembered by the tool that answered it (`x402_tool_key`): while it
   lasts, that tool's calls without a payment are known to move nothing (`decision.bound`).
 
+What needs no reading of the ledger (observations of balances that are not money, quotes) is stored as it
+is: with a paying call's settlement and event, in its one transaction (`stored_as_is`, `Ledger.conclude`).
+Proofs and money balances are held against the ledger as settled, after it (`reconcile_after`).
+
 `ask` is the guard's own call upstream (a balance refresh, a price preview), through the session's
 `SessionLink`, learnt from like any answer.
 """
@@ -23,7 +27,7 @@ from guard.errors import UpstreamError
 from guard.payments import reconcile
 from guard.payments.adapters._facts import Adapter, Outcome, Quote, Refresh, public_url
 from guard.policy.rules import Policy, Who
-from ledgers import Amount, Ledger, UnitMismatch
+from ledgers import BalanceObservation, Ledger, NamedQuote
 
 logger = logging.getLogger("guard.payments")
 
@@ -41,34 +45,47 @@ def x402_tool_key(tool: str) -> str:
 
 async def learn(ledger: Ledger, outcome: Outcome, policy: Policy, who: Who) -> None:
     """Store what `outcome` reveals (after reconciling it with what the guard counted)."""
+    observations, quotes = stored_as_is(outcome)
+    if observations or quotes:
+        await off_loop(partial(ledger.conclude, None, observations=observations, quotes=quotes))
+    await reconcile_after(ledger, outcome, policy, who)
+
+
+def stored_as_is(outcome: Outcome) -> tuple[list[BalanceObservation], list[NamedQuote]]:
+    """What of `outcome` is stored as it is, reading nothing first: the observations no reconciliation
+    reads (every one but a money balance), and the quotes under each of their keys."""
+    observations = [o for o in outcome.observations if not _reconciled(o)]
+    return observations, [named for quote in outcome.quotes for named in _named(quote)]
+
+
+async def reconcile_after(ledger: Ledger, outcome: Outcome, policy: Policy, who: Who) -> None:
+    """What of `outcome` is held against the ledger as it is (its call's hold settled): payments it proves
+    settle their holds in doubt; a money balance is compared with the last one seen, then stored."""
     for payment in outcome.proven_paid:
         await reconcile.settle_proven(ledger, payment)
     for observation in outcome.observations:
-        await reconcile.explain(ledger, observation, policy, who)
-        await off_loop(ledger.observe, observation)
-    for quote in outcome.quotes:
-        await off_loop(_remember, ledger, quote)
+        if _reconciled(observation):
+            await reconcile.explain(ledger, observation, policy, who)
+            await off_loop(ledger.observe, observation)
 
 
-def _remember(ledger: Ledger, quote: Quote) -> None:
-    remember = partial(ledger.remember_quote, expires=quote.expires, payment_id=quote.payment_id)
+def _reconciled(observation: BalanceObservation) -> bool:
+    """A money balance with an amount: `reconcile.explain` holds it against the last one before it is stored."""
+    return observation.money and observation.amount is not None
+
+
+def _named(quote: Quote) -> list[NamedQuote]:
+    """A quote under each of its keys: its URL's public form, the x402 tool's, its payment's (one invoice:
+    of two prices named for it, the higher stays)."""
+    named = partial(NamedQuote, amount=quote.amount, expires=quote.expires, payment_id=quote.payment_id)
+    keys = []
     if quote.resource is not None:
-        remember(public_url(quote.resource), quote.amount)
+        keys.append(named(public_url(quote.resource)))
     if quote.x402_tool is not None:
-        remember(x402_tool_key(quote.x402_tool), quote.amount)
+        keys.append(named(x402_tool_key(quote.x402_tool)))
     if quote.payment_id is not None:
-        key = payment_key(quote.payment_id)
-        earlier = ledger.quote(key)
-        remember(key, _higher(earlier.amount, quote.amount) if earlier is not None else quote.amount)
-
-
-def _higher(earlier: Amount, named: Amount) -> Amount:
-    """The higher of two prices named for one invoice (they should agree: if not, the ledger must not say
-    less than the wallet may pay); the one named last when they do not compare."""
-    try:
-        return earlier if earlier.to(named.unit, rounding="up").value > named.value else named
-    except UnitMismatch:
-        return named
+        keys.append(named(payment_key(quote.payment_id), keep_higher=True))
+    return keys
 
 
 async def ask(

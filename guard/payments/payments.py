@@ -22,7 +22,7 @@ from guard.payments.decision import Bound
 from guard.payments.reading import Readers
 from guard.payments.settlement import Settled
 from guard.policy.rules import Denial, Policy, Who
-from ledgers import Ledger
+from ledgers import CallRecord, Ledger
 
 
 class Payments:
@@ -46,10 +46,18 @@ class Payments:
         return money
 
     async def settle(
-        self, policy: Policy, call: ToolCall, who: Who, money: Bound, result: Any, hold: int | None
+        self,
+        policy: Policy,
+        call: ToolCall,
+        who: Who,
+        money: Bound,
+        result: Any,
+        hold: int | None,
+        event: Callable[[Settled], CallRecord] | None = None,
     ) -> Settled:
-        """Settle, void or keep in doubt the call's hold as its answer says; learn what the answer reveals."""
-        return await settlement.settle(self._ledger, self._readers, policy, call, who, money, result, hold)
+        """Settle, void or keep in doubt the call's hold as its answer says; learn what the answer reveals;
+        the call's event (`event` makes it) written with them, in one transaction (see `settlement.settle`)."""
+        return await settlement.settle(self._ledger, self._readers, policy, call, who, money, result, hold, event)
 
     async def unanswered(self, hold: int, tool: str, *, not_run: bool = False) -> None:
         """The forwarded call got no answer: void its hold when the tool did not run, else keep it in doubt."""

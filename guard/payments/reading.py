@@ -5,7 +5,7 @@ tool (case, width, dashes) is read as paying and refused: an upstream that norma
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,6 +43,8 @@ class Readers:
     def __init__(self, adapters: Sequence[Adapter], x402: Adapter | None = None) -> None:
         self._adapters = list(adapters)
         self._x402 = x402
+        # Each adapter's tools by their folded name (the first of a fold), folded once, not on every call.
+        self._variants = [_by_fold(adapter.tools) for adapter in self._adapters]
 
     def read(self, call: ToolCall) -> Reading:
         """The adapter that reads this call, and what it says. An x402 payment in `_meta` wins."""
@@ -51,10 +53,10 @@ class Readers:
             if prepared.pays:
                 return Reading(self._x402, prepared)
         variant = folded(call.name)
-        for adapter in self._adapters:
+        for adapter, variants in zip(self._adapters, self._variants, strict=True):
             if adapter.knows(call.name):
                 return Reading(adapter, adapter.prepare(call.name, call.arguments, call.meta))
-            if (known := next((t for t in adapter.tools if folded(t) == variant), None)) is not None:
+            if (known := variants.get(variant)) is not None:
                 # An upstream that normalises names may run it as `known`, a tool that pays: never unpriced.
                 why = f"{call.name!r} is a variant of {adapter.name}'s tool {known!r}: call it by its exact name"
                 return Reading(adapter, Prepared(pays=True, refuse=why))
@@ -89,3 +91,11 @@ class Readers:
     def refresher(self, key: str) -> Adapter | None:
         """The family adapter that knows how to refresh the balance `key`, if one does."""
         return next((a for a in self._adapters if a.refresh(key) is not None), None)
+
+
+def _by_fold(tools: Iterable[str]) -> dict[str, str]:
+    """`tools` by their folded name; of two with one fold, the first."""
+    by_fold: dict[str, str] = {}
+    for tool in tools:
+        by_fold.setdefault(folded(tool), tool)
+    return by_fold

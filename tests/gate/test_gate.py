@@ -5,6 +5,8 @@ rule's kind. Also what the gate shows (tools/list, guard-budget) and tells (tool
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,7 @@ from guard.payments.adapters._facts import Outcome, Prepared
 from guard.payments.payments import Payments
 from guard.policy.rules import Policy
 from guard.policy.source import PolicySource
-from ledgers import Amount, ApprovalError, BalanceObservation, Budget, CallRecord
+from ledgers import Amount, Approval, BalanceObservation, Budget, CallRecord
 from tests.conftest import WAIT_S, FakeClock
 from tests.payments.doubles import FakeLink, RecordingLedger, StubAdapter, policy, text_result
 
@@ -238,24 +240,29 @@ async def test_a_denied_approval_refuses_the_retry(shop: Shop) -> None:
     assert (retried["reason"], retried["approval_id"]) == ("the operator denied this call to ask", asked["approval_id"])
 
 
-async def test_an_approval_used_by_another_call_first_releases_the_hold(
+async def test_an_approval_used_by_another_call_first_is_denied_and_writes_no_hold(
     ledger: RecordingLedger, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The approval is used up in the reservation's transaction: when another call used it between the
+    check (step 4) and the reservation, the reservation refuses and nothing is held or sent."""
     rules = policy(
         "version: 1\nbudgets: [{name: b, limit: 100 sat}]\ntools: {buy: {pays: true, price: 5 sat, action: approve}}\n"
     )
     shop = Shop(ledger, rules)
     asked = shop.denied(await shop.call("buy"))
     ledger.decide_approval(asked["approval_id"], approve=True)
+    checked = ledger.request_approval
 
-    def used_meanwhile(approval_id: str) -> None:
-        raise ApprovalError(f"approval {approval_id} was used already")
+    def then_used_by_another_call(*args: Any, **kwargs: Any) -> Approval:
+        approval = checked(*args, **kwargs)
+        ledger.use_approval(approval.id)
+        return approval
 
-    monkeypatch.setattr(ledger, "use_approval", used_meanwhile)
+    monkeypatch.setattr(ledger, "request_approval", then_used_by_another_call)
     denied = shop.denied(await shop.call("buy"))
     assert (denied["rule"], denied["reason"], shop.last.kind) == (
         "approvals",
-        f"approval {asked['approval_id']} was used already",
+        f"approval {asked['approval_id']} is not approved, was used already, or expired",
         "approval",
     )
     assert ledger.open_holds() == [] and shop.upstream.sent == []
@@ -415,6 +422,75 @@ async def test_every_event_reaches_the_ledgers_audit_trail(shop: Shop) -> None:
         tasks.cancel_scope.cancel()
     stored = [(e.call.tool, e.call.decision, e.call.rule) for e in shop.ledger.calls(last=10)]
     assert stored == [("buy", "allow", None), ("buy", "deny", "tools.buy.when[0]")]
+
+
+def count_writes(ledger: RecordingLedger, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Notes each write transaction (one durable commit) as it begins: which ledger step asked for it."""
+    begun: list[str] = []
+    write = ledger._store.write
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        begun.append("write")
+        return write(*args, **kwargs)
+
+    monkeypatch.setattr(ledger._store, "write", counted)
+    return begun
+
+
+async def test_a_paying_call_costs_two_writes_one_before_it_is_sent_and_one_after(
+    shop: Shop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writes = count_writes(shop.ledger, monkeypatch)
+    assert (await shop.call("buy", item="tea", amount=30))["isError"] is False
+    assert shop.upstream.sent == ["forwarded"]  # forwarded already when the upstream got it
+    assert len(writes) == 2
+    # The call's event went with the settlement: in the ledger with no audit batch written.
+    [recorded] = shop.ledger.calls()
+    assert (recorded.call.decision, recorded.call.spent) == ("allow", Amount(30, "sat"))
+    assert shop.ledger.hold(recorded.call.hold_id or 0).phase == "settled"
+    assert shop.last.hold_id == recorded.call.hold_id  # and the watchers were told
+
+
+async def test_a_call_cancelled_while_its_hold_is_written_is_never_sent_and_its_hold_is_voided(
+    shop: Shop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Surprise: under anyio's runner a plain asyncio `Task.cancel` raises out of `to_thread.run_sync` at
+    once, while the thread still writes (under `asyncio.run` it waits for the thread). The gate writes the
+    reservation as a task of its own, so the committed hold is known, and released."""
+    entered, release = threading.Event(), threading.Event()
+    reserve = shop.ledger.reserve_shadowed
+
+    def slow_reserve(*args: Any, **kwargs: Any) -> Any:
+        entered.set()
+        release.wait(WAIT_S)
+        return reserve(*args, **kwargs)
+
+    monkeypatch.setattr(shop.ledger, "reserve_shadowed", slow_reserve)
+    task = asyncio.get_running_loop().create_task(shop.call("buy", item="tea", amount=30))
+    await anyio.to_thread.run_sync(entered.wait, WAIT_S)
+    task.cancel()
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    [hold] = query_holds(shop.ledger)
+    assert hold.phase == "voided" and shop.upstream.sent == []
+
+
+def query_holds(ledger: RecordingLedger) -> list[Any]:
+    """Every hold, whatever its phase (`open_holds` leaves the voided out)."""
+    with ledger._store.read() as conn:
+        return [ledger.hold(row[0]) for row in conn.exec_driver_sql("SELECT id FROM ledger_holds").all()]
+
+
+async def test_an_allowed_call_without_a_counter_writes_nothing_on_its_path(
+    shop: Shop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rules = policy("version: 1\ntools: {look: {}}\n")
+    shop = Shop(shop.ledger, rules)
+    writes = count_writes(shop.ledger, monkeypatch)
+    assert (await shop.call("look"))["isError"] is False
+    assert writes == [] and shop.ledger.calls() == []  # its event waits for the audit trail's batch
+    assert shop.last.decision == "allow"
 
 
 # --- guard-budget, tools/list and reloads ------------------------------------------------------------------

@@ -8,6 +8,8 @@ prints its answer once the step is durable (committed), and blocks reading the n
 
     reserve AMOUNT KEY   ->  reserved ID      (AMOUNT sat against the budget `crash_budget(LIMIT)`)
     forward ID           ->  forwarded ID
+    pay AMOUNT KEY       ->  forwarded ID     (reserved and forwarded in one transaction: a paying call's first)
+    conclude ID AMOUNT   ->  concluded ID     (settled with an observation and its event: a paying call's second)
     settle ID AMOUNT     ->  settled ID
     doubt ID             ->  in_doubt ID
     close                ->  closed           (closes the ledger and exits)
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 import sys
 
-from ledgers import Amount, Budget, Ledger
+from ledgers import Amount, BalanceObservation, Budget, CallRecord, Ledger
 
 
 def crash_budget(limit: int) -> Budget:
@@ -34,6 +36,19 @@ def main() -> None:
         if command == "reserve":
             hold_id = ledger.reserve([budget], Amount(int(args[0]), "sat"), idempotency_key=args[1])
             answer = f"reserved {hold_id}"
+        elif command == "pay":
+            hold_id = ledger.reserve([budget], Amount(int(args[0]), "sat"), idempotency_key=args[1], forwarded=True)
+            answer = f"forwarded {hold_id}"
+        elif command == "conclude":
+            hold_id, paid = int(args[0]), Amount(int(args[1]), "sat")
+            ledger.conclude(
+                hold_id,
+                "settle",
+                paid,
+                observations=[BalanceObservation("crash", "credits:crash", Amount(7, "credits:crash"))],
+                event=CallRecord(tool="crash", decision="allow", hold_id=hold_id, spent=paid),
+            )
+            answer = f"concluded {hold_id}"
         elif command == "forward":
             ledger.mark_forwarded(int(args[0]))
             answer = f"forwarded {args[0]}"

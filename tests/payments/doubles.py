@@ -14,7 +14,7 @@ from guard.errors import UpstreamError
 from guard.payments.adapters._facts import Outcome, Prepared, Refresh
 from guard.policy.files import parse
 from guard.policy.rules import Policy, Who
-from ledgers import Amount, CallRecord, Ledger
+from ledgers import Amount, AnswerStep, BalanceObservation, CallRecord, Ledger, NamedQuote
 
 JSON = dict[str, Any]
 WHO = Who("s1", "alice", "shop")
@@ -92,6 +92,24 @@ class RecordingLedger(Ledger):
         if event is not None:
             self._keep(event)
         super().resolve(hold_id, actual, event=event)
+
+    def conclude(
+        self,
+        hold_id: int | None,
+        step: AnswerStep | None = None,
+        paid: Amount | None = None,
+        *,
+        payment_id: str | None = None,
+        observations: Sequence[BalanceObservation] = (),
+        quotes: Sequence[NamedQuote] = (),
+        event: CallRecord | None = None,
+    ) -> bool:
+        named = super().conclude(
+            hold_id, step, paid, payment_id=payment_id, observations=observations, quotes=quotes, event=event
+        )
+        if event is not None:  # kept once written (a refused conclusion writes nothing)
+            self._keep(event)
+        return named
 
     def _keep(self, call: CallRecord) -> None:
         if all(kept is not call for kept in self.events):
