@@ -63,6 +63,8 @@ MODERN_ERA = "2026-07-28"
 
 # Messages waiting for one client of a shared upstream: past it, the upstream's reader waits for that client.
 CLIENT_BUFFER = 256
+# How long a warm upstream may take to answer guard's own `initialize`.
+INITIALIZE_S = 30.0
 # The error a request of the upstream's gets when which client it is for cannot be told.
 AMBIGUOUS = types.INVALID_REQUEST
 
@@ -110,7 +112,7 @@ class _Client:
         self.link = UpstreamLink(shared.label, self._messages(), self._send, wants_routing_headers)
 
     async def _messages(self) -> AsyncIterator[SessionMessage | Exception]:
-        with suppress(anyio.ClosedResourceError, anyio.EndOfStream):
+        with self._outbox, suppress(anyio.ClosedResourceError, anyio.EndOfStream):
             async for item in self._outbox:
                 yield item
 
@@ -122,10 +124,15 @@ class _Client:
             await self._inbox.send(SessionMessage(message))
 
     def end(self, failure: str | None) -> None:
-        """No more messages: the upstream went away (`failure`) or the client left."""
+        """No more messages: the upstream went away (`failure`)."""
         if failure is not None:
             self.link._failure = failure
         self._inbox.close()
+
+    def leave(self) -> None:
+        """The client left: nothing more is kept for it."""
+        self._inbox.close()
+        self._outbox.close()
 
 
 class SharedUpstream:
@@ -146,6 +153,7 @@ class SharedUpstream:
         self._tg: TaskGroup | None = None
         self.start_failure: str | None = None
         self.closed = False
+        self.done = anyio.Event()  # set once it closed and its clients were told
         # The handshake: the upstream's InitializeResult once it has one; `_initializing` while the first is on
         # its way (later ones wait for it).
         self.initialize_result: dict[str, Any] | None = None
@@ -178,6 +186,7 @@ class SharedUpstream:
             for client in list(self.clients):
                 client.end(failure or (self._link.failure() if self._link else None))
             logger.info("shared upstream %s closed (%d clients on it)", self.label, len(self.clients))
+            self.done.set()
 
     def close(self) -> None:
         """Close it now, whoever is on it (their relays read the end of the upstream's messages)."""
@@ -197,7 +206,7 @@ class SharedUpstream:
         if client not in self.clients:
             return
         self.clients.discard(client)
-        client.end(None)
+        client.leave()
         owed: list[types.JSONRPCMessage] = []
         for shared_id, sent in list(self._sent.items()):
             if sent.client is client:
@@ -223,10 +232,14 @@ class SharedUpstream:
         shared_id = next(self._ids)
         waiter = _Client(self, False)
         self._sent[shared_id] = _Sent(waiter, shared_id, None, initialize=True)
-        await self._up(types.JSONRPCRequest(jsonrpc="2.0", id=shared_id, method="initialize", params=params))
-        await done.wait()
+        try:
+            await self._up(types.JSONRPCRequest(jsonrpc="2.0", id=shared_id, method="initialize", params=params))
+            with anyio.move_on_after(INITIALIZE_S):
+                await done.wait()
+        finally:
+            waiter.leave()
         if self.initialize_result is None:
-            raise UpstreamStartError(f"upstream {self.label} refused to initialize")
+            raise UpstreamStartError(f"upstream {self.label} did not initialize within {INITIALIZE_S:g} s")
         self.initialized_with = params
         self._initialized_sent = True
         await self._up(types.JSONRPCNotification(jsonrpc="2.0", method="notifications/initialized"))
