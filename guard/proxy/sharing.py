@@ -450,11 +450,22 @@ class Upstreams:
             if self.sharing.mode == PER_SESSION and self.sharing.warm:
                 self._warm = WarmPool(self.spec, self.sharing.warm)
                 await tg.start(self._warm.run)
+            if self.sharing.mode == SHARED:
+                # Started now, so the first session waits for no process start; initialised by the first
+                # session's `initialize`, as any shared upstream.
+                tg.start_soon(self._start_early)
             try:
                 yield
             finally:
                 tg.cancel_scope.cancel()
                 self._tg = None
+
+    async def _start_early(self) -> None:
+        try:
+            async with self.link(None, HANDSHAKE_ERA):
+                pass
+        except UpstreamStartError as exc:
+            logger.warning("could not start the shared upstream ahead of its first session: %s", exc)
 
     @property
     def upstream_count(self) -> int:

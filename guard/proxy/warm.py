@@ -29,6 +29,8 @@ from guard.proxy.upstream import UpstreamSpec
 logger = logging.getLogger("guard.warm")
 
 CLIENT_INFO = {"name": "guard", "version": "warm"}
+# Warm upstreams started at once to replace taken ones.
+REFILLS_AT_ONCE = 1
 # After a warm upstream could not be started, how long before the pool tries again.
 RETRY_S = 5.0
 
@@ -46,6 +48,7 @@ class WarmPool:
         self._size = size
         self._ready: deque[SharedUpstream] = deque()
         self._starting = 0
+        self._filled = False
         self._wanted = anyio.Event()
         self.params = handshake(HANDSHAKE_PROTOCOL_VERSIONS[-1], {})
 
@@ -59,7 +62,10 @@ class WarmPool:
             task_status.started()
             while True:
                 self._ready = deque(one for one in self._ready if one.open)
-                while len(self._ready) + self._starting < self._size:
+                # The first fill starts them all at once; a refill one at a time, so that sessions opening in a
+                # burst do not share the machine with as many upstream starts.
+                most = self._size if not self._filled else REFILLS_AT_ONCE
+                while len(self._ready) + self._starting < self._size and self._starting < most:
                     self._starting += 1
                     tg.start_soon(self._start_one, tg)
                 self._wanted = anyio.Event()
@@ -95,6 +101,9 @@ class WarmPool:
             await one.initialize(params)
             if params is self.params:
                 self._ready.append(one)
+                if len(self._ready) == self._size:
+                    self._filled = True
+                    logger.info("%d warm upstreams ready (--warm)", self._size)
             else:  # the pool followed a client meanwhile
                 one.close()
         except (UpstreamStartError, anyio.ClosedResourceError, anyio.BrokenResourceError, OSError) as exc:
