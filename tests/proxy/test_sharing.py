@@ -23,7 +23,8 @@ from guard.core import OpenGate, Session
 from guard.errors import ConfigError
 from guard.proxy.relay import ClientPort, Relay
 from guard.proxy.sharing import AMBIGUOUS, DEFAULT_MODE, SHARED, SharedUpstream, Sharing, _Client
-from guard.proxy.upstream import UpstreamLink
+from guard.proxy.upstream import StdioUpstream, UpstreamLink
+from guard.proxy.warm import WarmPool, handshake
 from tests.conftest import WAIT_S
 
 pytestmark = pytest.mark.anyio
@@ -373,3 +374,18 @@ def test_the_default_mode_is_shared_and_unknown_modes_are_refused() -> None:
     assert DEFAULT_MODE == SHARED == Sharing().mode
     with pytest.raises(ConfigError, match="--upstream-sessions 'pooled'"):
         Sharing("pooled")
+
+
+def test_a_warm_upstream_is_only_for_a_handshake_that_fits_and_the_pool_follows_one_that_did_not() -> None:
+    """An upstream may offer tools by the capabilities the client declared (server-everything registers its
+    sampling and elicitation tools only then): a session declaring others, or another protocol version, starts
+    cold, and the pool's next upstreams are initialised as that session asked."""
+    pool = WarmPool(StdioUpstream(("true",)), 2)
+    assert pool.params == handshake("2025-11-25", {})
+    assert pool.take(None) is None  # a 2026-07-28 session: no handshake to answer
+    older = {"protocolVersion": "2025-03-26", "capabilities": {}, "clientInfo": {"name": "c", "version": "1"}}
+    assert pool.take(older) is None
+    assert pool.params == handshake("2025-03-26", {})
+    sampling = {**older, "capabilities": {"sampling": {}}}
+    assert pool.take(sampling) is None
+    assert pool.params == handshake("2025-03-26", {"sampling": {}})
