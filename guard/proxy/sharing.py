@@ -320,6 +320,11 @@ class SharedUpstream:
         self._tokens.pop(shared_id, None)
         if sent is not None and sent.client.in_flight.get(sent.client_id) == shared_id:
             del sent.client.in_flight[sent.client_id]
+        if sent is not None and sent.initialize and self._initializing is not None:
+            # Answered, cancelled or abandoned: the initializes waiting for it go on (answered from its result,
+            # or told it failed), and the next one goes upstream itself.
+            done, self._initializing = self._initializing, None
+            done.set()
         return sent
 
     async def _up(self, message: types.JSONRPCMessage, item: SessionMessage | None = None) -> None:
@@ -353,12 +358,8 @@ class SharedUpstream:
         if sent is None:
             logger.warning("dropped an upstream %s that answers no client's request in flight", type(answer).__name__)
             return
-        if sent.initialize:
-            if isinstance(answer, types.JSONRPCResponse) and self.initialize_result is None:
-                self.initialize_result = answer.result
-            if self._initializing is not None:
-                self._initializing.set()
-                self._initializing = None
+        if sent.initialize and isinstance(answer, types.JSONRPCResponse) and self.initialize_result is None:
+            self.initialize_result = answer.result  # before any waiter `_forget` woke runs
         if isinstance(answer, types.JSONRPCResponse):
             await sent.client.deliver(types.JSONRPCResponse(jsonrpc="2.0", id=sent.client_id, result=answer.result))
         else:

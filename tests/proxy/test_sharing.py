@@ -389,3 +389,21 @@ def test_a_warm_upstream_is_only_for_a_handshake_that_fits_and_the_pool_follows_
     sampling = {**older, "capabilities": {"sampling": {}}}
     assert pool.take(sampling) is None
     assert pool.params == handshake("2025-03-26", {"sampling": {}})
+
+
+async def test_an_initialize_cancelled_before_its_answer_leaves_no_client_waiting_and_the_next_goes_up() -> None:
+    async with scripted() as up:
+        a, b = two_clients(up)
+        await a.sends(request(0, method="initialize", protocolVersion="2025-11-25", capabilities={}))
+        first = await up.hears()
+        await b.sends(request(0, method="initialize", protocolVersion="2025-11-25", capabilities={}))
+        await a.sends(
+            types.JSONRPCNotification(jsonrpc="2.0", method="notifications/cancelled", params={"requestId": 0})
+        )
+        assert isinstance(await up.hears(), types.JSONRPCNotification)  # the cancellation, under first's id
+        failed = await b.gets()
+        assert isinstance(failed, types.JSONRPCError) and failed.id == 0
+        await b.sends(request(1, method="initialize", protocolVersion="2025-11-25", capabilities={}))
+        again = await up.hears()
+        assert isinstance(again, types.JSONRPCRequest) and again.method == "initialize"
+        assert isinstance(first, types.JSONRPCRequest) and again.id != first.id
