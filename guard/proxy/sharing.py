@@ -8,11 +8,11 @@ more, from one counter for the whole upstream:
   the progress come back to that relay alone, under its own id and token; an answer to an id no relay is
   waiting for (never sent, already answered, cancelled) is dropped;
 - a relay's `notifications/cancelled` names the renamed id (one it has no request in flight for is dropped);
-- a request of the upstream's to a client (sampling, elicitation, roots) goes to the one client that can have
-  caused it: the only one with requests in flight upstream. When several (or none) have, which one it is for
-  cannot be told: it is refused to the upstream with an error, never guessed. Its id is renamed too, and the
-  client's answer mapped back; a second request under an id still awaiting its answer is dropped. A `ping`
-  is answered by guard itself;
+- a request of the upstream's to a client (sampling, elicitation, roots) goes to the one client it can be for:
+  the only client on the upstream, else the only one with requests in flight upstream. When several (or none)
+  have, which one it is for cannot be told: it is refused to the upstream with an error, never guessed. Its
+  id is renamed too, and the client's answer mapped back; a second request under an id still awaiting its
+  answer is dropped. A `ping` is answered by guard itself;
 - every other notification of the upstream's (list changed, resource updated, log messages) goes to every
   client of that upstream.
 
@@ -395,7 +395,9 @@ class SharedUpstream:
             # Answering it would answer the first one too: nobody can tell the two apart.
             logger.warning("dropped an upstream request whose id is still awaiting a client's answer")
             return
-        waiting = [client for client in self.clients if client.in_flight]
+        # The only client on it (a roots/list after its `initialized` is tied to no request), else the only one
+        # with requests in flight: over stdio nothing in the request names the call that caused it.
+        waiting = list(self.clients) if len(self.clients) == 1 else [one for one in self.clients if one.in_flight]
         if len(waiting) != 1:
             why = (
                 f"guard shares this upstream among {len(self.clients)} clients and {len(waiting)} have requests in "

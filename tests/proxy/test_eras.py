@@ -178,8 +178,9 @@ async def _nothing() -> AsyncIterator[None]:
 async def test_every_http_client_session_gets_its_own_upstream_session(
     http_guard: Callable[..., Spawned],
 ) -> None:
-    """`calls` counts the calls its upstream process answered: a second session starts from zero."""
-    guard = http_guard(["--", *DUAL_ERA])
+    """`calls` counts the calls its upstream process answered: a second session starts from zero
+    (`--upstream-sessions per-session`; on a shared upstream both count on one: test_sharing_everything)."""
+    guard = http_guard(["--upstream-sessions", "per-session", "--", *DUAL_ERA])
     with anyio.fail_after(WAIT_S):
         async with Client(guard.url, mode="legacy") as first, Client(guard.url, mode="legacy") as second:
             await first.call_tool("echo", {"text": "one"})

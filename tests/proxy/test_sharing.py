@@ -234,6 +234,15 @@ async def test_an_upstream_request_is_refused_when_which_client_it_is_for_cannot
         await b.gets_marker_next()
 
 
+async def test_an_upstream_request_goes_to_the_only_client_on_the_upstream_with_nothing_in_flight() -> None:
+    """server-everything asks for roots 350 ms after `initialized`, tied to no request of the client's."""
+    async with scripted() as up:
+        only = Relayed(up.shared.attach())
+        await up.says(request(5, method="roots/list"))
+        asked = await only.gets()
+        assert isinstance(asked, types.JSONRPCRequest) and asked.method == "roots/list"
+
+
 async def test_an_upstream_request_with_no_client_in_flight_is_refused() -> None:
     async with scripted() as up:
         two_clients(up)

@@ -113,8 +113,18 @@ async def test_a_request_of_the_upstreams_is_refused_when_two_clients_have_calls
     a, b = Asked("a"), Asked("b")
     with anyio.fail_after(WAIT_S):
         async with a.client(shared_everything.url) as client_a, b.client(shared_everything.url) as client_b:
+            b_running = anyio.Event()
+
+            async def b_progress(progress: float, total: float | None, message: str | None) -> None:
+                b_running.set()
+
             async with anyio.create_task_group() as tg:
-                tg.start_soon(lambda: client_b.call_tool("trigger-long-running-operation", {"duration": 2, "steps": 2}))
+                tg.start_soon(
+                    lambda: client_b.call_tool(
+                        "trigger-long-running-operation", {"duration": 4, "steps": 4}, progress_callback=b_progress
+                    )
+                )
+                await b_running.wait()
                 sampled = await client_a.call_tool("trigger-sampling-request", {"prompt": "ambiguous"})
     assert a.sampling == [] and b.sampling == []
     assert sampled.is_error
