@@ -35,7 +35,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import mcp_types as types
@@ -44,7 +44,10 @@ from mcp.shared.message import SessionMessage
 
 from guard.errors import ConfigError, UpstreamStartError
 from guard.proxy import upstream
-from guard.proxy.upstream import UpstreamLink, UpstreamSpec
+from guard.proxy.upstream import UpstreamLink, UpstreamSpec, describe
+
+if TYPE_CHECKING:
+    from guard.proxy.warm import WarmPool
 
 logger = logging.getLogger("guard.sharing")
 
@@ -157,7 +160,6 @@ class SharedUpstream:
         # The handshake: the upstream's InitializeResult once it has one; `_initializing` while the first is on
         # its way (later ones wait for it).
         self.initialize_result: dict[str, Any] | None = None
-        self.initialized_with: dict[str, Any] | None = None  # the params that initialised it
         self._initializing: anyio.Event | None = None
         self._initialized_sent = False
 
@@ -170,17 +172,25 @@ class SharedUpstream:
         """Connect (`connect()`: `upstream.connect` of the spec) and pump the upstream's messages to the
         clients until it goes away or lingers out."""
         failure: str | None = None
+        started = False
         try:
             with self._scope:
                 async with connect() as link, anyio.create_task_group() as tg:
                     self._link, self._tg = link, tg
                     task_status.started()
+                    started = True
                     await self._pump(link)
                     failure = link.failure()
                     tg.cancel_scope.cancel()
         except UpstreamStartError as exc:
             self.start_failure = failure = str(exc)
             task_status.started()
+        except Exception as exc:  # one upstream's failure must never take the guard (or its other upstreams) down
+            logger.exception("shared upstream %s failed", self.label)
+            failure = f"upstream {self.label} failed: {describe(exc)}"
+            if not started:
+                self.start_failure = failure
+                task_status.started()
         finally:
             self.closed = True
             for client in list(self.clients):
@@ -218,8 +228,7 @@ class SharedUpstream:
                 self._asked_ids.discard(asked.upstream_id)
                 owed.append(_error(asked.upstream_id, types.INTERNAL_ERROR, "the client left before answering"))
         for message in owed:
-            with suppress(anyio.ClosedResourceError, anyio.BrokenResourceError, OSError):
-                await self._up(message)
+            await self._up_quietly(message)
         if not self.clients:
             self._scope.deadline = anyio.current_time() + self._linger_s
 
@@ -240,13 +249,14 @@ class SharedUpstream:
             waiter.leave()
         if self.initialize_result is None:
             raise UpstreamStartError(f"upstream {self.label} did not initialize within {INITIALIZE_S:g} s")
-        self.initialized_with = params
         self._initialized_sent = True
         await self._up(types.JSONRPCNotification(jsonrpc="2.0", method="notifications/initialized"))
 
     # a client's relay -> the upstream
 
     async def _from_client(self, client: _Client, item: SessionMessage) -> None:
+        if self.closed:
+            raise anyio.ClosedResourceError  # the relay reads it as the upstream gone
         message = item.message
         if isinstance(message, types.JSONRPCRequest):
             if message.method == "initialize" and (self._initializing is not None or self.initialize_result):
@@ -332,6 +342,12 @@ class SharedUpstream:
             raise anyio.ClosedResourceError
         await self._link.send(SessionMessage(message, metadata=item.metadata if item is not None else None))
 
+    async def _up_quietly(self, message: types.JSONRPCMessage) -> None:
+        """Send what no client waits on (guard's own answers to the upstream): an upstream that can no longer
+        take it is going away, and its reader will say so."""
+        with suppress(anyio.ClosedResourceError, anyio.BrokenResourceError, OSError):
+            await self._up(message)
+
     # the upstream -> its clients
 
     async def _pump(self, link: UpstreamLink) -> None:
@@ -389,7 +405,7 @@ class SharedUpstream:
     async def _asks(self, request: types.JSONRPCRequest) -> None:
         """A request of the upstream's to a client: to the one that can have caused it, or refused."""
         if request.method == "ping":
-            await self._up(types.JSONRPCResponse(jsonrpc="2.0", id=request.id, result={}))
+            await self._up_quietly(types.JSONRPCResponse(jsonrpc="2.0", id=request.id, result={}))
             return
         if request.id in self._asked_ids:
             # Answering it would answer the first one too: nobody can tell the two apart.
@@ -405,7 +421,7 @@ class SharedUpstream:
                 "gives each client its own upstream)"
             )
             logger.warning("refused the upstream's %s: %s", request.method, why)
-            await self._up(_error(request.id, AMBIGUOUS, why))
+            await self._up_quietly(_error(request.id, AMBIGUOUS, why))
             return
         [client] = waiting
         asked_id = next(self._ids)
@@ -441,12 +457,12 @@ class Upstreams:
     _shared: dict[tuple[str | None, str], SharedUpstream] = field(default_factory=dict)
     _lock: anyio.Lock = field(default_factory=anyio.Lock)
     _tg: TaskGroup | None = None
-    _warm: Any = None  # guard.proxy.warm.WarmPool
+    _warm: WarmPool | None = None
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
         """Shared and warm upstreams live in here; leaving it stops every one of them."""
-        from guard.proxy.warm import WarmPool
+        from guard.proxy.warm import WarmPool  # it builds on this module
 
         async with anyio.create_task_group() as tg:
             self._tg = tg
@@ -469,12 +485,6 @@ class Upstreams:
                 pass
         except UpstreamStartError as exc:
             logger.warning("could not start the shared upstream ahead of its first session: %s", exc)
-
-    @property
-    def upstream_count(self) -> int:
-        """Upstream connections open now for shared clients and the warm pool (per-session ones not counted)."""
-        shared = sum(1 for one in self._shared.values() if not one.closed)
-        return shared + (self._warm.ready_count if self._warm is not None else 0)
 
     @asynccontextmanager
     async def link(

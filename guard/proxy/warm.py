@@ -52,10 +52,6 @@ class WarmPool:
         self._wanted = anyio.Event()
         self.params = handshake(HANDSHAKE_PROTOCOL_VERSIONS[-1], {})
 
-    @property
-    def ready_count(self) -> int:
-        return sum(1 for one in self._ready if one.open)
-
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Fill the pool, and refill it whenever an upstream is taken or lost, until cancelled."""
         async with anyio.create_task_group() as tg:
