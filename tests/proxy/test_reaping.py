@@ -105,12 +105,17 @@ def test_an_idle_session_expires_and_its_upstream_is_reaped_in_every_mode(
     assert len(children(guard.process.pid)) == 1
 
 
-def test_a_shared_upstream_carries_many_sessions_on_one_process(guards: Callable[..., HttpGuard]) -> None:
+def test_a_shared_upstream_carries_many_sessions_on_one_process_each_a_session_of_guards_own(
+    guards: Callable[..., HttpGuard],
+) -> None:
     guard = guards("--upstream-sessions", "shared")
     sessions = [guard.initialize() for _ in range(5)]
     for session in sessions:
         guard.ping(session)
     assert len(children(guard.process.pid)) == 1
+    # guard's own sessions (what budgets, audit and freezes key on) are still one per client session.
+    relayed = {line.split()[4] for line in guard.wait_for_stderr("relaying to", count=5)}
+    assert relayed == set(sessions)
 
 
 def test_per_identity_upstreams_are_one_per_identity(guards: Callable[..., HttpGuard], tmp_path: Path) -> None:
