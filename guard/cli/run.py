@@ -101,6 +101,24 @@ def run(
             help="An HTTP request must arrive whole within this long.",
         ),
     ] = "10s",
+    upstream_sessions: Annotated[
+        str,
+        typer.Option(
+            "--upstream-sessions",
+            envvar="GUARD_UPSTREAM_SESSIONS",
+            metavar="per-session|per-identity|shared",
+            help="HTTP: an upstream per client session, per identity, or one shared by all (README).",
+        ),
+    ] = "shared",
+    warm: Annotated[
+        str,
+        typer.Option(
+            "--warm",
+            envvar="GUARD_WARM",
+            metavar="N",
+            help="HTTP, per-session upstreams: keep N started and initialised for new sessions.",
+        ),
+    ] = "0",
 ) -> None:
     """Wrap an upstream MCP server: `guard run -- CMD [ARGS...]` or `guard run --upstream URL`."""
     spec = upstream_spec(command, upstream)
@@ -115,6 +133,11 @@ def run(
         max_connections=parse_count(max_connections, "--max-connections"),
         read_timeout_s=parse_duration(read_timeout, "--read-timeout"),
     )
+    from guard.proxy.sharing import PER_SESSION, Sharing  # the MCP SDK: only `run` loads it
+
+    sharing = Sharing(upstream_sessions, parse_whole(warm, "--warm"))
+    if sharing.warm and sharing.mode != PER_SESSION:
+        raise ConfigError(f"--warm {warm}: warm starts are for --upstream-sessions per-session")
     pool = parse_count(ledger_pool, "--ledger-pool")
     tokens = bearer_tokens(token, tokens_file, identity) if listen is not None else {}
     address = listen_address(listen) if listen is not None else None
@@ -134,7 +157,27 @@ def run(
             return
         from guard.cli.serve import serve  # the MCP SDK and the serving stack: only `run` loads them
 
-        serve(spec, source, ledger, address=address, tokens=tokens, session=session, identity=identity, limits=limits)
+        serve(
+            spec,
+            source,
+            ledger,
+            address=address,
+            tokens=tokens,
+            session=session,
+            identity=identity,
+            limits=limits,
+            sharing=sharing,
+        )
+
+
+def parse_whole(text: str, flag: str) -> int:
+    """A whole number ≥ 0.
+
+    Raises:
+        ConfigError: not one."""
+    if not text.strip().isdigit():
+        raise ConfigError(f"{flag} {text!r}: expected a whole number of at least 0")
+    return int(text)
 
 
 def listen_address(listen: str) -> tuple[str, int]:

@@ -30,6 +30,7 @@ from guard.payments.payments import Payments
 from guard.policy.rules import Policy, Who
 from guard.policy.source import PolicySource
 from guard.proxy.limits import DEFAULT_LIMITS, Limits
+from guard.proxy.sharing import Sharing
 from guard.proxy.upstream import StdioUpstream, UpstreamSpec
 from ledgers import DEFAULT_LEASE_S, Amount, Ledger, LedgerError, UnitMismatch
 
@@ -54,6 +55,7 @@ def serve(
     session: str | None,
     identity: str | None,
     limits: Limits = DEFAULT_LIMITS,
+    sharing: Sharing | None = None,
 ) -> None:
     """Serve until the client goes away or the guard is stopped; a stdio upstream that dies ends it with
     exit status 1 and the upstream's story.
@@ -90,7 +92,7 @@ def serve(
         else:
             from guard.proxy.http import serve_http  # starlette and uvicorn: only HTTP mode loads them
 
-            serve_http(spec, front, address[0], address[1], tokens, identity, background, metrics, limits)
+            serve_http(spec, front, address[0], address[1], tokens, identity, background, metrics, limits, sharing)
     finally:
         if traces is not None:
             traces.close()  # the spans still in the batch

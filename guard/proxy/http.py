@@ -64,6 +64,7 @@ from guard.errors import MessageRefused, UpstreamStartError
 from guard.proxy import upstream
 from guard.proxy.limits import DEFAULT_LIMITS, Limits
 from guard.proxy.relay import UPSTREAM_UNAVAILABLE, ClientPort, Relay
+from guard.proxy.sharing import HANDSHAKE_ERA, MODERN_ERA, Sharing, Upstreams
 from guard.proxy.wire import read_client_message
 
 logger = logging.getLogger("guard.http")
@@ -175,8 +176,12 @@ class HttpFront:
         background: Sequence[Background] = (),
         metrics: Scrape | None = None,
         limits: Limits = DEFAULT_LIMITS,
+        sharing: Sharing | None = None,
     ) -> None:
         self._limits = limits
+        # Where each session's upstream comes from (`--upstream-sessions`, `--warm`); a shared upstream closes
+        # `--session-idle` after its last client left.
+        self.upstreams = Upstreams(spec, sharing or Sharing(), limits.session_idle_s)
         self._background = background
         self._metrics = metrics
         self._spec = spec
@@ -192,7 +197,8 @@ class HttpFront:
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
-        async with anyio.create_task_group() as tg:
+        # Sessions end before the upstreams they use.
+        async with self.upstreams.running(), anyio.create_task_group() as tg:
             self._tg = tg
             for task in self._background:
                 tg.start_soon(task)
@@ -401,7 +407,9 @@ class HttpFront:
                     idle = transport.idle_scope or idle
                     task_status.started()
                     with idle:
-                        await self._relay_session(session, session.client_port(client_read, client_write))
+                        await self._relay_session(
+                            session, session.client_port(client_read, client_write), message.params
+                        )
             except Exception:
                 # One session's failure must never take the others down.
                 logger.exception("session %s crashed", session_id)
@@ -414,10 +422,12 @@ class HttpFront:
         await self._tg.start(serve)
         await session.post(message, scope, receive, send)
 
-    async def _relay_session(self, session: _LegacySession, client: ClientPort) -> None:
+    async def _relay_session(
+        self, session: _LegacySession, client: ClientPort, initialize: dict[str, Any] | None
+    ) -> None:
         relayed = Session(id=session.id, identity=session.identity, transport="http")
         try:
-            async with upstream.connect(self._spec) as link:
+            async with self.upstreams.link(session.identity, HANDSHAKE_ERA, initialize) as link:
                 logger.info("session %s (identity %s) relaying to %s", session.id, session.identity, self._spec.label)
                 failure = await Relay(relayed, self._gate, client, link, self._limits).run()
         except UpstreamStartError as exc:
@@ -436,7 +446,7 @@ class HttpFront:
                 self._check_room()
                 session_id = f"{identity or 'anonymous'}/2026/{uuid.uuid4().hex[:12]}"
                 channel = _ModernChannel(Session(id=session_id, identity=identity, transport="http"))
-                await self._tg.start(channel.serve, self._spec, self._gate, self._limits)
+                await self._tg.start(channel.serve, self.upstreams, self._gate, self._limits)
                 self._modern[identity] = channel
             return channel
 
@@ -539,9 +549,7 @@ class _ModernChannel:
         """Taking requests: not closed, nor closing for idleness."""
         return not self.closed and not self._idle.cancel_called
 
-    async def serve(
-        self, spec: upstream.UpstreamSpec, gate: Gate, limits: Limits, *, task_status: TaskStatus[None]
-    ) -> None:
+    async def serve(self, upstreams: Upstreams, gate: Gate, limits: Limits, *, task_status: TaskStatus[None]) -> None:
         into_relay, client_read = anyio.create_memory_object_stream[SessionMessage | Exception](0)
         client_write, out_of_relay = anyio.create_memory_object_stream[SessionMessage](0)
         self._into_relay = into_relay
@@ -549,9 +557,12 @@ class _ModernChannel:
         self._idle.deadline = anyio.current_time() + self._idle_s
         try:
             with self._idle:
-                async with upstream.connect(spec) as link, anyio.create_task_group() as tg:
+                async with (
+                    upstreams.link(self.session.identity, MODERN_ERA) as link,
+                    anyio.create_task_group() as tg,
+                ):
                     logger.info(
-                        "session %s (identity %s) relaying to %s", self.session.id, self.session.identity, spec.label
+                        "session %s (identity %s) relaying to %s", self.session.id, self.session.identity, link.label
                     )
                     tg.start_soon(self._deliver, out_of_relay)
                     task_status.started()
@@ -867,9 +878,12 @@ def serve_http(
     background: Sequence[Background] = (),
     metrics: Scrape | None = None,
     limits: Limits = DEFAULT_LIMITS,
+    sharing: Sharing | None = None,
 ) -> None:
     """Serve until interrupted; with `metrics`, also Prometheus metrics at `/metrics`."""
-    front = HttpFront(spec, gate, tokens, identity, security_settings(host, port, tokens), background, metrics, limits)
+    front = HttpFront(
+        spec, gate, tokens, identity, security_settings(host, port, tokens), background, metrics, limits, sharing
+    )
     flood_filter = LogFloodFilter()
     for handler in logging.getLogger().handlers:
         handler.addFilter(flood_filter)

@@ -42,11 +42,13 @@ INVALID_REQUEST = -32600
 
 @pytest.fixture
 def start(tmp_path: Path) -> Iterator[Callable[..., HttpGuard]]:
-    """`start(args, upstream=DUAL_ERA, env=None)`: a listening guard, stopped after the test."""
+    """`start(args, upstream=DUAL_ERA, env=None)`: a listening guard, stopped after the test. Its upstreams are
+    per session (`--upstream-sessions per-session`), so counting them counts what each request started; a shared
+    upstream starts with the guard (tests/proxy/test_reaping.py)."""
     started: list[HttpGuard] = []
 
     def begin(args: list[str], upstream: list[str] = DUAL_ERA, env: dict[str, str] | None = None) -> HttpGuard:
-        guard = HttpGuard(tmp_path, args, upstream, env)
+        guard = HttpGuard(tmp_path, ["--upstream-sessions", "per-session", *args], upstream, env)
         started.append(guard)
         return guard
 

@@ -31,12 +31,16 @@ def guard_stdio(*upstream_args: str) -> StdioServerParameters:
 
 
 def through_guard(
-    front: str, upstream: str, dual_era_http: Spawned, http_guard: Callable[..., Spawned]
+    front: str,
+    upstream: str,
+    dual_era_http: Spawned,
+    http_guard: Callable[..., Spawned],
+    sharing: tuple[str, ...] = (),
 ) -> StdioServerParameters | str:
     upstream_args = ["--upstream", dual_era_http.url] if upstream == "http" else ["--", *DUAL_ERA]
     if front == "stdio":
         return guard_stdio(*upstream_args)
-    return http_guard(upstream_args).url
+    return http_guard([*sharing, *upstream_args]).url
 
 
 @pytest.fixture(params=["stdio", "http"])
@@ -117,8 +121,10 @@ async def test_server_to_client_requests_and_notifications_reach_the_right_clien
     front: str, dual_era_http: Spawned, http_guard: Callable[..., Spawned]
 ) -> None:
     """Elicitation, roots, list_changed and logging cross the guard (handshake era: the 2026 era has no
-    server-to-client requests). Over HTTP a second client session must not see the first one's traffic."""
-    target = through_guard(front, "stdio", dual_era_http, http_guard)
+    server-to-client requests). Over HTTP a second client session on an upstream of its own
+    (`--upstream-sessions per-session`) must not see the first one's traffic; on a shared upstream the
+    list_changed and log notifications go to every client (tests/proxy/test_sharing_everything.py)."""
+    target = through_guard(front, "stdio", dual_era_http, http_guard, ("--upstream-sessions", "per-session"))
     tools_changed = anyio.Event()
     logged: list[str] = []
     bystander_saw: list[object] = []
@@ -172,8 +178,9 @@ async def _nothing() -> AsyncIterator[None]:
 async def test_every_http_client_session_gets_its_own_upstream_session(
     http_guard: Callable[..., Spawned],
 ) -> None:
-    """`calls` counts the calls its upstream process answered: a second session starts from zero."""
-    guard = http_guard(["--", *DUAL_ERA])
+    """`calls` counts the calls its upstream process answered: a second session starts from zero
+    (`--upstream-sessions per-session`; on a shared upstream both count on one: test_sharing_everything)."""
+    guard = http_guard(["--upstream-sessions", "per-session", "--", *DUAL_ERA])
     with anyio.fail_after(WAIT_S):
         async with Client(guard.url, mode="legacy") as first, Client(guard.url, mode="legacy") as second:
             await first.call_tool("echo", {"text": "one"})

@@ -60,7 +60,7 @@ def test_an_upstream_crash_mid_call_answers_the_call_and_the_stdio_guard_exits()
 
 
 async def test_an_upstream_crash_over_http_ends_only_that_session(http_guard: Callable[..., Spawned]) -> None:
-    guard = http_guard(["--", *DUAL_ERA])
+    guard = http_guard(["--upstream-sessions", "per-session", "--", *DUAL_ERA])
     with anyio.fail_after(WAIT_S):
         async with Client(guard.url, mode="legacy") as doomed, Client(guard.url, mode="legacy") as bystander:
             with pytest.raises(MCPError, match="exited with status 7") as raised:
@@ -182,3 +182,29 @@ def test_a_stdio_guard_stopped_by_sigterm_stops_its_upstream_too() -> None:
     assert "stopping on SIGTERM" in stderr
     with pytest.raises(ProcessLookupError):
         os.kill(upstream_pid, 0)
+
+
+async def test_an_upstream_crash_on_a_shared_upstream_ends_the_calls_of_every_session_on_it(
+    http_guard: Callable[..., Spawned],
+) -> None:
+    guard = http_guard(["--upstream-sessions", "shared", "--", *DUAL_ERA])
+    with anyio.fail_after(WAIT_S):
+        async with Client(guard.url, mode="legacy") as doomed, Client(guard.url, mode="legacy") as bystander:
+            waiting = anyio.Event()
+            failures: list[str] = []
+
+            async def on_wait(progress: float, total: float | None, message: str | None) -> None:
+                waiting.set()
+
+            async def bystander_waits() -> None:
+                with pytest.raises(MCPError) as raised:
+                    await bystander.call_tool("wait", {}, progress_callback=on_wait)
+                failures.append(str(raised.value))
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(bystander_waits)
+                await waiting.wait()
+                with pytest.raises(MCPError, match="exited with status 7"):
+                    await doomed.call_tool("crash", {})
+    # The bystander's call in flight on that upstream gets the same story.
+    assert len(failures) == 1 and "exited with status 7" in failures[0]
