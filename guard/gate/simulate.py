@@ -24,8 +24,8 @@ denied (kind `approval`), as it would be until a human answered.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Literal
 
@@ -195,8 +195,20 @@ class ReplayPayments(Payments):
         return await priced(self._ledger, policy, call, NOT_READ, bound, by, who, link)  # type: ignore[arg-type]
 
     async def settle(
-        self, policy: Policy, call: ToolCall, who: Who, money: Bound, result: Any, hold: int | None
+        self,
+        policy: Policy,
+        call: ToolCall,
+        who: Who,
+        money: Bound,
+        result: Any,
+        hold: int | None,
+        event: Callable[[Settled], CallRecord] | None = None,
     ) -> Settled:
+        settled = self._settle_as_recorded(money, hold)
+        # The gate's contract: the call's event comes back with the settlement (the audit trail writes it).
+        return replace(settled, event=event(settled)) if event is not None else settled
+
+    def _settle_as_recorded(self, money: Bound, hold: int | None) -> Settled:
         assert self.current is not None
         if hold is None:
             return Settled(None, "none")
