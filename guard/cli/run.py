@@ -119,6 +119,16 @@ def run(
             help="HTTP, per-session upstreams: keep N started and initialised for new sessions.",
         ),
     ] = "0",
+    http_answers: Annotated[
+        str,
+        typer.Option(
+            "--http-answers",
+            envvar="GUARD_HTTP_ANSWERS",
+            metavar="sse|json",
+            help="HTTP, handshake era: answer each request on an SSE stream (progress reaches the client) or as one "
+            "JSON body (faster; a call's progress notifications are dropped).",
+        ),
+    ] = "sse",
 ) -> None:
     """Wrap an upstream MCP server: `guard run -- CMD [ARGS...]` or `guard run --upstream URL`."""
     spec = upstream_spec(command, upstream)
@@ -138,6 +148,8 @@ def run(
     sharing = Sharing(upstream_sessions, parse_whole(warm, "--warm"))
     if sharing.warm and sharing.mode != PER_SESSION:
         raise ConfigError(f"--warm {warm}: warm starts are for --upstream-sessions per-session")
+    if http_answers not in ("sse", "json"):
+        raise ConfigError(f"--http-answers {http_answers!r}: use sse or json")
     pool = parse_count(ledger_pool, "--ledger-pool")
     tokens = bearer_tokens(token, tokens_file, identity) if listen is not None else {}
     address = listen_address(listen) if listen is not None else None
@@ -167,6 +179,7 @@ def run(
             identity=identity,
             limits=limits,
             sharing=sharing,
+            json_answers=http_answers == "json",
         )
 
 

@@ -56,6 +56,7 @@ def serve(
     identity: str | None,
     limits: Limits = DEFAULT_LIMITS,
     sharing: Sharing | None = None,
+    json_answers: bool = False,
 ) -> None:
     """Serve until the client goes away or the guard is stopped; a stdio upstream that dies ends it with
     exit status 1 and the upstream's story.
@@ -92,7 +93,19 @@ def serve(
         else:
             from guard.proxy.http import serve_http  # starlette and uvicorn: only HTTP mode loads them
 
-            serve_http(spec, front, address[0], address[1], tokens, identity, background, metrics, limits, sharing)
+            serve_http(
+                spec,
+                front,
+                address[0],
+                address[1],
+                tokens,
+                identity,
+                background,
+                metrics,
+                limits,
+                sharing,
+                json_answers,
+            )
     finally:
         if traces is not None:
             traces.close()  # the spans still in the batch

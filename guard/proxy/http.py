@@ -177,10 +177,13 @@ class HttpFront:
         metrics: Scrape | None = None,
         limits: Limits = DEFAULT_LIMITS,
         sharing: Sharing | None = None,
+        json_answers: bool = False,
     ) -> None:
         self._limits = limits
         # Where each session's upstream comes from (`--upstream-sessions`, `--warm`); a shared upstream closes
         # `--session-idle` after its last client left.
+        # `--http-answers json`: a request's answer as one JSON body (no SSE stream), as pure forwarders do.
+        self._json_answers = json_answers
         self.upstreams = Upstreams(spec, sharing or Sharing(), limits.session_idle_s)
         self._background = background
         self._metrics = metrics
@@ -302,7 +305,7 @@ class HttpFront:
             return
         _check_content_type(request)
         if not modern:
-            _check_accept(request)
+            _check_accept(request, self._json_answers)
         message = await self._read_message(request, receive)
         if modern:
             if not isinstance(message, types.JSONRPCRequest):
@@ -393,7 +396,7 @@ class HttpFront:
         idle_s = self._limits.session_idle_s
         transport = StreamableHTTPServerTransport(
             mcp_session_id=session_id,
-            is_json_response_enabled=False,
+            is_json_response_enabled=self._json_answers,
             event_store=None,
             security_settings=self._security_settings,
             idle_timeout=idle_s,
@@ -482,13 +485,16 @@ def _check_content_type(request: Request) -> None:
         raise _refusal(415, types.INVALID_REQUEST, "Unsupported Media Type: Content-Type must be application/json")
 
 
-def _check_accept(request: Request) -> None:
-    """A handshake-era POST may be answered in JSON or SSE: the client must accept both (as the SDK requires).
+def _check_accept(request: Request, json_answers: bool) -> None:
+    """A handshake-era POST may be answered in JSON or SSE: the client must accept both (as the SDK requires);
+    with `--http-answers json` only JSON.
 
     Raises:
         _Refused: 406."""
     has_json, has_sse = check_accept_headers(request)
-    if not (has_json and has_sse):
+    if json_answers and not has_json:
+        raise _refusal(406, types.INVALID_REQUEST, "Not Acceptable: Client must accept application/json")
+    if not json_answers and not (has_json and has_sse):
         raise _refusal(
             406,
             types.INVALID_REQUEST,
@@ -879,11 +885,11 @@ def serve_http(
     metrics: Scrape | None = None,
     limits: Limits = DEFAULT_LIMITS,
     sharing: Sharing | None = None,
+    json_answers: bool = False,
 ) -> None:
     """Serve until interrupted; with `metrics`, also Prometheus metrics at `/metrics`."""
-    front = HttpFront(
-        spec, gate, tokens, identity, security_settings(host, port, tokens), background, metrics, limits, sharing
-    )
+    security = security_settings(host, port, tokens)
+    front = HttpFront(spec, gate, tokens, identity, security, background, metrics, limits, sharing, json_answers)
     flood_filter = LogFloodFilter()
     for handler in logging.getLogger().handlers:
         handler.addFilter(flood_filter)
