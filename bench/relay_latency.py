@@ -254,8 +254,10 @@ def _http_sides(
     flags = _guard_flags()
     for mode in modes:
         sharing, _, extra = mode.partition("+")
-        if sharing not in ("per-session", "per-identity", "shared") or extra not in ("", "warm"):
-            raise SystemExit(f"--modes: unknown mode {mode!r} (per-session, per-identity, shared, per-session+warm)")
+        if sharing not in ("per-session", "per-identity", "shared") or extra not in ("", "warm", "json"):
+            raise SystemExit(
+                f"--modes: unknown mode {mode!r} (per-session, per-identity, shared, per-session+warm, MODE+json)"
+            )
         options: list[str] = []
         if "--upstream-sessions" in flags:
             options += ["--upstream-sessions", sharing]
@@ -267,6 +269,11 @@ def _http_sides(
                 blocked.append(f"guard-http {mode}: this guard has no --warm")
                 continue
             options += ["--warm", str(warm)]
+        if extra == "json":
+            if "--http-answers" not in flags:
+                blocked.append(f"guard-http {mode}: this guard has no --http-answers")
+                continue
+            options += ["--http-answers", "json"]
         ledger_dir = Path(tempfile.mkdtemp(prefix="guard-bench-http-"))
         run = ["run", "--listen", "127.0.0.1:{port}", "--policy", policy, "--ledger", str(ledger_dir / "ledger.db")]
         run += ["--max-sessions", str(max_sessions), *options, "--", sys.executable, UPSTREAM]
@@ -275,7 +282,7 @@ def _http_sides(
             command = [sys.executable, "-c", PROFILE_GUARD, profile + ".http", *run]
         else:
             command = [sys.executable, "-m", "guard", *run]
-        name = f"guard-http {sharing}" + (f" warm {warm}" if extra else "")
+        name = f"guard-http {sharing}" + {"": "", "warm": f" warm {warm}", "json": " json"}[extra]
         sides.append(HttpSide(name, command, {"XDG_DATA_HOME": str(ledger_dir)}, cwd=GUARD_ROOT))
     if not MCP_PROXY.exists():
         blocked.append(f"mcp-proxy: {MCP_PROXY.relative_to(ROOT)} missing (run scripts/install-bench-deps)")
@@ -519,7 +526,8 @@ def main() -> None:
     parser.add_argument(
         "--modes",
         default="per-session",
-        help="guard-http sides: per-session, per-identity, shared, per-session+warm (default per-session)",
+        help="guard-http sides: per-session, per-identity, shared, per-session+warm, MODE+json (--http-answers json) "
+        "(default per-session)",
     )
     parser.add_argument("--warm", type=int, default=20, help="--warm N for per-session+warm (default 20)")
     parser.add_argument("--sessions", default="20,100", help="open sessions at once, comma-separated (default 20,100)")
