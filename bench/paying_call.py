@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+from _profile import PROFILE_GUARD
 from mcp import ClientSession, StdioServerParameters, stdio_client
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,22 +45,6 @@ POLICY = str(ROOT / "bench" / "policy-paying.yaml")
 GOAL_ADDED_MS = 1.0
 ARGUMENTS = {"url": "http://127.0.0.1:8402/api/joke", "autoPay": True}
 
-# Runs `guard ARGS...` under cProfile, writing the stats on any exit (SIGTERM included).
-PROFILE_GUARD = """
-import cProfile, signal, sys
-out, sys.argv = sys.argv[1], ["guard", *sys.argv[2:]]
-signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-prof = cProfile.Profile()
-prof.enable()
-try:
-    from guard.cli.app import main
-    main()
-except BaseException:
-    pass
-finally:
-    prof.disable()
-    prof.dump_stats(out)
-"""
 
 Call = Callable[[], Awaitable[Any]]
 

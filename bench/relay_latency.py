@@ -69,6 +69,7 @@ from typing import Any
 
 import anyio
 from _mcp_http import Served, Session, free_port, machine
+from _profile import PROFILE_GUARD
 from mcp import Client, ClientSession, StdioServerParameters, stdio_client
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -84,26 +85,6 @@ Call = Callable[[], Awaitable[Any]]
 
 def _direct_params() -> StdioServerParameters:
     return StdioServerParameters(command=sys.executable, args=[UPSTREAM], cwd=str(ROOT))
-
-
-# Runs `guard ARGS...` under cProfile and writes the stats on any exit, SIGTERM included: the SDK's
-# stdio_client SIGTERMs a server that has not exited 2 s after its stdin closed, and plain
-# `python -m cProfile` would die without writing anything.
-PROFILE_GUARD = """
-import cProfile, signal, sys
-out, sys.argv = sys.argv[1], ["guard", *sys.argv[2:]]
-signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-prof = cProfile.Profile()
-prof.enable()
-try:
-    from guard.cli.app import main
-    main()
-except BaseException:
-    pass
-finally:
-    prof.disable()
-    prof.dump_stats(out)
-"""
 
 
 class _OtlpSink:

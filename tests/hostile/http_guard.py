@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 
 from tests.conftest import GUARD, INITIALIZE, ROOT, WAIT_S, free_port
+from tests.proxy.processes import children
 
 JSON = dict[str, Any]
 
@@ -100,18 +101,7 @@ class HttpGuard:
 
     def upstreams(self) -> list[int]:
         """The guard's live child processes: its stdio upstreams."""
-        found = []
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue  # gone meanwhile
-            state, ppid = stat.rsplit(")", 1)[1].split()[:2]  # after "pid (command name)"
-            if int(ppid) == self.process.pid and state != "Z":
-                found.append(int(entry.name))
-        return found
+        return children(self.process.pid)
 
     def open_fds(self) -> int:
         return len(os.listdir(f"/proc/{self.process.pid}/fd"))
