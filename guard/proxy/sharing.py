@@ -64,7 +64,8 @@ DEFAULT_MODE = SHARED
 HANDSHAKE_ERA = "handshake"
 MODERN_ERA = "2026-07-28"
 
-# Messages waiting for one client of a shared upstream: past it, the upstream's reader waits for that client.
+# Messages waiting for one client of a shared upstream: past it, that client is cut off (its link ends) rather
+# than let one client that stopped reading stall the upstream's reader, and so every other client on it.
 CLIENT_BUFFER = 256
 # How long a warm upstream may take to answer guard's own `initialize`.
 INITIALIZE_S = 30.0
@@ -123,8 +124,15 @@ class _Client:
         await self._shared._from_client(self, item)
 
     async def deliver(self, message: types.JSONRPCMessage) -> None:
-        with suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
-            await self._inbox.send(SessionMessage(message))
+        try:
+            self._inbox.send_nowait(SessionMessage(message))
+        except anyio.WouldBlock:
+            # Its relay has not read CLIENT_BUFFER messages: cut off. Its calls in flight end with this failure
+            # (a paying one's hold stays in doubt, still counted), the other clients go on.
+            logger.warning("a client of %s left %d messages unread: cut off", self._shared.label, CLIENT_BUFFER)
+            self.end(f"upstream {self._shared.label}: this client left {CLIENT_BUFFER} messages unread (too slow)")
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            pass
 
     def end(self, failure: str | None) -> None:
         """No more messages: the upstream went away (`failure`)."""

@@ -22,7 +22,7 @@ from mcp.shared.message import SessionMessage
 from guard.core import OpenGate, Session
 from guard.errors import ConfigError
 from guard.proxy.relay import ClientPort, Relay
-from guard.proxy.sharing import AMBIGUOUS, DEFAULT_MODE, SHARED, SharedUpstream, Sharing, _Client
+from guard.proxy.sharing import AMBIGUOUS, CLIENT_BUFFER, DEFAULT_MODE, SHARED, SharedUpstream, Sharing, _Client
 from guard.proxy.upstream import StdioUpstream, UpstreamLink
 from guard.proxy.warm import WarmPool, handshake
 from tests.conftest import WAIT_S
@@ -416,3 +416,21 @@ async def test_an_initialize_cancelled_before_its_answer_leaves_no_client_waitin
         again = await up.hears()
         assert isinstance(again, types.JSONRPCRequest) and again.method == "initialize"
         assert isinstance(first, types.JSONRPCRequest) and again.id != first.id
+
+
+async def test_a_client_that_stops_reading_is_cut_off_and_the_others_go_on() -> None:
+    async with scripted() as up:
+        stalled, reading = two_clients(up)
+        await reading.sends(request(1))
+        sent = await up.hears()
+        assert isinstance(sent, types.JSONRPCRequest)
+        # More broadcasts than a client may leave unread: `reading` reads each, `stalled` none.
+        for _ in range(CLIENT_BUFFER + 1):
+            await up.says(MARKER)
+            await reading.gets_marker_next()
+        await up.says(answer(sent.id, done=True))
+        assert await reading.gets() == answer(1, done=True)
+
+        left = [item async for item in stalled.client.link.messages]
+        assert len(left) == CLIENT_BUFFER  # what it had been sent before it was cut off, then the end
+        assert f"left {CLIENT_BUFFER} messages unread" in stalled.client.link.failure()
