@@ -29,3 +29,8 @@ def rough_duration(seconds: float) -> str:
     if whole < 7200:
         return f"{whole // 60}m"
     return f"{whole // 3600}h"
+
+
+def short(text: str, most: int = 64) -> str:
+    """A peer's string (a method name, an id) as logs and errors show it: never longer than `most`."""
+    return text if len(text) <= most else text[:most] + "…"

@@ -38,6 +38,7 @@ from guard.proxy.limits import DEFAULT_LIMITS, Limits
 from guard.proxy.upstream import UpstreamLink
 from guard.proxy.wire import tool_named, usable_id
 from guard.redact import redact
+from guard.text import short
 
 logger = logging.getLogger("guard.relay")
 
@@ -237,7 +238,7 @@ class Relay:
             await self._to_upstream(note)
         else:
             # A request without an id: nothing could be answered, and it must not reach the upstream undecided.
-            reason = f"a request without an id is dropped ({_short(note.method)})"
+            reason = f"a request without an id is dropped ({short(note.method)})"
             tool = tool_named(note.params) if note.method == "tools/call" else None
             await self._refuse(MessageRefused(types.INVALID_REQUEST, reason, answerable=False, tool=tool))
 
@@ -257,7 +258,7 @@ class Relay:
         self._call_tasks.discard(task)
         self._answering(request_id, call)
         if not task.cancelled() and (exc := task.exception()) is not None:
-            logger.error("tools/call %s failed inside the relay", _short(str(request_id)), exc_info=exc)
+            logger.error("tools/call %s failed inside the relay", short(str(request_id)), exc_info=exc)
 
     def _answering(self, request_id: types.RequestId, call: _Call) -> None:
         """The call's id is free again (a client may reuse it as soon as it reads the answer)."""
@@ -392,7 +393,7 @@ class Relay:
                 continue
             self._untrack(upstream_id)
             timeout = self._limits.request_timeout_s
-            why = f"the upstream did not answer {_short(forwarded.method)} within {timeout:g} s; guard cancelled it"
+            why = f"the upstream did not answer {short(forwarded.method)} within {timeout:g} s; guard cancelled it"
             logger.warning("%s", why)
             await self._no_answer(forwarded, UpstreamError(types.REQUEST_TIMEOUT, why))
             # An upstream that does not read its input must not hold up the other deadlines.
@@ -549,11 +550,6 @@ def _error_data(error: UpstreamError) -> types.ErrorData:
     if error.data is None:  # unset, not null, on the wire
         return types.ErrorData(code=error.code, message=error.message)
     return types.ErrorData(code=error.code, message=error.message, data=error.data)
-
-
-def _short(text: str, most: int = 64) -> str:
-    """A client's string (a method name) as logs and errors show it: never longer than `most`."""
-    return text if len(text) <= most else text[:most] + "…"
 
 
 def _invalid(exc: Exception) -> str:

@@ -45,6 +45,7 @@ from mcp.shared.message import SessionMessage
 from guard.errors import ConfigError, UpstreamStartError
 from guard.proxy import upstream
 from guard.proxy.upstream import UpstreamLink, UpstreamSpec, describe
+from guard.text import short
 
 if TYPE_CHECKING:
     from guard.proxy.warm import WarmPool
@@ -425,10 +426,10 @@ class SharedUpstream:
         if len(waiting) != 1:
             why = (
                 f"guard shares this upstream among {len(self.clients)} clients and {len(waiting)} have requests in "
-                f"flight: it cannot tell which one this {request.method} is for (--upstream-sessions per-session "
-                "gives each client its own upstream)"
+                f"flight: it cannot tell which one this {short(request.method)} is for "
+                "(--upstream-sessions per-session gives each client its own upstream)"
             )
-            logger.warning("refused the upstream's %s: %s", request.method, why)
+            logger.warning("refused the upstream's %s: %s", short(request.method), why)
             await self._up_quietly(_error(request.id, AMBIGUOUS, why))
             return
         [client] = waiting
